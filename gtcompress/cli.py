@@ -1,0 +1,137 @@
+"""The `gtcompress` command line: parses options into a configuration and calls one stage function."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.columns import Columns
+from rich.console import Console
+
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Generous Teacher distillation of timm models, exported to ONNX/TensorRT and benchmarked.",
+)
+# Tables keep their layout in logs and pipes, where rich would otherwise assume 80 columns.
+WIDTH = None if sys.stdout.isatty() else 120
+console = Console(soft_wrap=True, width=WIDTH)
+err_console = Console(stderr=True, soft_wrap=True, width=WIDTH)
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False) -> None:
+    """Options before the command (read by `user_errors` from the root context)."""
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn a UserError into one line on stderr and exit code 2 (unless --debug); Ctrl-C into exit code 130.
+
+    The wrapped command takes `ctx: typer.Context` first, to read the root's --debug.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(ctx: typer.Context, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(ctx, *args, **kwargs)
+        except UserError as e:
+            if ctx.find_root().params.get("debug"):
+                raise
+            err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--set {item!r} is not KEY=VALUE", "e.g. --set data.train_fraction=0.2")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+@user_errors
+def distill(
+    ctx: typer.Context,
+    teacher: Annotated[Optional[str], typer.Option(help="timm teacher (exact name, unique prefix, or _100 variant).")] = None,
+    student: Annotated[Optional[str], typer.Option(help="timm student, resolved like --teacher.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="digits | synthetic | cifar10 | cifar100 | imagefolder:PATH")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
+    download: Annotated[Optional[bool], typer.Option("--download", help="Download CIFAR if missing.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="YAML recipe; options given here override it.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs of every stage.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch size of every stage.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of every stage.")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Input resolution.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Student distillation: kd | dkd | lskd | dist.")] = None,
+    gt_beta: Annotated[Optional[float], typer.Option(help="Weight of the GT's non-target term.")] = None,
+    gt_k: Annotated[Optional[float], typer.Option(help="GT temperature multiple: T = k * std(logits).")] = None,
+    gt_init: Annotated[Optional[str], typer.Option(help="GT initialisation: scratch | standard.")] = None,
+    teacher_checkpoint: Annotated[Optional[Path], typer.Option(help="Load the Standard Teacher from this file.")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained", help="Fine-tune timm's pretrained teacher.")] = None,
+    compare: Annotated[Optional[bool], typer.Option("--compare", help="Also train students from the ST and CE-only.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Training autocast: fp32 | bf16 | fp16 (CUDA).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any recipe key: --set data.train_fraction=0.2")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
+) -> None:
+    """Train the Standard Teacher, the Generous Teacher and the student(s) into one run directory."""
+    from .config import load_config
+    from .pipeline import run_distill
+    from .report import stage_table
+
+    per_stage = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    overrides: dict[str, Any] = {
+        f"{s}.train.{k}": v for k, v in per_stage.items() if v is not None for s in ("teacher", "generous", "student")
+    }
+    flat = {
+        "teacher.arch": teacher, "student.arch": student, "data.name": dataset, "data.root": data_root,
+        "data.download": download, "data.img_size": img_size, "student.method": method, "generous.beta": gt_beta,
+        "generous.k": gt_k, "generous.init": gt_init, "teacher.checkpoint": teacher_checkpoint,
+        "teacher.pretrained": pretrained, "compare": compare, "seed": seed, "device": device,
+        "precision": precision,
+    }
+    overrides.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items() if v is not None})
+    overrides.update(_parse_set(set_ or []))
+    if resume:
+        if overrides or recipe:
+            raise UserError("--resume continues a run with its saved configuration",
+                            "drop the other options, or start a new run without --resume")
+        cfg = None
+    else:
+        cfg = load_config(recipe, overrides)
+    run = run_distill(cfg, out=out, resume=resume, console=console)
+    console.print(stage_table(run.metrics()))
+    console.print(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
+
+
+@app.command()
+@user_errors
+def models(
+    ctx: typer.Context,
+    pattern: Annotated[str, typer.Argument(help="Wildcard filter, e.g. 'mobilenetv3*'.")] = "*",
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="Only models with pretrained weights.")] = False,
+) -> None:
+    """List timm model names."""
+    import timm
+
+    pattern = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    names = timm.list_models(pattern, pretrained=pretrained)
+    if not names:
+        raise UserError(f"no timm model matches '{pattern}'", "try a shorter pattern, e.g. 'resnet*'")
+    console.print(Columns(names, equal=True, column_first=True))
+    console.print(f"{len(names)} models", style="dim")

@@ -1,0 +1,212 @@
+"""Typed configuration of a run: recipes (YAML) mirror these models 1:1, CLI flags override them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import UserError
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(Strict):
+    """Training augmentation passed to `timm.data.create_transform`; None takes the data set's default."""
+
+    scale: tuple[float, float] | None = Field(None, description="RandomResizedCrop area range")
+    ratio: tuple[float, float] | None = Field(None, description="RandomResizedCrop aspect range")
+    hflip: float | None = Field(None, description="horizontal flip probability")
+    color_jitter: float | None = Field(None, description="colour jitter strength")
+    auto_augment: str | None = Field(None, description="timm auto-augment policy, e.g. rand-m9-mstd0.5")
+    re_prob: float | None = Field(None, description="random erasing probability")
+    crop_pct: float | None = Field(None, description="evaluation centre-crop fraction")
+
+
+class SyntheticConfig(Strict):
+    """Generated images: classes grouped into super-classes that share appearance (see data.py)."""
+
+    num_classes: int = Field(10, ge=2, description="number of classes")
+    superclasses: int = Field(0, ge=0, description="classes share one of this many base patterns (0: none)")
+    train_per_class: int = Field(60, ge=1, description="training images per class")
+    val_per_class: int = Field(20, ge=1, description="test images per class")
+    class_sep: float = Field(1.0, gt=0, description="strength of a class's own pattern against its super-class's")
+    noise: float = Field(0.25, ge=0, description="std of per-pixel Gaussian noise (images in [0, 1])")
+    seed: int = Field(0, description="generator seed (the data, not the training run)")
+
+
+class DataConfig(Strict):
+    """Which data set and how it is split, sized and augmented."""
+
+    name: str = Field("digits", description="digits | synthetic | cifar10 | cifar100 | imagefolder:PATH")
+    root: Path | None = Field(None, description="data directory (CIFAR download target, ImageFolder root)")
+    download: bool = Field(False, description="download CIFAR if missing")
+    img_size: int | None = Field(None, ge=8, description="input resolution; None: the data set's default")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="test split where the data set has none")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="stratified subset of the training split")
+    workers: int | None = Field(None, ge=0, description="DataLoader workers; None: 0 for in-memory data")
+    mean: tuple[float, float, float] | None = Field(None, description="normalisation; None: the teacher's")
+    std: tuple[float, float, float] | None = Field(None, description="normalisation; None: the teacher's")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class TrainConfig(Strict):
+    """One stage's optimisation schedule (timm optimizer and scheduler factories)."""
+
+    epochs: int = Field(10, ge=0, description="epochs (0 with a loaded teacher: evaluate only)")
+    batch_size: int = Field(64, ge=1, description="global batch size (split across DDP ranks)")
+    opt: str = Field("sgd", description="timm optimizer name: sgd, adamw, lamb, ...")
+    lr: float = Field(0.05, gt=0, description="peak learning rate")
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    sched: str = Field("cosine", description="timm scheduler name")
+    warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up")
+    min_lr: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    clip_grad: float | None = Field(None, gt=0, description="gradient-norm clipping")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate and keep an EMA of the weights")
+
+
+class TeacherConfig(Strict):
+    """The Standard Teacher: trained with CE, fine-tuned from timm weights, or loaded."""
+
+    arch: str = Field("resnet50", description="timm model name")
+    pretrained: bool = Field(False, description="start from timm's pretrained weights (needs network)")
+    checkpoint: Path | None = Field(None, description="load this checkpoint and skip training")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=8, warmup_epochs=1))
+
+
+class GenerousConfig(Strict):
+    """The Generous Teacher: CE + beta * warm-up * k^2 * NCKD(ST -> GT) at T = k * std(logits)."""
+
+    arch: str | None = Field(None, description="timm model name; None: the teacher's")
+    init: Literal["scratch", "standard"] = Field("scratch", description="random init or the ST's weights")
+    beta: float = Field(1.0, ge=0, description="weight of the non-target distillation term")
+    k: float = Field(2.0, gt=0, description="temperature multiple of each sample's logit std")
+    warmup: float = Field(0.2, ge=0, le=1, description="fraction of epochs over which beta ramps up")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=8, warmup_epochs=1))
+
+
+class MethodConfig(Strict):
+    ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy term")
+    warmup: float = Field(0.0, ge=0, le=1, description="fraction of epochs over which the KD term ramps up")
+
+
+class KDConfig(MethodConfig):
+    """Hinton KD (mdistiller's CIFAR recipes use ce_weight 0.1, kd_weight 0.9)."""
+
+    kd_weight: float = Field(1.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+
+
+class DKDConfig(MethodConfig):
+    """Decoupled KD (Zhao et al. 2022)."""
+
+    alpha: float = Field(1.0, ge=0, description="TCKD weight")
+    beta: float = Field(8.0, ge=0, description="NCKD weight")
+    temperature: float = Field(4.0, gt=0)
+    warmup: float = 0.2
+
+
+class LSKDConfig(MethodConfig):
+    """KD with logit standardisation (Sun et al. 2024): T = k * std(logits) per sample."""
+
+    ce_weight: float = 0.1
+    kd_weight: float = Field(9.0, ge=0)
+    k: float = Field(2.0, gt=0)
+
+
+class DISTConfig(MethodConfig):
+    """DIST (Huang et al. 2022): inter- and intra-class Pearson relations."""
+
+    beta: float = Field(1.0, ge=0, description="inter-class weight")
+    gamma: float = Field(1.0, ge=0, description="intra-class weight")
+    temperature: float = Field(1.0, gt=0)
+
+
+Method = Literal["kd", "dkd", "lskd", "dist"]
+
+
+class StudentConfig(Strict):
+    """The student: distilled from the Generous Teacher with `method` (the other blocks wait unused)."""
+
+    arch: str = Field("mobilenetv3_small_100", description="timm model name")
+    method: Method = "kd"
+    kd: KDConfig = Field(default_factory=KDConfig)
+    dkd: DKDConfig = Field(default_factory=DKDConfig)
+    lskd: LSKDConfig = Field(default_factory=LSKDConfig)
+    dist: DISTConfig = Field(default_factory=DISTConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15))
+
+    @property
+    def method_config(self) -> MethodConfig:
+        return getattr(self, self.method)
+
+
+class RunConfig(Strict):
+    """Everything a `gtcompress distill` run does; written resolved to `<run>/config.yaml`."""
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training autocast dtype")
+    channels_last: bool = True
+    compare: bool = Field(False, description="also train students from the ST and with CE alone")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    generous: GenerousConfig = Field(default_factory=GenerousConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    environment: dict[str, Any] | None = Field(None, description="recorded by a run; ignored on input")
+
+    def train_configs(self) -> list[TrainConfig]:
+        return [self.teacher.train, self.generous.train, self.student.train]
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `tree['a']['b'] = value` for `dotted='a.b'`, creating levels as needed."""
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def _describe(err: ValidationError) -> tuple[str, str]:
+    """The first validation error as (message, hint)."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{where}'", "see recipes/digits.yaml for the known keys"
+    return f"'{where}' {first['msg'][0].lower()}{first['msg'][1:]}", f"fix the value of {where}"
+
+
+def load_config(recipe: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML recipe (optional), apply dotted-key overrides, validate."""
+    tree: dict[str, Any] = {}
+    if recipe is not None:
+        if not recipe.is_file():
+            raise UserError(f"recipe {recipe} not found", "pass an existing YAML file, e.g. recipes/digits.yaml")
+        try:
+            tree = yaml.safe_load(recipe.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"recipe {recipe} is not valid YAML: {e}".replace("\n", " "), "fix the YAML syntax")
+        if not isinstance(tree, dict):
+            raise UserError(f"recipe {recipe} must be a mapping of keys", "see recipes/digits.yaml")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(tree, dotted, value)
+    try:
+        cfg = RunConfig.model_validate(tree)
+    except ValidationError as e:
+        message, hint = _describe(e)
+        raise UserError(f"{f'recipe {recipe}' if recipe else 'configuration'}: {message}", hint) from None
+    cfg.environment = None
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,87 @@
+"""PyTorch DDP under torchrun: process-group set-up, device choice, and collective helpers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+SETUP_TIMEOUT = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job; world_size 1 without torchrun."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(requested: str, precision: str, local_rank: int = 0) -> torch.device:
+    """`auto` -> CUDA when present; clear errors for CUDA or fp16 that cannot be had."""
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise UserError("--device cuda was requested but CUDA is not available", "use --device cpu or auto")
+    device = torch.device(f"cuda:{local_rank}" if has_cuda and requested != "cpu" else "cpu")
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("fp16 training needs a CUDA device", "use --precision bf16 or fp32 on CPU")
+    return device
+
+
+def init_distributed(device_request: str, precision: str) -> tuple[DistEnv, torch.device]:
+    """Join the torchrun job if there is one (nccl on CUDA, gloo on CPU) and pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_request, precision, local_rank)
+    if world_size == 1:
+        return DistEnv(), device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=SETUP_TIMEOUT, device_id=device if backend == "nccl" else None)
+    return DistEnv(dist.get_rank(), local_rank, dist.get_world_size()), device
+
+
+def all_ranks_ok(env: DistEnv, error: UserError | None) -> None:
+    """Raise on every rank if any rank failed a step (so no rank hangs in a later collective)."""
+    if not env.enabled:
+        if error is not None:
+            raise error
+        return
+    errors: list[UserError | None] = [None] * env.world_size
+    dist.all_gather_object(errors, error)
+    first = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
+    if first is not None:
+        rank, err = first
+        raise UserError(f"rank {rank}: {err.message}", err.hint)
+
+
+def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,13 @@
+"""The one error type for user mistakes: the CLI prints it on one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """A mistake the user can fix: `message` says what is wrong, `hint` how to fix it."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message, hint)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message

@@ -1,0 +1,196 @@
+"""Models: timm name resolution, creation, self-describing checkpoints, size (params, MACs)."""
+
+from __future__ import annotations
+
+import difflib
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import resolve_data_config
+from timm.models import get_pretrained_cfg, load_state_dict
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import UserError
+from .rundir import torch_save
+
+CHECKPOINT_FORMAT = "gtcompress-checkpoint/1"
+
+
+def resolve_model_name(name: str) -> tuple[str, str | None]:
+    """A timm architecture for `name`: exact, unique prefix, or the width-1.0 (`_100`) variant of a prefix.
+
+    Returns the name and, when it differs from the input, a sentence saying how it was resolved.
+    A pretrained tag (`resnet50.a1_in1k`) is kept. Anything else is an error listing close matches.
+    """
+    arch, dot, tag = name.strip().replace("-", "_").partition(".")
+    known = timm.list_models()
+    if arch in known:
+        resolved = arch
+        note = None
+    else:
+        prefixed = [m for m in known if m.startswith(arch)]
+        if len(prefixed) == 1:
+            resolved, note = prefixed[0], "its unique prefix match"
+        elif arch + "_100" in prefixed:
+            others = ", ".join(m for m in prefixed if m != arch + "_100")
+            resolved, note = arch + "_100", f"timm's width-1.0 variant; also: {others}"
+        elif prefixed:
+            listed = ", ".join(prefixed[:8]) + (", ..." if len(prefixed) > 8 else "")
+            raise UserError(f"model name '{name}' is ambiguous: {listed}", "pass one of these exact names")
+        else:
+            close = difflib.get_close_matches(arch, known, n=5, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}?" if close else "list names with `gtcompress models PATTERN`"
+            raise UserError(f"unknown timm model '{name}'", hint)
+    full = resolved + dot + tag
+    return full, (f"{name} -> {full} ({note})" if note else None)
+
+
+def create_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
+    """`timm.create_model`, with hub failures turned into a one-line error."""
+    if not pretrained:
+        return timm.create_model(arch, num_classes=num_classes)
+    try:
+        return timm.create_model(arch, pretrained=True, num_classes=num_classes)
+    except (OSError, RuntimeError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"could not load pretrained weights for {arch}: {reason}",
+            "connect to the internet (and unset HF_HUB_OFFLINE), or pass --teacher-checkpoint FILE",
+        ) from None
+
+
+def default_normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std timm's pretrained config gives `arch` (ImageNet's where it has none)."""
+    pretrained_cfg = get_pretrained_cfg(arch)
+    cfg = resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {})
+    return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What it takes to rebuild and feed a model without its recipe."""
+
+    arch: str
+    num_classes: int
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+
+    def build(self) -> nn.Module:
+        return timm.create_model(self.arch, num_classes=self.num_classes)
+
+
+def save_checkpoint(path: Path, model: nn.Module, spec: ModelSpec, stage: str, metrics: dict[str, Any]) -> None:
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    spec_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+    torch_save(
+        {"format": CHECKPOINT_FORMAT, "stage": stage, **spec_dict, "metrics": metrics, "state_dict": state}, path
+    )
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({reason})", "re-create it; it may be truncated") from None
+
+
+def _is_gtcompress(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A gtcompress checkpoint as a dict (`torch.load(weights_only=True)`), with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found", "pass the path of a .pt file written by gtcompress")
+    ckpt = _torch_load(path)
+    if not _is_gtcompress(ckpt):
+        raise UserError(f"{path} is not a gtcompress checkpoint", "pass a checkpoint written by gtcompress distill")
+    return ckpt
+
+
+def spec_of(ckpt: dict[str, Any]) -> ModelSpec:
+    return ModelSpec(
+        arch=ckpt["arch"], num_classes=ckpt["num_classes"], img_size=ckpt["img_size"], mean=tuple(ckpt["mean"]),
+        std=tuple(ckpt["std"]), class_names=tuple(ckpt["class_names"]),
+    )
+
+
+def load_model(path: Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Rebuild a model from a gtcompress checkpoint: (model in eval mode, spec, the checkpoint dict)."""
+    ckpt = read_checkpoint(path)
+    spec = spec_of(ckpt)
+    model = spec.build()
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), spec, ckpt
+
+
+def load_weights(model: nn.Module, path: Path, arch: str, num_classes: int) -> None:
+    """Load a gtcompress checkpoint or any timm-compatible state dict (timm's key conventions) into `model`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found", "pass an existing file to --teacher-checkpoint")
+    raw = None if path.suffix == ".safetensors" else _torch_load(path)
+    if _is_gtcompress(raw):
+        if raw["arch"].split(".")[0] != arch.split(".")[0]:
+            raise UserError(f"{path} holds a {raw['arch']}, not a {arch}", f"pass --teacher {raw['arch']}")
+        state = raw["state_dict"]
+    else:
+        try:
+            state = load_state_dict(str(path), use_ema=True, weights_only=True)
+        except (RuntimeError, OSError, KeyError) as e:
+            raise UserError(f"{path} is not a readable state dict ({e})", "pass a .pt/.pth/.safetensors file")
+    if all(k.startswith("model.") for k in state):
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    expected = model.state_dict()
+    head = f"{model.pretrained_cfg.get('classifier', 'fc')}.weight"
+    if head in state and head in expected and state[head].shape[0] != expected[head].shape[0]:
+        raise UserError(
+            f"{path} has {state[head].shape[0]} classes but the data set has {num_classes}",
+            "use a checkpoint trained on this data set, or --pretrained to fine-tune timm's weights",
+        )
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        first = (missing or unexpected or wrong)[0]
+        raise UserError(
+            f"{path} does not fit {arch}: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(wrong)} mis-shaped tensors (e.g. {first})",
+            "pass the --teacher architecture the checkpoint was trained as",
+        )
+    model.load_state_dict(state)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP (`.module`) or torch.compile (`._orig_mod`) wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in unwrap(model).parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, img_size: int) -> int:
+    """Multiply-accumulates of one forward pass on one image (torch.utils.flop_counter)."""
+    model = unwrap(model)
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(1, 3, img_size, img_size, device=param.device, dtype=param.dtype))
+    model.train(was_training)
+    return counter.get_total_flops() // 2

@@ -1,0 +1,122 @@
+"""The run directory: its file names, atomic writes, metrics.json and history.jsonl, runs/latest."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+RUNS_ROOT = Path("runs")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+STAGES = ("standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; it replaces `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})", "restore it or re-run the stage that writes it")
+
+
+def torch_save(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class RunDir:
+    """Paths and bookkeeping files of one run (`runs/<name>/`)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    metrics_path = property(lambda self: self.path / "metrics.json")
+    history_path = property(lambda self: self.path / "history.jsonl")
+    export_dir = property(lambda self: self.path / "export")
+    progress_dir = property(lambda self: self.path / "checkpoints")
+
+    def checkpoint(self, stage: str) -> Path:
+        """The finished stage's model checkpoint."""
+        return self.path / f"{stage}.pt"
+
+    def progress(self, stage: str) -> Path:
+        """The in-progress training state of a stage, rewritten after every epoch."""
+        return self.progress_dir / f"{stage}.last.pt"
+
+    def metrics(self) -> dict[str, Any]:
+        return read_json(self.metrics_path) if self.metrics_path.exists() else {}
+
+    def update_metrics(self, key: str, value: Any) -> None:
+        metrics = self.metrics()
+        metrics[key] = value
+        write_json(self.metrics_path, metrics)
+
+    def history(self) -> list[dict[str, Any]]:
+        if not self.history_path.exists():
+            return []
+        return [json.loads(line) for line in self.history_path.read_text().splitlines() if line.strip()]
+
+    def write_history(self, records: list[dict[str, Any]]) -> None:
+        write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def new_run_path(root: Path = RUNS_ROOT) -> Path:
+    """`runs/<timestamp>`, suffixed if that name is taken."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = root / stamp, 1
+    while path.exists():
+        n += 1
+        path = root / f"{stamp}-{n}"
+    return path
+
+
+def mark_latest(run: Path) -> None:
+    """Point `<parent>/latest` at `run` (an atomic symlink swap)."""
+    link = run.parent / "latest"
+    tmp = run.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run.name)
+    os.replace(tmp, link)
+
+
+def resolve_run(path: Path | None) -> RunDir:
+    """The run at `path`, or `runs/latest`; a clear error where there is none."""
+    path = Path(path) if path is not None else RUNS_ROOT / "latest"
+    if not (path / "config.yaml").is_file():
+        where = "runs/latest" if path == RUNS_ROOT / "latest" else str(path)
+        raise UserError(f"no gtcompress run at {where}", "run `gtcompress distill` first or pass a run directory")
+    return RunDir(path.resolve())

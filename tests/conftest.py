@@ -1,0 +1,29 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub call would otherwise stall ~45 s without network
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from gtcompress.cli import app  # noqa: E402
+
+TEACHER, STUDENT = "test_resnet", "mobilenetv3_small_050"
+
+
+def invoke(*args: str):
+    """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory) -> Path:
+    """One small `distill --compare` run on digits, shared by every test that reads a run directory."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    result = invoke(
+        "distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 2, "--compare", "--out", out,
+        "--set", "data.train_fraction=0.5", "--set", "teacher.train.lr=0.1",
+    )
+    assert result.exit_code == 0, result.output
+    return out

@@ -1,0 +1,107 @@
+import time
+
+import pytest
+import timm
+import torch
+
+from gtcompress.errors import UserError
+from gtcompress.models import (
+    ModelSpec, count_macs, count_params, create_model, load_model, load_weights, resolve_model_name, save_checkpoint,
+)
+
+
+@pytest.mark.parametrize(
+    "name, resolved, says",
+    [
+        ("resnet50", "resnet50", False),
+        ("mobilenetv3_small", "mobilenetv3_small_100", True),
+        ("mobilenetv3-large", "mobilenetv3_large_100", True),
+        ("resnet50.a1_in1k", "resnet50.a1_in1k", False),
+        ("test_resn", "test_resnet", True),
+    ],
+)
+def test_model_names_resolve(name, resolved, says):
+    got, note = resolve_model_name(name)
+    assert got == resolved
+    assert (note is not None) == says
+    if says:
+        assert resolved in note
+
+
+def test_unknown_model_suggests_close_matches():
+    with pytest.raises(UserError) as err:
+        resolve_model_name("resnt50")
+    assert "unknown timm model" in err.value.message and "resnet50" in err.value.hint
+
+
+def test_ambiguous_prefix_lists_candidates():
+    with pytest.raises(UserError, match="ambiguous") as err:
+        resolve_model_name("efficientnet_b")
+    assert "efficientnet_b0" in err.value.message
+
+
+def spec(arch="test_resnet", num_classes=10):
+    return ModelSpec(arch, num_classes, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), tuple(str(i) for i in range(num_classes)))
+
+
+def test_checkpoint_rebuilds_the_model_without_a_recipe(tmp_path):
+    model = create_model("test_resnet", 10).eval()
+    save_checkpoint(tmp_path / "m.pt", model, spec(), "student", {"top1": 50.0})
+    rebuilt, got_spec, ckpt = load_model(tmp_path / "m.pt")
+    assert got_spec == spec() and ckpt["metrics"] == {"top1": 50.0} and ckpt["stage"] == "student"
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt(x), model(x))
+    assert not list(tmp_path.glob(".*.tmp")), "atomic write left a temporary file"
+
+
+def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    model = create_model("test_resnet", 10)
+    save_checkpoint(tmp_path / "m.pt", model, spec(), "student", {})
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_model(tmp_path / "cut.pt")
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(UserError, match="not a gtcompress checkpoint"):
+        load_model(tmp_path / "plain.pt")
+    with pytest.raises(UserError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_load_weights_accepts_timm_style_state_dicts(tmp_path):
+    source = create_model("test_resnet", 10)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "ddp.pth")
+    target = create_model("test_resnet", 10)
+    load_weights(target, tmp_path / "ddp.pth", "test_resnet", 10)
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[k], v)
+
+
+def test_load_weights_rejects_wrong_class_count_and_architecture(tmp_path):
+    torch.save(create_model("test_resnet", 1000).state_dict(), tmp_path / "in1k.pth")
+    with pytest.raises(UserError, match="1000 classes but the data set has 10"):
+        load_weights(create_model("test_resnet", 10), tmp_path / "in1k.pth", "test_resnet", 10)
+    torch.save(create_model("test_efficientnet", 10).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(UserError, match="does not fit test_resnet"):
+        load_weights(create_model("test_resnet", 10), tmp_path / "other.pth", "test_resnet", 10)
+    save_checkpoint(tmp_path / "gt.pt", create_model("test_efficientnet", 10), spec("test_efficientnet"), "x", {})
+    with pytest.raises(UserError, match="holds a test_efficientnet") as err:
+        load_weights(create_model("test_resnet", 10), tmp_path / "gt.pt", "test_resnet", 10)
+    assert "--teacher test_efficientnet" in err.value.hint
+
+
+def test_pretrained_without_network_fails_fast_and_clearly(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="could not load pretrained weights") as err:
+        create_model("mobilenetv3_small_050", 10, pretrained=True)
+    assert time.perf_counter() - start < 5
+    assert "internet" in err.value.hint
+
+
+def test_size_counts():
+    model = timm.create_model("resnet18", num_classes=10)
+    assert count_params(model) == 11_181_642
+    # resnet18 at 224px is 1.82 GMACs for 1000 classes; the conv trunk dominates at any class count.
+    assert 1.7e9 < count_macs(model, 224) < 1.9e9
+    assert count_macs(model, 32) < count_macs(model, 64)

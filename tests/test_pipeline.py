@@ -1,0 +1,132 @@
+"""The distill pipeline end to end through the CLI, and the run-directory contracts other tools read."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from gtcompress.data import load_splits
+from gtcompress.config import DataConfig
+from gtcompress.models import load_model
+from gtcompress.rundir import RunDir
+from conftest import STUDENT, TEACHER, invoke
+
+STAGES = ["standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce"]
+
+
+def test_metrics_contract(pipeline_run):
+    metrics = json.loads((pipeline_run / "metrics.json").read_text())
+    assert list(metrics) == STAGES
+    for stage in STAGES:
+        m = metrics[stage]
+        for key in ("arch", "top1", "top5", "params", "train_seconds", "epochs"):
+            assert key in m, (stage, key)
+        assert 0 <= m["top1"] <= 100 and m["top1"] <= m["top5"] <= 100
+        assert m["epochs"] == 2 and m["train_seconds"] > 0 and m["params"] > 0
+    assert metrics["standard_teacher"]["arch"] == TEACHER
+    assert metrics["student"]["arch"] == STUDENT
+    assert metrics["student"]["teacher_stage"] == "generous_teacher"
+    assert metrics["student_from_standard"]["teacher_stage"] == "standard_teacher"
+    assert metrics["student_ce"]["method"] == "ce"
+    assert metrics["standard_teacher"]["top1"] > 30, "the teacher learned nothing"
+
+
+def test_history_contract(pipeline_run):
+    lines = (pipeline_run / "history.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [(r["stage"], r["epoch"]) for r in records] == [(s, e) for s in STAGES for e in (1, 2)]
+    for r in records:
+        for key in ("stage", "epoch", "train_loss", "top1", "seconds", "images_per_second"):
+            assert key in r
+    gt = [r for r in records if r["stage"] == "generous_teacher"]
+    assert all("train_nckd" in r and "train_ce" in r for r in gt)
+
+
+def test_config_records_the_resolved_run(pipeline_run):
+    cfg = yaml.safe_load((pipeline_run / "config.yaml").read_text())
+    assert cfg["teacher"]["arch"] == TEACHER and cfg["compare"] is True
+    assert cfg["data"]["train_fraction"] == 0.5 and cfg["teacher"]["train"]["lr"] == 0.1
+    env = cfg["environment"]
+    assert env["world_size"] == 1 and env["device"] == "cpu"
+    assert env["versions"]["torch"] == torch.__version__ and "timm" in env["versions"]
+
+
+def test_checkpoints_rebuild_their_models_without_the_recipe(pipeline_run):
+    splits = load_splits(DataConfig(name="digits"))
+    for stage in STAGES:
+        model, spec, ckpt = load_model(pipeline_run / f"{stage}.pt")
+        assert spec.num_classes == 10 and spec.img_size == 32 and len(spec.mean) == 3
+        assert spec.class_names == tuple(splits.class_names) and ckpt["stage"] == stage
+        with torch.no_grad():
+            assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert not (pipeline_run / "checkpoints").exists() or not list((pipeline_run / "checkpoints").iterdir())
+
+
+def test_latest_points_at_the_run(pipeline_run):
+    assert (pipeline_run.parent / "latest").resolve() == pipeline_run.resolve()
+
+
+def test_every_student_arm_starts_from_the_same_weights(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 0, "--compare", "--out", out)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    losses = {stage: metrics[stage]["val_loss"] for stage in STAGES}
+    assert losses["student"] == losses["student_from_standard"] == losses["student_ce"]
+    assert losses["standard_teacher"] != losses["generous_teacher"]
+
+
+def test_resume_of_a_complete_run_redoes_nothing(pipeline_run):
+    before = {p.name: p.stat().st_mtime_ns for p in pipeline_run.glob("*.pt")}
+    result = invoke("distill", "--resume", "--out", pipeline_run)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("complete (top-1") == len(STAGES)
+    assert {p.name: p.stat().st_mtime_ns for p in pipeline_run.glob("*.pt")} == before
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    import gtcompress.pipeline as pipeline
+
+    real = pipeline._append_history
+
+    def interrupt_in_student(run, record):
+        real(run, record)
+        if record["stage"] == "student":
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    args = ["distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 2, "--out", out,
+            "--set", "data.train_fraction=0.2"]
+    monkeypatch.setattr(pipeline, "_append_history", interrupt_in_student)
+    result = invoke(*args)
+    assert result.exit_code == 130
+    assert "--resume" in result.output
+    assert set(json.loads((out / "metrics.json").read_text())) == {"standard_teacher", "generous_teacher"}
+    teacher_mtime = (out / "standard_teacher.pt").stat().st_mtime_ns
+
+    monkeypatch.setattr(pipeline, "_append_history", real)
+    result = invoke("distill", "--resume", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "student: resuming after epoch 1/2" in result.output
+    assert (out / "standard_teacher.pt").stat().st_mtime_ns == teacher_mtime
+    history = RunDir(out).history()
+    assert [(r["stage"], r["epoch"]) for r in history if r["stage"] == "student"] == [("student", 1), ("student", 2)]
+    assert "student" in json.loads((out / "metrics.json").read_text())
+
+
+def test_generous_teacher_can_start_from_the_standard_teacher(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("distill", "--teacher", TEACHER, "--student", "test_efficientnet", "--epochs", 1,
+                    "--gt-init", "standard", "--method", "dkd", "--out", out, "--set", "data.train_fraction=0.2")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["generous_teacher"]["init"] == "standard" and metrics["student"]["method"] == "dkd"
+    assert "Generous Teacher" in result.output and "student <- GT" in result.output
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "gtcompress", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "distill" in out.stdout
