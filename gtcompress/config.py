@@ -88,6 +88,7 @@ class GenerousConfig(Strict):
 
     arch: str | None = Field(None, description="timm model name; None: the teacher's")
     init: Literal["scratch", "standard"] = Field("scratch", description="random init or the ST's weights")
+    checkpoint: Path | None = Field(None, description="load a trained GT (e.g. another run's) and skip training")
     beta: float = Field(1.0, ge=0, description="weight of the non-target distillation term")
     k: float = Field(2.0, gt=0, description="temperature multiple of each sample's logit std")
     warmup: float = Field(0.2, ge=0, le=1, description="fraction of epochs over which beta ramps up")
@@ -143,7 +144,7 @@ class StudentConfig(Strict):
     dkd: DKDConfig = Field(default_factory=DKDConfig)
     lskd: LSKDConfig = Field(default_factory=LSKDConfig)
     dist: DISTConfig = Field(default_factory=DISTConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, warmup_epochs=2, clip_grad=5.0))
 
     @property
     def method_config(self) -> MethodConfig:

@@ -159,12 +159,16 @@ def run_distill(
 
         def build_generous() -> nn.Module:
             model = create_model(gt_arch, splits.num_classes)
-            if g.init == "standard":
+            if g.checkpoint is not None:
+                load_weights(model, g.checkpoint, gt_arch, splits.num_classes)
+            elif g.init == "standard":
                 model.load_state_dict(standard.state_dict())
             return model
 
-        generous = stage("generous_teacher", gt_arch, build_generous, g.train, generous_objective(g),
-                         teacher=standard, init=g.init, beta=g.beta, k=g.k)
+        gt_train = g.train.model_copy(update={"epochs": 0}) if g.checkpoint else g.train
+        generous = stage("generous_teacher", gt_arch, build_generous, gt_train, generous_objective(g),
+                         teacher=standard, source="checkpoint" if g.checkpoint else "trained", init=g.init,
+                         beta=g.beta, k=g.k)
 
         s = cfg.student
         build_student = lambda: create_model(s.arch, splits.num_classes)  # noqa: E731

@@ -123,10 +123,25 @@ def test_generous_teacher_can_start_from_the_standard_teacher(tmp_path):
                     "--gt-init", "standard", "--method", "dkd", "--out", out, "--set", "data.train_fraction=0.2")
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["generous_teacher"]["init"] == "standard" and metrics["student"]["method"] == "dkd"
+    assert metrics["generous_teacher"]["init"] == "standard" and metrics["generous_teacher"]["source"] == "trained" and metrics["student"]["method"] == "dkd"
     assert "Generous Teacher" in result.output and "student <- GT" in result.output
 
 
 def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "gtcompress", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "distill" in out.stdout
+
+
+def test_teachers_of_one_run_teach_the_students_of_another(pipeline_run, tmp_path):
+    out = tmp_path / "run"
+    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 1, "--method", "dist",
+                    "--teacher-checkpoint", pipeline_run / "standard_teacher.pt",
+                    "--set", f"generous.checkpoint={pipeline_run / 'generous_teacher.pt'}", "--out", out,
+                    "--set", "data.train_fraction=0.5")
+    assert result.exit_code == 0, result.output
+    old = json.loads((pipeline_run / "metrics.json").read_text())
+    new = json.loads((out / "metrics.json").read_text())
+    for stage in ("standard_teacher", "generous_teacher"):
+        assert new[stage]["source"] == "checkpoint" and new[stage]["epochs"] == 0
+        assert new[stage]["top1"] == pytest.approx(old[stage]["top1"])
+    assert new["student"]["method"] == "dist" and new["student"]["epochs"] == 1
