@@ -38,6 +38,7 @@ class SyntheticConfig(Strict):
     val_per_class: int = Field(20, ge=1, description="test images per class")
     class_sep: float = Field(1.0, gt=0, description="strength of a class's own pattern against its super-class's")
     noise: float = Field(0.25, ge=0, description="std of per-pixel Gaussian noise (images in [0, 1])")
+    blend: float = Field(0.0, ge=0, lt=0.5, description="each image mixes in a sibling class by up to this weight")
     seed: int = Field(0, description="generator seed (the data, not the training run)")
 
 

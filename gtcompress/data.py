@@ -94,8 +94,9 @@ def synthetic_images(cfg: SyntheticConfig, size: int) -> tuple[np.ndarray, np.nd
     """Deterministic images whose classes share appearance within super-classes (like CIFAR-100's).
 
     Each class's prototype is its super-class's smooth random pattern plus `class_sep` times a
-    pattern of its own; a sample is its prototype shifted, rescaled in contrast and brightness,
-    plus pixel noise. With `superclasses=0` every class has an independent pattern.
+    pattern of its own; a sample is its prototype, blended with a random sibling's (same super-class,
+    weight uniform in [0, `blend`)), shifted, rescaled in contrast and brightness, plus pixel noise.
+    With `superclasses=0` every class has an independent pattern and any class is a sibling.
     Returns train images, train labels, test images, test labels (uint8 HWC images).
     """
     rng = np.random.default_rng(cfg.seed)
@@ -113,10 +114,17 @@ def synthetic_images(cfg: SyntheticConfig, size: int) -> tuple[np.ndarray, np.nd
         protos = own
     protos /= protos.std(axis=(1, 2, 3), keepdims=True)
 
+    group = np.arange(num_classes) % cfg.superclasses if cfg.superclasses else np.zeros(num_classes, int)
+    siblings = [np.flatnonzero((group == group[c]) & (np.arange(num_classes) != c)) for c in range(num_classes)]
+
     def draw(per_class: int) -> tuple[np.ndarray, np.ndarray]:
         labels = np.repeat(np.arange(num_classes), per_class)
         n, shift = len(labels), max(1, size // 8)
         imgs = protos[labels]
+        if cfg.blend > 0:  # draws nothing when off, so blend=0 data sets are unchanged
+            other = np.array([rng.choice(siblings[c]) if len(siblings[c]) else c for c in labels])
+            weight = rng.uniform(0, cfg.blend, size=(n, 1, 1, 1)).astype(np.float32)
+            imgs = (1 - weight) * imgs + weight * protos[other]
         dx, dy = rng.integers(-shift, shift + 1, size=(2, n))
         imgs = np.stack([np.roll(im, (a, b), axis=(1, 2)) for im, a, b in zip(imgs, dx, dy)])
         contrast = rng.uniform(0.7, 1.3, size=(n, 1, 1, 1))

@@ -40,14 +40,33 @@ def test_synthetic_is_deterministic_and_sized():
     assert not np.array_equal(train_x, other)
 
 
+def _sibling_and_other_correlation(cfg: SyntheticConfig) -> tuple[float, float]:
+    x, y, _, _ = synthetic_images(cfg, 16)
+    n, groups = cfg.num_classes, cfg.superclasses
+    corr = np.corrcoef(np.stack([x[y == c].astype(float).mean(0).ravel() for c in range(n)]))
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    same = np.mean([corr[i, j] for i, j in pairs if i % groups == j % groups])
+    other = np.mean([corr[i, j] for i, j in pairs if i % groups != j % groups])
+    return same, other
+
+
 def test_synthetic_superclasses_share_appearance():
     cfg = SyntheticConfig(num_classes=20, superclasses=4, train_per_class=30, noise=0.0, class_sep=0.5)
-    x, y, _, _ = synthetic_images(cfg, 16)
-    means = np.stack([x[y == c].astype(float).mean(0).ravel() for c in range(20)])
-    corr = np.corrcoef(means)
-    same = [corr[i, j] for i in range(20) for j in range(i + 1, 20) if i % 4 == j % 4]
-    different = [corr[i, j] for i in range(20) for j in range(i + 1, 20) if i % 4 != j % 4]
-    assert np.mean(same) > np.mean(different) + 0.3
+    same, other = _sibling_and_other_correlation(cfg)
+    assert same > other + 0.3
+
+
+def test_synthetic_blend_mixes_in_siblings_only():
+    cfg = SyntheticConfig(num_classes=12, superclasses=3, train_per_class=40, noise=0.0, class_sep=2.0)
+    same, other = _sibling_and_other_correlation(cfg)
+    blended = cfg.model_copy(update={"blend": 0.45})
+    same_blended, other_blended = _sibling_and_other_correlation(blended)
+    assert same_blended > same + 0.15, "blending should make siblings look alike"
+    assert abs(other_blended - other) < 0.02, "blending must not mix in other super-classes"
+    a, b = synthetic_images(blended, 16), synthetic_images(blended, 16)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a[1], synthetic_images(cfg, 16)[1])
 
 
 def test_transforms_use_timm_and_give_normalised_tensors():
