@@ -1,0 +1,172 @@
+"""What benchmarks/method.py and gt_sweep.py share: `gtcompress distill` runs as resumable subprocesses with
+their CPU cost recorded, t-intervals over seeds, Markdown tables, and the machine's description."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scipy import stats
+
+from gtcompress.rundir import write_json
+
+REPO = Path(__file__).resolve().parent.parent
+ALL_STAGES = ("standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce")
+COST_FILE = "benchmark_cost.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `gtcompress distill` run: its directory, its options (all but --out), the stages it must finish."""
+
+    out: Path
+    args: tuple[str, ...]
+    stages: tuple[str, ...] = ALL_STAGES
+
+
+def sets(overrides: dict[str, Any]) -> tuple[str, ...]:
+    """`--set KEY=VALUE` options for recipe overrides, in a stable order."""
+    return tuple(a for key in sorted(overrides) for a in ("--set", f"{key}={overrides[key]}"))
+
+
+def run_state(run: Run) -> str:
+    """'done' when metrics.json holds every stage, 'partial' when the run has started, else 'new'."""
+    metrics = run.out / "metrics.json"
+    if metrics.exists() and set(run.stages) <= set(json.loads(metrics.read_text())):
+        return "done"
+    return "partial" if (run.out / "config.yaml").exists() else "new"
+
+
+def distill_command(run: Run, python: str = sys.executable) -> list[str]:
+    """The command that starts `run`, or continues it with the pipeline's own --resume after an interruption."""
+    base = [python, "-m", "gtcompress", "distill"]
+    if run_state(run) == "partial":
+        return [*base, "--resume", "--out", str(run.out)]
+    return [*base, *run.args, "--out", str(run.out)]
+
+
+def execute(run: Run, command: list[str], threads: int = 1) -> dict[str, float]:
+    """Run `command` for `run` (log in <out>.log), add its CPU and wall seconds to <out>/benchmark_cost.json."""
+    run.out.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    start = time.perf_counter()
+    with open(run.out.with_suffix(".log"), "a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU time, exact under parallel jobs
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    attempt = {"cpu_seconds": usage.ru_utime + usage.ru_stime, "wall_seconds": time.perf_counter() - start,
+               "returncode": proc.returncode}
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {proc.returncode}; see {run.out}.log")
+    cost_path = run.out / COST_FILE
+    attempts = json.loads(cost_path.read_text())["attempts"] if cost_path.exists() else []
+    write_json(cost_path, {"attempts": [*attempts, attempt]})
+    return attempt
+
+
+def run_cost(run: Run) -> dict[str, float]:
+    """CPU and wall seconds spent on `run` over all its attempts (0 if it was never run by a benchmark)."""
+    path = run.out / COST_FILE
+    attempts = json.loads(path.read_text())["attempts"] if path.exists() else []
+    return {key: sum(a[key] for a in attempts) for key in ("cpu_seconds", "wall_seconds")}
+
+
+def run_groups(groups: Sequence[Sequence[Run]], jobs: int = 1, threads: int = 1,
+               say: Callable[[str], None] = print) -> None:
+    """Run each group's runs in order, `jobs` groups at a time; finished runs are skipped, started ones resumed."""
+    todo = [g for g in groups if any(run_state(r) != "done" for r in g)]
+    say(f"{len(groups) - len(todo)} of {len(groups)} groups already done; running {len(todo)} with {jobs} job(s)")
+    lock, done = threading.Lock(), [0]
+
+    def work(group: Sequence[Run]) -> None:
+        for run in group:
+            if run_state(run) == "done":
+                continue
+            cost = execute(run, distill_command(run), threads)
+            with lock:
+                say(f"  {run.out}: {cost['cpu_seconds']:.0f} CPU s, {cost['wall_seconds']:.0f} s")
+        with lock:
+            done[0] += 1
+            say(f"[{done[0]}/{len(todo)}] done")
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for future in [pool.submit(work, g) for g in todo]:
+            future.result()
+
+
+def metrics(run: Run) -> dict[str, Any]:
+    return json.loads((run.out / "metrics.json").read_text())
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Student's t confidence interval of the mean over `values` (None for fewer than two values)."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean, sem = statistics.fmean(values), statistics.stdev(values) / math.sqrt(n)
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * sem
+    return mean - half, mean + half
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """Every value, their mean, sample std (n-1) and 95% t-interval of the mean."""
+    values = [float(v) for v in values]
+    return {"n": len(values), "values": values, "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None, "ci95": t_interval(values)}
+
+
+def fmt_mean_std(s: dict[str, Any], digits: int = 2) -> str:
+    """'83.12 ± 0.45' (no ± for a single value)."""
+    return f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
+
+
+def fmt_gain(s: dict[str, Any], digits: int = 2) -> str:
+    """'+0.53 [-0.80, +1.86]': a signed mean difference and its 95% interval."""
+    text = f"{s['mean']:+.{digits}f}"
+    return text + (f" [{s['ci95'][0]:+.{digits}f}, {s['ci95'][1]:+.{digits}f}]" if s["ci95"] else "")
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; numbers right-aligned."""
+    rows = [[str(c) for c in row] for row in rows]
+    align = ["---:" if rows and all(_numeric(r[i]) for r in rows) else "---" for i in range(len(headers))]
+    lines = [headers, align, *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
+
+
+def _numeric(cell: str) -> bool:
+    return bool(cell) and (cell[0].isdigit() or cell[0] in "+-−") and any(c.isdigit() for c in cell)
+
+
+def machine() -> dict[str, Any]:
+    """Where the benchmark ran: CPU model, cores, library versions."""
+    import timm
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+            else None, "os": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "timm": timm.__version__}
+
+
+def command_line() -> str:
+    return " ".join(["python", *(Path(a).as_posix() if i == 0 else a for i, a in enumerate(sys.argv))])
