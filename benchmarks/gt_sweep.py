@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grid  # noqa: E402
 
 from gtcompress.config import load_config  # noqa: E402
+from gtcompress.errors import UserError  # noqa: E402
 from gtcompress.rundir import write_json, write_text  # noqa: E402
 
 RECIPE = "recipes/synthetic100.yaml"
@@ -190,4 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")
