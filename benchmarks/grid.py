@@ -57,13 +57,18 @@ def distill_command(run: Run, python: str = sys.executable) -> list[str]:
     return [*base, *run.args, "--out", str(run.out)]
 
 
+def log_path(run: Run) -> Path:
+    """<out>.log beside the run directory (not with_suffix: run names hold dots, as in b0.5)."""
+    return run.out.parent / f"{run.out.name}.log"
+
+
 def execute(run: Run, command: list[str], threads: int = 1) -> dict[str, float]:
     """Run `command` for `run` (log in <out>.log), add its CPU and wall seconds to <out>/benchmark_cost.json."""
     run.out.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
-    with open(run.out.with_suffix(".log"), "a") as log:
+    with open(log_path(run), "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -72,7 +77,7 @@ def execute(run: Run, command: list[str], threads: int = 1) -> dict[str, float]:
     attempt = {"cpu_seconds": usage.ru_utime + usage.ru_stime, "wall_seconds": time.perf_counter() - start,
                "returncode": proc.returncode}
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed with exit code {proc.returncode}; see {run.out}.log")
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {proc.returncode}; see {log_path(run)}")
     cost_path = run.out / COST_FILE
     attempts = json.loads(cost_path.read_text())["attempts"] if cost_path.exists() else []
     write_json(cost_path, {"attempts": [*attempts, attempt]})

@@ -122,14 +122,14 @@ def test_run_groups_skips_finished_runs_and_keeps_order(tmp_path, monkeypatch):
 
 
 def test_execute_records_cost_per_attempt_and_fails_loudly(tmp_path):
-    run = grid.Run(tmp_path / "r", ())
+    run = grid.Run(tmp_path / "k1-b0.5", ())
     run.out.mkdir()
     cost = grid.execute(run, [sys.executable, "-c", "sum(range(10**6))"])
     assert cost["cpu_seconds"] > 0 and cost["wall_seconds"] >= cost["cpu_seconds"] * 0.5
     grid.execute(run, [sys.executable, "-c", "print('again')"])
     assert len(json.loads((run.out / grid.COST_FILE).read_text())["attempts"]) == 2
     assert grid.run_cost(run)["cpu_seconds"] > cost["cpu_seconds"]
-    assert "again" in run.out.with_suffix(".log").read_text()
+    assert "again" in (tmp_path / "k1-b0.5.log").read_text()
     with pytest.raises(RuntimeError, match="exit code 3"):
         grid.execute(run, [sys.executable, "-c", "raise SystemExit(3)"])
 
