@@ -71,7 +71,8 @@ def test_latest_points_at_the_run(pipeline_run):
 
 def test_every_student_arm_starts_from_the_same_weights(tmp_path):
     out = tmp_path / "run"
-    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 0, "--compare", "--out", out)
+    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 0, "--compare", "--out", out,
+                    "--gt-init", "scratch")
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     losses = {stage: metrics[stage]["val_loss"] for stage in STAGES}
