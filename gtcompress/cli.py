@@ -12,6 +12,7 @@ import typer
 import yaml
 from rich.columns import Columns
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import UserError
 
@@ -43,7 +44,8 @@ def user_errors(fn: Callable) -> Callable:
         except UserError as e:
             if ctx.find_root().params.get("debug"):
                 raise
-            err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+            # escaped: messages hold brackets (`gtcompress[trt]`) that rich would take for markup
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -145,7 +147,7 @@ def export(
     model: Annotated[str, typer.Option(help="student | generous_teacher | standard_teacher")] = "student",
     precision: Annotated[Optional[list[str]], typer.Option(
         help="fp32 | fp16 | int8, repeatable or comma-separated (fp32 is always exported).")] = None,
-    trt: Annotated[bool, typer.Option("--trt", help="Also build and verify TensorRT engines (CUDA + tensorrt).")] = False,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build and verify TensorRT engines (CUDA).")] = False,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the engines and of Triton.")] = 32,
     workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace (GiB).")] = 2.0,
     calibration_images: Annotated[int, typer.Option(help="Training images for int8 calibration.")] = 256,
@@ -153,7 +155,7 @@ def export(
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
         help="Override a verification tolerance: int8.min_agreement=90, fp32.max_abs_diff=1e-2.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this gtcompress checkpoint instead of a run's.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this gtcompress checkpoint, not a run's.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Data set to verify on (default: the run's).")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
     out: Annotated[Optional[Path], typer.Option(

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import torch
 import yaml
+from pydantic import ValidationError
 from rich.table import Table
 from torch import nn
 from torch.utils.data import Dataset, Subset
@@ -148,7 +149,7 @@ def _run_of(path: Path) -> Path | None:
 def _run_data(run: Path) -> DataConfig:
     try:
         return RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text())).data
-    except Exception as e:  # a hand-edited or foreign config.yaml
+    except (yaml.YAMLError, ValidationError) as e:  # a hand-edited or foreign config.yaml
         reason = str(e).strip().splitlines()[0]
         raise UserError(f"{run / 'config.yaml'} is not a gtcompress run configuration ({reason})",
                         "pass --dataset NAME to name the data set instead") from None
@@ -172,7 +173,8 @@ def resolve_source(cfg: ExportConfig) -> Source:
             raise UserError(f"checkpoint {ckpt} not found", "pass the path of a .pt file written by gtcompress")
         run = ckpt.parent if (ckpt.parent / "config.yaml").is_file() else None
         data = _data_config(run, cfg.dataset, cfg.data_root, str(ckpt))
-        return Source(ckpt.stem, ckpt.resolve(), Path(cfg.out or ckpt.parent).resolve(), data)
+        # dots would read as a precision in the artefact names (`my.model.onnx`)
+        return Source(ckpt.stem.replace(".", "_"), ckpt.resolve(), Path(cfg.out or ckpt.parent).resolve(), data)
     run = resolve_run(cfg.run)
     ckpt = run.checkpoint(cfg.model)
     if not ckpt.is_file():
@@ -378,7 +380,7 @@ class Exporter:
         self.source = resolve_source(cfg)
         self.model, self.spec, _ = load_model(self.source.checkpoint)
         self.export_dir = self.source.base / "export"
-        for directory in (self.source.base, self.export_dir, *([cfg.triton] if cfg.triton else [])):
+        for directory in (*([cfg.triton] if cfg.triton else []), self.source.base, self.export_dir):
             _writable(Path(directory))
         self.data = load_eval_data(self.source.data, self.spec)
         self.records: list[dict[str, Any]] = []
@@ -487,7 +489,8 @@ def run_export(cfg: ExportConfig, say: Callable[[str], None] = print) -> list[di
 def triton_config(name: str, platform: str, meta: dict[str, Any], max_batch: int) -> str:
     """A Triton `config.pbtxt`: fp32 NCHW in, logits out (labelled), dynamic batching up to `max_batch`."""
     dims = ", ".join(str(d) for d in meta["input_shape"][1:])
-    instance = "instance_group [\n  {\n    kind: KIND_GPU\n    count: 1\n  }\n]\n" if platform == "tensorrt_plan" else ""
+    gpu = platform == "tensorrt_plan"
+    instance = "instance_group [\n  {\n    kind: KIND_GPU\n    count: 1\n  }\n]\n" if gpu else ""
     return (
         f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch}\n'
         f'input [\n  {{\n    name: "{meta["input_name"]}"\n    data_type: TYPE_FP32\n    dims: [ {dims} ]\n  }}\n]\n'
@@ -536,6 +539,8 @@ def evaluate_artefact(path: Path, dataset: str | None = None, data_root: Path | 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found", "pass a .pt, .onnx or .engine file")
+    if path.suffix not in (".pt", ".onnx", ".engine"):
+        raise UserError(f"{path.name} is not a model artefact gtcompress can run", "pass a .pt, .onnx or .engine file")
     if path.suffix == ".pt":
         spec = spec_of(read_checkpoint(path))
     else:
