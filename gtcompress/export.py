@@ -259,8 +259,22 @@ def export_onnx(model: nn.Module, img_size: int, path: Path, opset: int | None =
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"torch.onnx could not export the model: {reason}",
                         "try another --opset; `gtcompress --debug export` shows the exporter's traceback") from None
+    strip_debug_metadata(path)
     onnx.checker.check_model(str(path), full_check=True)
     return graph_opset(path)
+
+
+def strip_debug_metadata(path: Path) -> None:
+    """Drop the exporter's per-node debugging metadata (Python stack traces with this machine's paths).
+
+    The graph is unchanged; the file loses ~3% (fp32) to ~11% (int8) of its size and no longer
+    carries the exporting machine's source paths.
+    """
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def graph_opset(path: Path) -> int:
@@ -302,7 +316,9 @@ def quantize_int8(src: Path, dst: Path, calibration: Callable[[], Iterator[np.nd
                "percentile": CalibrationMethod.Percentile}
     with tempfile.TemporaryDirectory(prefix="gtcompress-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared))  # shape inference + graph optimisation, as onnxruntime advises
+        # Shape inference only: onnxruntime's optimiser would split HardSwish into HardSigmoid * x, which
+        # with symmetric int8 activations runs ~6x slower on onnxruntime CPU (measured on MobileNetV3).
+        quant_pre_process(str(src), str(prepared), skip_optimization=True)
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             quantize_static(
                 str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
