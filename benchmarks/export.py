@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
     args = parser.parse_args()
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # keep the table whole in logs
     run = resolve_run(args.run)
     records = run_export(ExportConfig(run=run.path, precisions=PRECISIONS), say=console.print)
     by_precision = {r["precision"]: r for r in records}
