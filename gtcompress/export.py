@@ -297,8 +297,9 @@ def convert_fp16(src: Path, dst: Path) -> None:
 def quantize_int8(src: Path, dst: Path, calibration: Callable[[], Iterator[np.ndarray]], method: str) -> None:
     """Static int8 Q/DQ quantization (onnxruntime): per-channel weights, activations from calibration.
 
-    Activations and weights are symmetric signed int8, the only int8 form TensorRT accepts, so the
-    same file runs on onnxruntime CPU and builds an int8 engine.
+    The graph keeps to what TensorRT's explicit quantization accepts, so the same file runs on
+    onnxruntime CPU and builds an int8 engine: symmetric signed int8 activations and weights, and
+    float biases (TensorRT rejects a DequantizeLinear of int32; both runtimes fold the bias themselves).
     """
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
@@ -323,7 +324,7 @@ def quantize_int8(src: Path, dst: Path, calibration: Callable[[], Iterator[np.nd
             quantize_static(
                 str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
             )
     onnx.checker.check_model(str(dst), full_check=True)
 

@@ -100,6 +100,13 @@ def test_graphs_follow_the_onnx_contract(exported_run):
     weights = {t.name: t for t in int8.graph.initializer}
     int8_weights = [t for t in weights.values() if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
     assert int8_weights, "no int8 convolution weights"
+    # what TensorRT's explicit quantization parses: no DequantizeLinear of int32 (quantized biases)
+    dequantized = [weights[n.input[0]].data_type for n in int8.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+    assert dequantized and set(dequantized) == {onnx.TensorProto.INT8}
+    # ... and symmetric int8 activations: every zero point is 0
+    assert not any(onnx.numpy_helper.to_array(weights[n.input[2]]).any() for n in int8.graph.node
+                   if n.op_type == "QuantizeLinear")
     # per-channel: each quantized conv weight has one scale per output channel; symmetric: zero points are 0
     for node in int8.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in {t.name for t in int8_weights}:
