@@ -12,7 +12,6 @@ issue 4. Results go to benchmarks/results/export.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -192,7 +192,7 @@ def load_eval_data(data_cfg: DataConfig, spec: ModelSpec) -> EvalData:
         raise UserError(f"the model has {spec.num_classes} classes but {data_cfg.name} has {splits.num_classes}",
                         "pass the --dataset the model was trained on")
     transform = build_transform(data_cfg, splits, spec.img_size, spec.mean, spec.std, training=False)
-    labels = np.array([t for t in _targets(splits.val)], dtype=np.int64)
+    labels = np.asarray(_targets(splits.val), dtype=np.int64)
     workers = data_cfg.workers if data_cfg.workers is not None else (0 if splits.in_memory else
                                                                       min(8, os.cpu_count() or 1))
     return EvalData(Transformed(splits.val, transform), Transformed(splits.train, transform), labels, transform,
