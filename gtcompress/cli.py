@@ -12,6 +12,7 @@ import typer
 import yaml
 from rich.columns import Columns
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import UserError
 
@@ -43,7 +44,8 @@ def user_errors(fn: Callable) -> Callable:
         except UserError as e:
             if ctx.find_root().params.get("debug"):
                 raise
-            err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+            # escaped: messages hold brackets (`gtcompress[trt]`) that rich would take for markup
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -135,3 +137,58 @@ def models(
         raise UserError(f"no timm model matches '{pattern}'", "try a shorter pattern, e.g. 'resnet*'")
     console.print(Columns(names, equal=True, column_first=True))
     console.print(f"{len(names)} models", style="dim")
+
+
+@app.command()
+@user_errors
+def export(
+    ctx: typer.Context,
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
+    model: Annotated[str, typer.Option(help="student | generous_teacher | standard_teacher")] = "student",
+    precision: Annotated[Optional[list[str]], typer.Option(
+        help="fp32 | fp16 | int8, repeatable or comma-separated (fp32 is always exported).")] = None,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build and verify TensorRT engines (CUDA).")] = False,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the engines and of Triton.")] = 32,
+    workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace (GiB).")] = 2.0,
+    calibration_images: Annotated[int, typer.Option(help="Training images for int8 calibration.")] = 256,
+    calibration_method: Annotated[str, typer.Option(help="int8 calibration: minmax | entropy | percentile")] = "minmax",
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        help="Override a verification tolerance: int8.min_agreement=90, fp32.max_abs_diff=1e-2.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this gtcompress checkpoint, not a run's.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Data set to verify on (default: the run's).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Where export/ and metrics.json go (default: the run, or the checkpoint's folder).")] = None,
+    triton: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here.")] = None,
+) -> None:
+    """Export a run's model to ONNX (fp32/fp16/int8) and TensorRT, each verified against PyTorch on the test set."""
+    from .export import ExportConfig, artefact_table, parse_tolerances, run_export
+
+    precisions = tuple(p.strip() for item in precision or ["fp32"] for p in item.split(",") if p.strip())
+    cfg = ExportConfig(
+        run=run, checkpoint=checkpoint, model=model, precisions=precisions, trt=trt, max_batch=max_batch,
+        workspace_gib=workspace_gib, calibration_images=calibration_images, calibration_method=calibration_method,
+        opset=opset, dataset=dataset, data_root=data_root, out=out, triton=triton,
+        tolerances=parse_tolerances(tolerance or []),
+    )
+    records = run_export(cfg, say=lambda line: console.print(line, highlight=False))
+    console.print(artefact_table(records))
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    ctx: typer.Context,
+    artefact: Annotated[Path, typer.Argument(help="A .pt checkpoint, .onnx file or .engine file.")],
+    dataset: Annotated[Optional[str], typer.Option(help="Data set (default: the artefact's run's).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda (.pt and .onnx; engines run on CUDA).")] = "cpu",
+) -> None:
+    """Test-set accuracy of a checkpoint, ONNX file or TensorRT engine."""
+    from .export import evaluate_artefact
+
+    result = evaluate_artefact(artefact, dataset=dataset, data_root=data_root, device=device)
+    topk = next(k for k in result if k.startswith("top") and k != "top1")
+    console.print(f"{artefact.name} ({result['backend']} {result['precision']}): top-1 {result['top1']:.2f}%  "
+                  f"{topk.replace('top', 'top-')} {result[topk]:.2f}%  on {result['data']}", highlight=False)
