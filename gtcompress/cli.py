@@ -14,6 +14,7 @@ from rich.columns import Columns
 from rich.console import Console
 from rich.markup import escape
 
+from .distributed import is_main_process
 from .errors import UserError
 
 app = typer.Typer(
@@ -45,7 +46,8 @@ def user_errors(fn: Callable) -> Callable:
             if ctx.find_root().params.get("debug"):
                 raise
             # escaped: messages hold brackets (`gtcompress[trt]`) that rich would take for markup
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
+            if is_main_process():  # under torchrun every rank has the error; rank 0 reports it
+                err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -87,9 +89,13 @@ def distill(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
     precision: Annotated[Optional[str], typer.Option(help="Training autocast: fp32 | bf16 | fp16 (CUDA).")] = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the trained model.")] = None,
+    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also log scalars to RUN/tensorboard.")] = None,
+    cache_teacher_logits: Annotated[Optional[bool], typer.Option("--cache-teacher-logits/--no-cache-teacher-logits", help="Reuse the frozen teachers' logits across epochs (default: when training has no augmentation).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any recipe key: --set data.train_fraction=0.2")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build data, models and optimizers, then stop.")] = False,
 ) -> None:
     """Train the Standard Teacher, the Generous Teacher and the student(s) into one run directory."""
     from .config import load_config
@@ -105,7 +111,8 @@ def distill(
         "data.download": download, "data.img_size": img_size, "student.method": method, "generous.beta": gt_beta,
         "generous.k": gt_k, "generous.init": gt_init, "teacher.checkpoint": teacher_checkpoint,
         "teacher.pretrained": pretrained, "compare": compare, "seed": seed, "device": device,
-        "precision": precision,
+        "precision": precision, "compile": compile_, "tensorboard": tensorboard,
+        "cache_teacher_logits": cache_teacher_logits,
     }
     overrides.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items() if v is not None})
     overrides.update(_parse_set(set_ or []))
@@ -116,9 +123,10 @@ def distill(
         cfg = None
     else:
         cfg = load_config(recipe, overrides)
-    run = run_distill(cfg, out=out, resume=resume, console=console)
-    console.print(stage_table(run.metrics()))
-    console.print(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
+    run = run_distill(cfg, out=out, resume=resume, console=console, dry_run=dry_run)
+    if run is not None and is_main_process():
+        console.print(stage_table(run.metrics()))
+        console.print(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
 
 
 @app.command()
