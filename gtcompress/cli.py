@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -200,3 +201,116 @@ def eval_(
     topk = next(k for k in result if k.startswith("top") and k != "top1")
     console.print(f"{artefact.name} ({result['backend']} {result['precision']}): top-1 {result['top1']:.2f}%  "
                   f"{topk.replace('top', 'top-')} {result[topk]:.2f}%  on {result['data']}", highlight=False)
+
+
+def _split(values: list[str] | None) -> tuple[str, ...] | None:
+    """Repeatable and comma-separated option values as one tuple (None when not given)."""
+    return tuple(v.strip() for item in values for v in item.split(",") if v.strip()) if values else None
+
+
+@app.command()
+@user_errors
+def bench(
+    ctx: typer.Context,
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(
+        help="torch | onnxruntime | tensorrt, repeatable or comma-separated (default: every installed one).")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(
+        help="fp32 | fp16 | int8 | bf16 (torch), repeatable or comma-separated (default: every exported one).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(
+        help="student | generous_teacher | standard_teacher, repeatable.")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    iters: Annotated[Optional[int], typer.Option(help="Timed calls per measurement (default 200, or --seconds).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement (default 2 s).")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed calls before each measurement.")] = 10,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads of torch and onnxruntime.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (torch and onnxruntime).")] = "auto",
+) -> None:
+    """Latency percentiles and throughput of the student and the teacher on every backend -> RUN/bench.json."""
+    from .bench import BenchConfig, bench_table, parse_batch_sizes, run_bench
+
+    cfg = BenchConfig(run=run, backends=_split(backend), precisions=_split(precision),
+                      models=_split(model) or BenchConfig.models, batch_sizes=parse_batch_sizes(batch_sizes),
+                      iters=iters, seconds=seconds, warmup=warmup, threads=threads, device=device)
+    result = run_bench(cfg, say=lambda line: console.print(line, highlight=False), console=console)
+    console.print(bench_table(result))
+    console.print(f"wrote {Path(result['run']) / 'bench.json'}; next: gtcompress report")
+
+
+@app.command()
+@user_errors
+def report(
+    ctx: typer.Context,
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size of the latency columns (default: smallest).")] = None,
+) -> None:
+    """Accuracy, size and latency of every model and artefact -> RUN/report.{md,json,html}."""
+    _report(run, batch_size)
+
+
+def _report(run: Path | None, batch_size: int | None) -> None:
+    from .report import build_report, report_table, write_report
+    from .rundir import resolve_run
+
+    rundir = resolve_run(run)
+    content = build_report(rundir, batch_size)
+    paths = write_report(rundir, content)
+    console.print(report_table(content))
+    for note in content["notes"]:
+        console.print(f"note: {note}", highlight=False, style="dim")
+    console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def run(
+    ctx: typer.Context,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
+    precision: Annotated[Optional[list[str]], typer.Option(
+        help="Student export precisions (the teacher is exported at fp32).")] = None,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (CUDA).")] = False,
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        help="Override an export verification tolerance: int8.min_agreement=90.")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(help="Bench backends (default: every installed one).")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Bench batch sizes.")] = "1,8,32",
+    iters: Annotated[Optional[int], typer.Option(help="Timed calls per measurement.")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement.")] = None,
+    skip_distill: Annotated[bool, typer.Option("--skip-distill", help="Use the run as it is.")] = False,
+    skip_export: Annotated[bool, typer.Option("--skip-export", help="Use the exports as they are.")] = False,
+    skip_bench: Annotated[bool, typer.Option("--skip-bench", help="Use bench.json as it is.")] = False,
+) -> None:
+    """distill -> export -> bench -> report in one go. Takes every `gtcompress distill` option too.
+
+    Resumable: `gtcompress run --resume --out RUN` finishes the stages and exports that are not done yet.
+    """
+    from .bench import BenchConfig, bench_table, parse_batch_sizes, run_bench
+    from .export import ExportConfig, artefact_table, is_up_to_date, parse_tolerances, run_export
+    from .rundir import new_run_path, resolve_run
+
+    bench_cfg = BenchConfig(backends=_split(backend), batch_sizes=parse_batch_sizes(batch_sizes), iters=iters,
+                            seconds=seconds)  # bad options fail here, not after the training
+    tolerances = parse_tolerances(tolerance or [])
+    exports = [ExportConfig(model="student", precisions=_split(precision) or ("fp32", "fp16", "int8"), trt=trt,
+                            tolerances=tolerances),
+               ExportConfig(model="generous_teacher", trt=trt, tolerances=tolerances)]
+    if skip_distill and ctx.args:
+        raise UserError(f"--skip-distill takes no distill options (got {' '.join(ctx.args)})", "drop them")
+    if not skip_distill:
+        out = out or (None if resume else new_run_path())
+        distill_cmd = typer.main.get_command(app).get_command(ctx, "distill")
+        args = [*ctx.args, *(["--out", str(out)] if out else []), *(["--resume"] if resume else [])]
+        with distill_cmd.make_context("distill", args, parent=ctx.parent) as sub:
+            distill_cmd.invoke(sub)
+    rundir = resolve_run(out)
+    for cfg in exports if not skip_export else []:
+        cfg = replace(cfg, run=rundir.path)
+        if is_up_to_date(cfg):
+            console.print(f"{cfg.model}: exports are up to date", highlight=False)
+        else:
+            console.print(artefact_table(run_export(cfg, say=lambda line: console.print(line, highlight=False))))
+    if not skip_bench:
+        result = run_bench(replace(bench_cfg, run=rundir.path), say=lambda line: console.print(line, highlight=False),
+                           console=console)
+        console.print(bench_table(result))
+    _report(rundir.path, None)

@@ -498,6 +498,16 @@ class Exporter:
                  f"{record['bytes'] / 1e6:.2f} MB")
 
 
+def is_up_to_date(cfg: ExportConfig) -> bool:
+    """Whether every artefact `cfg` asks for is verified in metrics.json and newer than its checkpoint."""
+    source = resolve_source(cfg)
+    recorded = {r["path"] for r in RunDir(source.base).metrics().get("export", [])}
+    fmts = ("onnx", "engine") if cfg.trt else ("onnx",)
+    paths = [Path("export") / artefact_name(source.name, p, f) for p in cfg.precisions for f in fmts]
+    return all(str(p) in recorded and (source.base / p).is_file()
+               and (source.base / p).stat().st_mtime >= source.checkpoint.stat().st_mtime for p in paths)
+
+
 def run_export(cfg: ExportConfig, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Export, verify and record the configured artefacts; returns their metrics records."""
     return Exporter(cfg, say).run()

@@ -55,6 +55,11 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 

@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import invoke
+from conftest import copy_run, invoke
 from gtcompress.backends import OnnxRuntimeBackend, TorchBackend, load_backend
 from gtcompress.config import DataConfig
 from gtcompress.errors import UserError
@@ -30,11 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 RECORD_KEYS = {"model", "format", "backend", "precision", "path", "bytes", "top1", "reference_top1",
                "top1_agreement", "max_abs_diff", "export_seconds", "opset"}
 ARTEFACTS = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"}
-
-
-def copy_run(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
 
 
 # The session's student trained for 2 epochs on half the data: its near-tied logits flip under int8 rounding

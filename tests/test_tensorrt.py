@@ -120,3 +120,27 @@ def _importable(module: str) -> bool:
         return True
     except ImportError:
         return False
+
+
+def test_bench_times_every_engine_and_skips_batches_beyond_the_profile(trt_run):
+    result = invoke("bench", trt_run, "--backend", "tensorrt", "--model", "student", "--batch-sizes",
+                    f"1,{MAX_BATCH},{MAX_BATCH * 2}", "--iters", 10)
+    assert result.exit_code == 0, result.output
+    bench = json.loads((trt_run / "bench.json").read_text())
+    measured = {(r["precision"], r["batch_size"]) for r in bench["results"]}
+    assert measured == {(p, b) for p in PRECISIONS for b in (1, MAX_BATCH)}
+    assert {r["device"] for r in bench["results"]} == {"cuda"} and bench["device"]["gpu"]
+    assert {(s["precision"], s["batch_size"]) for s in bench["skipped"] if s.get("backend") == "tensorrt"} == {
+        (p, str(MAX_BATCH * 2)) for p in PRECISIONS}
+
+
+def test_bench_refuses_an_engine_built_for_another_gpu(trt_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trt_run, run, symlinks=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    for r in metrics["export"]:
+        if r["format"] == "engine":
+            r["gpu"] = "NVIDIA Imaginary 9000"
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    result = invoke("bench", run, "--backend", "tensorrt")
+    assert result.exit_code == 2 and "was built for NVIDIA Imaginary 9000" in result.stderr
