@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .rundir import parse_artefact_name
 
 
 class Backend(Protocol):
@@ -77,3 +78,74 @@ class OnnxRuntimeBackend:
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(
             np.float32, copy=False)
+
+
+class TensorRTBackend:
+    """A serialized TensorRT engine, run on torch CUDA tensors through its named I/O tensors.
+
+    Batches larger than the engine's optimization profile allows are run in slices of its maximum batch.
+    """
+
+    name = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, path: Path, precision: str | None = None):
+        from .tensorrt import make_logger, require_tensorrt
+
+        trt = require_tensorrt()
+        path = Path(path)
+        self.precision = precision or parse_artefact_name(path)[1]
+        self.logger = make_logger(trt)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise UserError(f"TensorRT cannot load {path.name} (built by another TensorRT version or for another GPU)",
+                            "rebuild it here with gtcompress export --trt")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise UserError(f"{path.name} has {len(inputs)} inputs and {len(outputs)} outputs",
+                            "use an engine of a classifier built by gtcompress export --trt")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
+                  trt.int32: torch.int32, trt.int8: torch.int8}
+        self.input_dtype = dtypes[self.engine.get_tensor_dtype(self.input_name)]
+        self.output_dtype = dtypes[self.engine.get_tensor_dtype(self.output_name)]
+        self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._run(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        with torch.cuda.stream(self.stream):
+            inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to("cuda").to(self.input_dtype)
+            if not self.context.set_input_shape(self.input_name, tuple(inp.shape)):
+                raise UserError(f"the engine does not accept input shape {tuple(inp.shape)}",
+                                "rebuild it for this image size")
+            out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype,
+                              device="cuda")
+            self.context.set_tensor_address(self.input_name, inp.data_ptr())
+            self.context.set_tensor_address(self.output_name, out.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execution failed: {'; '.join(self.logger.errors) or 'no message'}")
+        self.stream.synchronize()
+        return out.float().cpu().numpy()
+
+
+def load_backend(path: Path, device: str = "cpu", threads: int | None = None) -> Backend:
+    """The backend for an artefact, chosen by its suffix: .pt (torch), .onnx (onnxruntime), .engine (tensorrt)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found", "pass a .pt, .onnx or .engine file")
+    if path.suffix == ".pt":
+        from .models import load_model
+
+        return TorchBackend(load_model(path)[0], device)
+    if path.suffix == ".onnx":
+        return OnnxRuntimeBackend(path, device, parse_artefact_name(path)[1], threads)
+    if path.suffix == ".engine":
+        return TensorRTBackend(path)
+    raise UserError(f"{path.name} is not a model artefact gtcompress can run", "pass a .pt, .onnx or .engine file")

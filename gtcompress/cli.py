@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,9 @@ import typer
 import yaml
 from rich.columns import Columns
 from rich.console import Console
+from rich.markup import escape
 
+from .distributed import is_main_process
 from .errors import UserError
 
 app = typer.Typer(
@@ -43,7 +46,9 @@ def user_errors(fn: Callable) -> Callable:
         except UserError as e:
             if ctx.find_root().params.get("debug"):
                 raise
-            err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+            # escaped: messages hold brackets (`gtcompress[trt]`) that rich would take for markup
+            if is_main_process():  # under torchrun every rank has the error; rank 0 reports it
+                err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -85,9 +90,13 @@ def distill(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
     precision: Annotated[Optional[str], typer.Option(help="Training autocast: fp32 | bf16 | fp16 (CUDA).")] = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the trained model.")] = None,
+    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also log scalars to RUN/tensorboard.")] = None,
+    cache_teacher_logits: Annotated[Optional[bool], typer.Option("--cache-teacher-logits/--no-cache-teacher-logits", help="Reuse the frozen teachers' logits across epochs (default: when training has no augmentation).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any recipe key: --set data.train_fraction=0.2")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build data, models and optimizers, then stop.")] = False,
 ) -> None:
     """Train the Standard Teacher, the Generous Teacher and the student(s) into one run directory."""
     from .config import load_config
@@ -103,7 +112,8 @@ def distill(
         "data.download": download, "data.img_size": img_size, "student.method": method, "generous.beta": gt_beta,
         "generous.k": gt_k, "generous.init": gt_init, "teacher.checkpoint": teacher_checkpoint,
         "teacher.pretrained": pretrained, "compare": compare, "seed": seed, "device": device,
-        "precision": precision,
+        "precision": precision, "compile": compile_, "tensorboard": tensorboard,
+        "cache_teacher_logits": cache_teacher_logits,
     }
     overrides.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items() if v is not None})
     overrides.update(_parse_set(set_ or []))
@@ -114,9 +124,10 @@ def distill(
         cfg = None
     else:
         cfg = load_config(recipe, overrides)
-    run = run_distill(cfg, out=out, resume=resume, console=console)
-    console.print(stage_table(run.metrics()))
-    console.print(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
+    run = run_distill(cfg, out=out, resume=resume, console=console, dry_run=dry_run)
+    if run is not None and is_main_process():
+        console.print(stage_table(run.metrics()))
+        console.print(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
 
 
 @app.command()
@@ -135,3 +146,171 @@ def models(
         raise UserError(f"no timm model matches '{pattern}'", "try a shorter pattern, e.g. 'resnet*'")
     console.print(Columns(names, equal=True, column_first=True))
     console.print(f"{len(names)} models", style="dim")
+
+
+@app.command()
+@user_errors
+def export(
+    ctx: typer.Context,
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
+    model: Annotated[str, typer.Option(help="student | generous_teacher | standard_teacher")] = "student",
+    precision: Annotated[Optional[list[str]], typer.Option(
+        help="fp32 | fp16 | int8, repeatable or comma-separated (fp32 is always exported).")] = None,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build and verify TensorRT engines (CUDA).")] = False,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the engines and of Triton.")] = 32,
+    workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace (GiB).")] = 2.0,
+    calibration_images: Annotated[int, typer.Option(help="Training images for int8 calibration.")] = 256,
+    calibration_method: Annotated[str, typer.Option(help="int8 calibration: minmax | entropy | percentile")] = "minmax",
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        help="Override a verification tolerance: int8.min_agreement=90, fp32.max_abs_diff=1e-2.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this gtcompress checkpoint, not a run's.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Data set to verify on (default: the run's).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Where export/ and metrics.json go (default: the run, or the checkpoint's folder).")] = None,
+    triton: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here.")] = None,
+) -> None:
+    """Export a run's model to ONNX (fp32/fp16/int8) and TensorRT, each verified against PyTorch on the test set."""
+    from .export import ExportConfig, artefact_table, parse_tolerances, run_export
+
+    precisions = tuple(p.strip() for item in precision or ["fp32"] for p in item.split(",") if p.strip())
+    cfg = ExportConfig(
+        run=run, checkpoint=checkpoint, model=model, precisions=precisions, trt=trt, max_batch=max_batch,
+        workspace_gib=workspace_gib, calibration_images=calibration_images, calibration_method=calibration_method,
+        opset=opset, dataset=dataset, data_root=data_root, out=out, triton=triton,
+        tolerances=parse_tolerances(tolerance or []),
+    )
+    records = run_export(cfg, say=lambda line: console.print(line, highlight=False))
+    console.print(artefact_table(records))
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    ctx: typer.Context,
+    artefact: Annotated[Path, typer.Argument(help="A .pt checkpoint, .onnx file or .engine file.")],
+    dataset: Annotated[Optional[str], typer.Option(help="Data set (default: the artefact's run's).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda (.pt and .onnx; engines run on CUDA).")] = "cpu",
+) -> None:
+    """Test-set accuracy of a checkpoint, ONNX file or TensorRT engine."""
+    from .export import evaluate_artefact
+
+    result = evaluate_artefact(artefact, dataset=dataset, data_root=data_root, device=device)
+    topk = next(k for k in result if k.startswith("top") and k != "top1")
+    console.print(f"{artefact.name} ({result['backend']} {result['precision']}): top-1 {result['top1']:.2f}%  "
+                  f"{topk.replace('top', 'top-')} {result[topk]:.2f}%  on {result['data']}", highlight=False)
+
+
+def _split(values: list[str] | None) -> tuple[str, ...] | None:
+    """Repeatable and comma-separated option values as one tuple (None when not given)."""
+    return tuple(v.strip() for item in values for v in item.split(",") if v.strip()) if values else None
+
+
+@app.command()
+@user_errors
+def bench(
+    ctx: typer.Context,
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(
+        help="torch | onnxruntime | tensorrt, repeatable or comma-separated (default: every installed one).")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(
+        help="fp32 | fp16 | int8 | bf16 (torch), repeatable or comma-separated (default: every exported one).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(
+        help="student | generous_teacher | standard_teacher, repeatable.")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    iters: Annotated[Optional[int], typer.Option(help="Timed calls per measurement (default 200, or --seconds).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement (default 2 s).")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed calls before each measurement.")] = 10,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads of torch and onnxruntime.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (torch and onnxruntime).")] = "auto",
+) -> None:
+    """Latency percentiles and throughput of the student and the teacher on every backend -> RUN/bench.json."""
+    from .bench import BenchConfig, bench_table, parse_batch_sizes, run_bench
+
+    cfg = BenchConfig(run=run, backends=_split(backend), precisions=_split(precision),
+                      models=_split(model) or BenchConfig.models, batch_sizes=parse_batch_sizes(batch_sizes),
+                      iters=iters, seconds=seconds, warmup=warmup, threads=threads, device=device)
+    result = run_bench(cfg, say=lambda line: console.print(line, highlight=False), console=console)
+    console.print(bench_table(result))
+    console.print(f"wrote {Path(result['run']) / 'bench.json'}; next: gtcompress report")
+
+
+@app.command()
+@user_errors
+def report(
+    ctx: typer.Context,
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size of the latency columns (default: smallest).")] = None,
+) -> None:
+    """Accuracy, size and latency of every model and artefact -> RUN/report.{md,json,html}."""
+    _report(run, batch_size)
+
+
+def _report(run: Path | None, batch_size: int | None) -> None:
+    from .report import build_report, report_table, write_report
+    from .rundir import resolve_run
+
+    rundir = resolve_run(run)
+    content = build_report(rundir, batch_size)
+    paths = write_report(rundir, content)
+    console.print(report_table(content))
+    for note in content["notes"]:
+        console.print(f"note: {note}", highlight=False, style="dim")
+    console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def run(
+    ctx: typer.Context,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
+    precision: Annotated[Optional[list[str]], typer.Option(
+        help="Student export precisions (the teacher is exported at fp32).")] = None,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (CUDA).")] = False,
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        help="Override an export verification tolerance: int8.min_agreement=90.")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(help="Bench backends (default: every installed one).")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Bench batch sizes.")] = "1,8,32",
+    iters: Annotated[Optional[int], typer.Option(help="Timed calls per measurement.")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement.")] = None,
+    skip_distill: Annotated[bool, typer.Option("--skip-distill", help="Use the run as it is.")] = False,
+    skip_export: Annotated[bool, typer.Option("--skip-export", help="Use the exports as they are.")] = False,
+    skip_bench: Annotated[bool, typer.Option("--skip-bench", help="Use bench.json as it is.")] = False,
+) -> None:
+    """distill -> export -> bench -> report in one go. Takes every `gtcompress distill` option too.
+
+    Resumable: `gtcompress run --resume --out RUN` finishes the stages and exports that are not done yet.
+    """
+    from .bench import BenchConfig, bench_table, parse_batch_sizes, run_bench
+    from .export import ExportConfig, artefact_table, is_up_to_date, parse_tolerances, run_export
+    from .rundir import new_run_path, resolve_run
+
+    bench_cfg = BenchConfig(backends=_split(backend), batch_sizes=parse_batch_sizes(batch_sizes), iters=iters,
+                            seconds=seconds)  # bad options fail here, not after the training
+    tolerances = parse_tolerances(tolerance or [])
+    exports = [ExportConfig(model="student", precisions=_split(precision) or ("fp32", "fp16", "int8"), trt=trt,
+                            tolerances=tolerances),
+               ExportConfig(model="generous_teacher", trt=trt, tolerances=tolerances)]
+    if skip_distill and ctx.args:
+        raise UserError(f"--skip-distill takes no distill options (got {' '.join(ctx.args)})", "drop them")
+    if not skip_distill:
+        out = out or (None if resume else new_run_path())
+        distill_cmd = typer.main.get_command(app).get_command(ctx, "distill")
+        args = [*ctx.args, *(["--out", str(out)] if out else []), *(["--resume"] if resume else [])]
+        with distill_cmd.make_context("distill", args, parent=ctx.parent) as sub:
+            distill_cmd.invoke(sub)
+    rundir = resolve_run(out)
+    for cfg in exports if not skip_export else []:
+        cfg = replace(cfg, run=rundir.path)
+        if is_up_to_date(cfg):
+            console.print(f"{cfg.model}: exports are up to date", highlight=False)
+        else:
+            console.print(artefact_table(run_export(cfg, say=lambda line: console.print(line, highlight=False))))
+    if not skip_bench:
+        result = run_bench(replace(bench_cfg, run=rundir.path), say=lambda line: console.print(line, highlight=False),
+                           console=console)
+        console.print(bench_table(result))
+    _report(rundir.path, None)

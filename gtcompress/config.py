@@ -52,6 +52,7 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.2, gt=0, lt=1, description="test split where the data set has none")
     train_fraction: float = Field(1.0, gt=0, le=1, description="stratified subset of the training split")
     workers: int | None = Field(None, ge=0, description="DataLoader workers; None: 0 for in-memory data")
+    augment_train: bool = Field(True, description="random training augmentation; false: the eval resize/crop")
     mean: tuple[float, float, float] | None = Field(None, description="normalisation; None: the teacher's")
     std: tuple[float, float, float] | None = Field(None, description="normalisation; None: the teacher's")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -164,6 +165,10 @@ class RunConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training autocast dtype")
     channels_last: bool = True
     compare: bool = Field(False, description="also train students from the ST and with CE alone")
+    compile: bool = Field(False, description="torch.compile the model being trained")
+    tensorboard: bool = Field(False, description="also log every epoch's scalars to <run>/tensorboard")
+    cache_teacher_logits: bool | None = Field(
+        None, description="reuse the frozen teachers' logits across epochs; None: only without augmentation")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     generous: GenerousConfig = Field(default_factory=GenerousConfig)

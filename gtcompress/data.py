@@ -280,11 +280,17 @@ def load_splits(cfg: DataConfig) -> Splits:
 def build_transform(
     cfg: DataConfig, splits: Splits, img_size: int, mean: Sequence[float], std: Sequence[float], training: bool
 ) -> Callable:
-    """timm's train or eval transform with the data set's augmentation defaults under the recipe's."""
+    """timm's train or eval transform with the data set's augmentation defaults under the recipe's.
+
+    Training without augmentation (`augment_train: false`) gets the deterministic eval transform.
+    """
     aug = {**splits.augment, **{k: v for k, v in cfg.augment.model_dump().items() if v is not None}}
     crop_pct = aug.pop("crop_pct", None)
     kwargs = dict(input_size=img_size, mean=tuple(mean), std=tuple(std), interpolation="bicubic", crop_pct=crop_pct)
-    return create_transform(is_training=True, **kwargs, **aug) if training else create_transform(**kwargs)
+    if training and cfg.augment_train:
+        return create_transform(is_training=True, **kwargs, **aug)
+    # Training without augmentation sees the deterministic eval transform, so teacher logits can be reused exactly.
+    return create_transform(**kwargs)
 
 
 def create_loader(

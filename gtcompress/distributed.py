@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -12,6 +14,7 @@ import torch.distributed as dist
 from .errors import UserError
 
 SETUP_TIMEOUT = timedelta(minutes=5)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class DistEnv:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process (before or after the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def resolve_device(requested: str, precision: str, local_rank: int = 0) -> torch.device:
@@ -69,6 +77,26 @@ def all_ranks_ok(env: DistEnv, error: UserError | None) -> None:
     if first is not None:
         rank, err = first
         raise UserError(f"rank {rank}: {err.message}", err.hint)
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not env.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def agree(env: DistEnv, step: Callable[[], T]) -> T:
+    """Run `step` on every rank; a UserError on any rank is raised on all of them (rank 0 reports it)."""
+    result, error = None, None
+    try:
+        result = step()
+    except UserError as e:
+        error = e
+    all_ranks_ok(env, error)
+    return result
 
 
 def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:

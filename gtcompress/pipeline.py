@@ -18,8 +18,8 @@ from torch import nn
 
 from . import __version__
 from .config import RunConfig, dump_config
-from .data import Transformed, build_transform, load_splits
-from .distributed import DistEnv, all_ranks_ok, barrier, init_distributed
+from .data import Transformed, build_transform, create_loader, load_splits
+from .distributed import DistEnv, agree, barrier, broadcast_object, init_distributed, shutdown
 from .errors import UserError
 from .losses import Objective, ce_objective, generous_objective, student_objective
 from .models import (
@@ -27,7 +27,7 @@ from .models import (
     resolve_model_name, save_checkpoint,
 )
 from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
-from .train import Context, Stage, fit, seed_everything
+from .train import Context, Stage, fit, make_optimizer, seed_everything
 
 # Students of every arm share one seed offset: the same initial weights and data order.
 SEED_OFFSETS = {"standard_teacher": 0, "generous_teacher": 1, "student": 2, "student_from_standard": 2,
@@ -62,46 +62,67 @@ def environment(cfg: RunConfig, env: DistEnv, device: torch.device, requested: d
     }
 
 
-def _prepare_run(cfg: RunConfig | None, out: Path | None, resume: bool) -> tuple[RunConfig, RunDir]:
-    if resume:
-        run = resolve_run(out)
-        cfg = RunConfig.model_validate(yaml.safe_load(run.config.read_text()))
-        return cfg, run
+def _load_resumed(out: Path | None) -> tuple[RunConfig, RunDir]:
+    run = resolve_run(out)
+    return RunConfig.model_validate(yaml.safe_load(run.config.read_text())), run
+
+
+def _new_run(out: Path | None) -> RunDir:
+    """Rank 0's choice of a fresh run directory."""
     out = out or new_run_path()
     if (out / "config.yaml").exists():
         raise UserError(f"{out} already holds a run", "continue it with --resume, or choose another --out")
-    return cfg or RunConfig(), RunDir(out)
+    return RunDir(out)
+
+
+def _check(cfg: RunConfig) -> None:
+    if cfg.teacher.pretrained and cfg.teacher.checkpoint:
+        raise UserError("--pretrained and --teacher-checkpoint both given", "pick one source of teacher weights")
+    if cfg.generous.init == "standard" and (cfg.generous.arch or cfg.teacher.arch) != cfg.teacher.arch:
+        raise UserError("--gt-init standard needs the Generous Teacher to share the teacher's architecture",
+                        "drop generous.arch or use --gt-init scratch")
 
 
 def run_distill(
-    cfg: RunConfig | None = None, out: Path | None = None, resume: bool = False, console: Console | None = None
-) -> RunDir:
-    """Run every stage of the pipeline, or resume the run in `out` with its saved configuration."""
-    console = console or Console()
-    cfg, run = _prepare_run(cfg, out, resume)
-    env, device = init_distributed(cfg.device, cfg.precision)
-    say = console.print if env.is_main else (lambda *a, **k: None)
-    if not resume:
-        requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
-        for note in resolve_names(cfg):
-            say(f"resolved {note}")
-        if cfg.teacher.pretrained and cfg.teacher.checkpoint:
-            raise UserError("--pretrained and --teacher-checkpoint both given", "pick one source of teacher weights")
-        if cfg.generous.init == "standard" and (cfg.generous.arch or cfg.teacher.arch) != cfg.teacher.arch:
-            raise UserError("--gt-init standard needs the Generous Teacher to share the teacher's architecture",
-                            "drop generous.arch or use --gt-init scratch")
-        cfg.environment = environment(cfg, env, device, requested)
-        if env.is_main:
-            write_text(run.config, dump_config(cfg))
-            mark_latest(run.path)
-    say(f"run directory: {run.path}")
+    cfg: RunConfig | None = None, out: Path | None = None, resume: bool = False, console: Console | None = None,
+    dry_run: bool = False,
+) -> RunDir | None:
+    """Run every stage of the pipeline, or resume the run in `out` with its saved configuration.
 
-    splits, error = None, None
+    Under torchrun every rank calls this; rank 0 alone prints and writes. With `dry_run`, build the data,
+    models and optimizers, report them and stop without writing anything (returns None).
+    """
+    console = console or Console()
+    if resume:
+        cfg, run = _load_resumed(out)
+    cfg = cfg or RunConfig()
+    env, device = init_distributed(cfg.device, cfg.precision)
     try:
-        splits = load_splits(cfg.data)
-    except UserError as e:
-        error = e
-    all_ranks_ok(env, error)
+        return _run(cfg, None if resume else out, run if resume else None, env, device, console, dry_run)
+    finally:
+        shutdown(env)
+
+
+def _run(cfg: RunConfig, out: Path | None, run: RunDir | None, env: DistEnv, device: torch.device,
+         console: Console, dry_run: bool) -> RunDir | None:
+    say = console.print if env.is_main else (lambda *a, **k: None)
+    if run is None:
+        requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
+        notes = agree(env, lambda: resolve_names(cfg))
+        for note in notes:
+            say(f"resolved {note}")
+        _check(cfg)
+        if not dry_run:
+            run = agree(env, lambda: _new_run(out) if env.is_main else None)
+            run = RunDir(broadcast_object(run.path if run else None, env))
+            cfg.environment = environment(cfg, env, device, requested)
+            if env.is_main:
+                write_text(run.config, dump_config(cfg))
+                mark_latest(run.path)
+            barrier(env)
+            say(f"run directory: {run.path}")
+
+    splits = agree(env, lambda: load_splits(cfg.data))
     if splits.skipped:
         names = ", ".join(Path(p).name for p in splits.skipped[:10])
         say(f"[yellow]skipped {len(splits.skipped)} unreadable image(s): {names}"
@@ -115,22 +136,42 @@ def run_distill(
         return ModelSpec(arch, splits.num_classes, img_size, tuple(mean), tuple(std), tuple(splits.class_names))
 
     workers = cfg.data.workers if cfg.data.workers is not None else (0 if splits.in_memory else 8)
+    eval_transform = build_transform(cfg.data, splits, img_size, mean, std, training=False)
+    cache = cfg.cache_teacher_logits if cfg.cache_teacher_logits is not None else not cfg.data.augment_train
     ctx = Context(
         run=run, device=device, dist=env, precision=cfg.precision, channels_last=cfg.channels_last, seed=cfg.seed,
-        workers=workers, console=console,
+        workers=workers, console=console, compile=cfg.compile,
         train_data=Transformed(splits.train, build_transform(cfg.data, splits, img_size, mean, std, training=True)),
-        val_data=Transformed(splits.val, build_transform(cfg.data, splits, img_size, mean, std, training=False)),
+        val_data=Transformed(splits.val, eval_transform),
+        # with augmentation, cached logits are the teacher's on the un-augmented image: an approximation
+        cache_data=Transformed(splits.train, eval_transform) if cache else None,
     )
+    writer = _tensorboard(run) if cfg.tensorboard and env.is_main and run is not None else None
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        _append_history(run, record)
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("stage", "epoch") and isinstance(value, (int, float)):
+                    writer.add_scalar(f"{record['stage']}/{key}", value, record["epoch"])
+            writer.flush()
 
     def stage(name: str, arch: str, build: Callable[[], nn.Module], train, objective: Objective,
               teacher: nn.Module | None = None, **extra: Any) -> nn.Module:
+        if dry_run:
+            model = agree(env, build)
+            optimizer = make_optimizer(model, train)
+            say(f"{name}: {arch}, {count_params(model) / 1e6:.2f}M params, {count_macs(model, img_size) / 1e6:.1f} "
+                f"MMACs at {img_size}px; {train.epochs} epochs of {type(optimizer).__name__} lr {train.lr}, "
+                f"global batch {train.batch_size}")
+            return model
         done = run.metrics().get(name)
         if done is not None and run.checkpoint(name).exists():
             say(f"{name}: complete (top-1 {done['top1']:.2f}%), loaded from {run.checkpoint(name).name}")
             return load_model(run.checkpoint(name))[0]
         seed_everything(cfg.seed, SEED_OFFSETS[name])
-        st = Stage(name, build(), train, objective, teacher, SEED_OFFSETS[name])
-        metrics = fit(st, ctx, splits.num_classes, lambda record: _append_history(run, record))
+        st = Stage(name, agree(env, build), train, objective, teacher, SEED_OFFSETS[name])
+        metrics = fit(st, ctx, splits.num_classes, on_epoch)
         metrics = {"arch": arch, **metrics, "params": count_params(st.model),
                    "macs": count_macs(st.model, img_size), **extra}
         if env.is_main:
@@ -139,6 +180,11 @@ def run_distill(
             run.progress(name).unlink(missing_ok=True)
         barrier(env)
         return st.model
+
+    if dry_run:
+        x, _ = next(iter(create_loader(ctx.train_data, cfg.student.train.batch_size, training=True, workers=0)))
+        say(f"data: {cfg.data.name}, {len(splits.train)} train / {len(splits.val)} test images, "
+            f"{splits.num_classes} classes, batches of {tuple(x.shape)}")
 
     try:
         t = cfg.teacher
@@ -180,9 +226,19 @@ def run_distill(
             stage("student_ce", s.arch, build_student, s.train, ce_objective(s.train.label_smoothing),
                   method="ce")
     except KeyboardInterrupt:
-        say(f"\n[yellow]interrupted: continue with `gtcompress distill --resume --out {run.path}`")
+        if run is not None:
+            say(f"\n[yellow]interrupted: continue with `gtcompress distill --resume --out {run.path}`")
         raise
-    return run
+    finally:
+        if writer is not None:
+            writer.close()
+    return None if dry_run else run
+
+
+def _tensorboard(run: RunDir):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run.path / "tensorboard"))
 
 
 def _append_history(run: RunDir, record: dict[str, Any]) -> None:

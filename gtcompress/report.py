@@ -1,12 +1,24 @@
-"""Report: what compression bought — the stages' accuracy and size, as tables."""
+"""Report: what compression bought — accuracy, size and latency of every model and exported artefact.
+
+`build_report` joins metrics.json (accuracy, params, MACs, exports), bench.json (latency) and history.jsonl
+(training curves) into one table; `write_report` writes it as report.md, report.json and a self-contained
+report.html with the plots embedded (PNG files of the plots also go to `<run>/plots/`).
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import time
+from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.table import Table
 
-from .rundir import STAGES
+from .bench import find, load_bench, reference_teacher
+from .rundir import STAGES, RunDir, write_bytes, write_json, write_text
 
 STAGE_TITLES = {
     "standard_teacher": "Standard Teacher",
@@ -14,6 +26,13 @@ STAGE_TITLES = {
     "student": "student <- GT",
     "student_from_standard": "student <- ST",
     "student_ce": "student (CE only)",
+}
+BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")  # the report's headline backend: the first one measured
+PLOTS = {
+    "accuracy_latency": "Top-1 accuracy vs p50 latency",
+    "latency_batch": "p50 latency by batch size",
+    "latency_distribution": "Latency distribution (every timed call)",
+    "training_curves": "Training curves",
 }
 
 
@@ -32,3 +51,287 @@ def stage_table(metrics: dict[str, Any]) -> Table:
             f"{m['macs'] / 1e6:.1f}", str(m["epochs"]), f"{m['train_seconds']:.0f}",
         )
     return table
+
+
+def _header(run: RunDir, bench: dict[str, Any] | None) -> dict[str, Any]:
+    cfg = yaml.safe_load(run.config.read_text()) or {}
+    env = cfg.get("environment", {})
+    metrics = run.metrics()
+    if bench:
+        dev = bench["device"]
+        machine = (f"{dev['gpu']} (CUDA {dev.get('cuda_version')}), " if dev.get("cuda") else "") + \
+            f"{dev['cpu']}, {dev['threads']} threads"
+    else:
+        machine = f"{env.get('device_name', '?')} (training device {env.get('device', '?')})"
+    student = cfg.get("student", {})
+    generous = cfg.get("generous", {})
+    return {
+        "run": run.path.name,
+        "command": env.get("command", "?"),
+        "bench_command": bench["command"] if bench else None,
+        "data": cfg.get("data", {}).get("name", "?"),
+        "num_classes": next((m.get("num_classes") for m in (bench or {}).get("models", {}).values()), None),
+        "method": f"{student.get('method', '?')} from the Generous Teacher (beta {generous.get('beta')}, "
+                  f"k {generous.get('k')}, init {generous.get('init')})",
+        "teacher": metrics.get("standard_teacher", {}).get("arch"),
+        "student": metrics.get("student", {}).get("arch"),
+        "machine": machine,
+        "trained_on": f"{env.get('device', '?')} x{env.get('world_size', 1)}",
+        "run_started": env.get("started"),
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def build_report(run: RunDir, batch_size: int | None = None) -> dict[str, Any]:
+    """The report's content: header, one row per model x exported precision, bench results, notes."""
+    metrics = run.metrics()
+    bench = load_bench(run)
+    results = bench["results"] if bench else []
+    measured = sorted({r["batch_size"] for r in results})
+    if batch_size is None:
+        batch_size = measured[0] if measured else 1
+    backends = [b for b in BACKEND_ORDER if any(r["backend"] == b for r in results)]
+    primary = backends[0] if backends else None
+    teacher = reference_teacher(results) or ("generous_teacher" if "generous_teacher" in metrics else
+                                             "standard_teacher")
+    exports = {(r["model"], r["precision"]): r for r in metrics.get("export", []) if r["format"] == "onnx"}
+    baseline = metrics.get("student_from_standard", {}).get("top1")
+
+    rows = []
+    for stage in (s for s in STAGES if s in metrics):
+        m = metrics[stage]
+        for precision in ("fp32", *(p for p in ("fp16", "int8") if (stage, p) in exports)):
+            onnx = exports.get((stage, precision))
+            ckpt = run.checkpoint(stage)
+            file, size = (onnx["path"], onnx["bytes"]) if onnx else (ckpt.name, ckpt.stat().st_size if ckpt.is_file()
+                                                                     else None)
+            top1 = m["top1"] if precision == "fp32" else onnx["top1"]
+            p50 = {b: r["p50_ms"] for b in backends
+                   if (r := find(results, model=stage, backend=b, precision=precision, batch_size=batch_size))}
+            rows.append({
+                "name": STAGE_TITLES[stage] + ("" if precision == "fp32" else f" {precision}"),
+                "model": stage, "arch": m["arch"], "precision": precision, "file": file, "bytes": size,
+                "top1": top1, "top5": m.get("top5") if precision == "fp32" else None,
+                "delta_vs_st_student": top1 - baseline if baseline is not None and stage.startswith("student")
+                else None,
+                "params": m["params"], "macs": m.get("macs"), "p50_ms": p50,
+            })
+    ref = next((r for r in rows if r["model"] == teacher and r["precision"] == "fp32"), None)
+    for row in rows:
+        fast = ref and primary in ref["p50_ms"] and primary in row["p50_ms"] and row is not ref
+        row["speedup"] = ref["p50_ms"][primary] / row["p50_ms"][primary] if fast else None
+        small = ref and ref["bytes"] and row["bytes"] and row is not ref
+        row["size_ratio"] = ref["bytes"] / row["bytes"] if small else None
+    notes = []
+    if bench is None:
+        notes.append("no latency yet: run `gtcompress bench` (then `gtcompress report` again)")
+    else:
+        notes += [f"not benchmarked: {m}" for m in bench.get("missing", [])]
+        notes += [f"skipped {' '.join(str(v) for k, v in s.items() if k != 'reason')}: {s['reason']}"
+                  for s in bench.get("skipped", [])]
+    return {
+        "header": _header(run, bench), "batch_size": batch_size, "primary_backend": primary, "backends": backends,
+        "teacher": teacher, "rows": rows,
+        "bench": [{k: v for k, v in r.items() if k != "samples_ms"} for r in results],
+        "notes": notes,
+    }
+
+
+# -- formatting --------------------------------------------------------------------------------------------------
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Column names and formatted cells of the main table (the same strings in every output format)."""
+    b = report["batch_size"]
+    cols = ["model", "arch", "top-1 %", "Δ vs ←ST", "params", "MMACs", "file", "MB",
+            *(f"{backend} p50 ms (b{b})" for backend in report["backends"]),
+            f"× faster ({report['primary_backend'] or '–'})", "× smaller"]
+    cells = []
+    for r in report["rows"]:
+        cells.append([
+            r["name"], r["arch"], _fmt(r["top1"], ".2f"), _fmt(r["delta_vs_st_student"], "+.2f"),
+            f"{r['params'] / 1e6:.2f}M", _fmt(r["macs"] and r["macs"] / 1e6, ".1f"), r["file"],
+            _fmt(r["bytes"] and r["bytes"] / 1e6, ".2f"),
+            *(_fmt(r["p50_ms"].get(backend), ".3f") for backend in report["backends"]),
+            _fmt(r["speedup"], ".1f", "×"), _fmt(r["size_ratio"], ".1f", "×"),
+        ])
+    return cols, cells
+
+
+def bench_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    cols = ["model", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "iters"]
+    cells = [[r["model"], r["backend"], r["precision"], str(r["batch_size"]), f"{r['p50_ms']:.3f}",
+              f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['throughput']:.1f}",
+              str(r["iters"])]
+             for r in sorted(report["bench"], key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"]))]
+    return cols, cells
+
+
+def report_table(report: dict[str, Any]) -> Table:
+    h = report["header"]
+    table = Table(title=f"gtcompress report: {h['teacher']} -> {h['student']} on {h['data']} ({h['machine']})",
+                  title_justify="left")
+    cols, cells = table_rows(report)
+    for i, col in enumerate(cols):
+        table.add_column(col, justify="left" if i in (0, 1, 6) else "right")
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def _markdown_table(cols: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells])
+
+
+def _header_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
+    h = report["header"]
+    return [("command", h["command"]), ("benchmark", h["bench_command"] or "not run"),
+            ("data", f"{h['data']}" + (f" ({h['num_classes']} classes)" if h["num_classes"] else "")),
+            ("method", h["method"]), ("machine", h["machine"]), ("trained on", h["trained_on"]),
+            ("run started", str(h["run_started"])), ("report generated", h["generated"])]
+
+
+def markdown(report: dict[str, Any], plot_files: dict[str, str]) -> str:
+    h = report["header"]
+    parts = [f"# gtcompress report: {h['teacher']} -> {h['student']} ({h['run']})", ""]
+    parts += [f"- **{k}**: `{v}`" if k in ("command", "benchmark") else f"- **{k}**: {v}"
+              for k, v in _header_lines(report)]
+    parts += ["", f"Latency: p50 at batch {report['batch_size']}; × faster is the {report['teacher']}'s fp32 p50 "
+              f"on {report['primary_backend'] or 'no backend'} over the row's; × smaller compares file sizes; "
+              "Δ vs ←ST is top-1 minus the student distilled from the Standard Teacher.", "",
+              _markdown_table(*table_rows(report)), ""]
+    if report["bench"]:
+        parts += ["## Every measurement", "", _markdown_table(*bench_rows(report)), ""]
+    parts += [f"![{PLOTS[k]}]({v})\n" for k, v in plot_files.items()]
+    if report["notes"]:
+        parts += ["## Notes", "", *(f"- {n}" for n in report["notes"]), ""]
+    return "\n".join(parts)
+
+
+def html_page(report: dict[str, Any], plots: dict[str, bytes]) -> str:
+    e = html.escape
+    h = report["header"]
+
+    def table(cols: list[str], cells: list[list[str]], id_: str) -> str:
+        head = "".join(f"<th>{e(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in cells)
+        return f'<table id="{id_}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    meta = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _header_lines(report))
+    figures = "".join(
+        f'<figure><img class="plot" id="plot-{k}" alt="{e(PLOTS[k])}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>{e(PLOTS[k])}</figcaption></figure>'
+        for k, png in plots.items())
+    notes = "".join(f"<li>{e(n)}</li>" for n in report["notes"])
+    bench = f"<h2>Every measurement</h2>{table(*bench_rows(report), 'bench')}" if report["bench"] else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>gtcompress report: {e(h['run'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+dl {{ display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }} dt {{ font-weight: 600; }}
+dd {{ margin: 0; font-family: ui-monospace, monospace; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+figure {{ display: inline-block; margin: 1em; }} img.plot {{ max-width: 560px; }}
+</style></head><body>
+<h1>gtcompress report: {e(h['teacher'] or '?')} → {e(h['student'] or '?')}</h1>
+<dl>{meta}</dl>
+<p>Latency is p50 at batch {report['batch_size']}; × faster is the {e(report['teacher'])}'s fp32 p50 on
+{e(report['primary_backend'] or 'no backend')} over the row's; × smaller compares file sizes; Δ vs ←ST is top-1
+minus the student distilled from the Standard Teacher.</p>
+{table(*table_rows(report), 'summary')}
+{figures}
+{bench}
+{f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
+</body></html>
+"""
+
+
+# -- plots -------------------------------------------------------------------------------------------------------
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def make_plots(report: dict[str, Any], history: list[dict[str, Any]], samples: list[dict[str, Any]]) -> dict[str, bytes]:
+    """PNG bytes of each plot that has data: accuracy vs latency, latency vs batch, distributions, curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots: dict[str, bytes] = {}
+    primary, b = report["primary_backend"], report["batch_size"]
+    points = [r for r in report["rows"] if primary in r["p50_ms"]]
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in points:
+            ax.scatter(r["p50_ms"][primary], r["top1"], s=40)
+            ax.annotate(r["name"], (r["p50_ms"][primary], r["top1"]), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+        ax.set(xscale="log", xlabel=f"p50 latency, ms ({primary}, batch {b})", ylabel="top-1 %",
+               title=PLOTS["accuracy_latency"])
+        ax.grid(alpha=.3)
+        plots["accuracy_latency"] = _png(fig)
+    if report["bench"]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in report["bench"]:
+            series.setdefault(f"{r['model']} {r['backend']} {r['precision']}", []).append((r["batch_size"], r["p50_ms"]))
+        for label, pts in sorted(series.items()):
+            xs, ys = zip(*sorted(pts))
+            ax.plot(xs, ys, marker="o", label=label, linestyle="--" if "teacher" in label else "-")
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency, ms", title=PLOTS["latency_batch"])
+        ax.legend(fontsize=7)
+        ax.grid(alpha=.3)
+        plots["latency_batch"] = _png(fig)
+    at_b = [r for r in samples if r["batch_size"] == b and r.get("samples_ms")]
+    if at_b:
+        fig, ax = plt.subplots(figsize=(6, max(3, .35 * len(at_b) + 1)))
+        ax.boxplot([r["samples_ms"] for r in at_b], orientation="horizontal", showfliers=True,
+                   tick_labels=[f"{r['model']} {r['backend']} {r['precision']}" for r in at_b])
+        ax.set(xscale="log", xlabel=f"latency per call, ms (batch {b})", title=PLOTS["latency_distribution"])
+        ax.tick_params(axis="y", labelsize=7)
+        plots["latency_distribution"] = _png(fig)
+    if history:
+        fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for stage in STAGES:
+            recs = [h for h in history if h["stage"] == stage]
+            if recs:
+                acc.plot([h["epoch"] for h in recs], [h["top1"] for h in recs], marker=".", label=STAGE_TITLES[stage])
+                loss.plot([h["epoch"] for h in recs], [h["train_loss"] for h in recs], marker=".",
+                          label=STAGE_TITLES[stage])
+        acc.set(xlabel="epoch", ylabel="val top-1 %", title=PLOTS["training_curves"])
+        loss.set(xlabel="epoch", ylabel="train loss", yscale="log")
+        acc.legend(fontsize=7)
+        acc.grid(alpha=.3)
+        loss.grid(alpha=.3)
+        plots["training_curves"] = _png(fig)
+    return plots
+
+
+def write_report(run: RunDir, report: dict[str, Any]) -> list[Path]:
+    """report.json, report.md (+ plots/*.png) and the self-contained report.html, each written atomically."""
+    bench = load_bench(run)
+    plots = make_plots(report, run.history(), bench["results"] if bench else [])
+    plot_files = {}
+    for name, png in plots.items():
+        path = run.path / "plots" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        write_bytes(path, png)
+        plot_files[name] = f"plots/{name}.png"
+    paths = [run.path / n for n in ("report.md", "report.json", "report.html")]
+    write_text(paths[0], markdown(report, plot_files))
+    write_json(paths[1], report)
+    write_text(paths[2], html_page(report, plots))
+    return paths

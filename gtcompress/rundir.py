@@ -19,6 +19,20 @@ RUNS_ROOT = Path("runs")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 STAGES = ("standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def artefact_name(model: str, precision: str, fmt: str) -> str:
+    """An export artefact's file name: `student.onnx` (fp32), `student.int8.onnx`, `student.fp16.engine`."""
+    if fmt == "onnx":
+        return f"{model}.onnx" if precision == "fp32" else f"{model}.{precision}.onnx"
+    return f"{model}.{precision}.engine"
+
+
+def parse_artefact_name(path: Path) -> tuple[str, str]:
+    """(model, precision) of an artefact named by `artefact_name` (`student.int8.onnx` -> student, int8)."""
+    parts = Path(path).name.split(".")
+    return parts[0], parts[1] if len(parts) > 2 and parts[1] in PRECISIONS else "fp32"
 
 
 @contextmanager
@@ -39,6 +53,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: Path, obj: Any) -> None:

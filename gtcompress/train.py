@@ -50,6 +50,10 @@ class Context:
     seed: int = 0
     workers: int = 0
     console: Console = field(default_factory=Console)
+    compile: bool = False
+    # Training images under a deterministic transform: set, the frozen teacher's logits are computed on
+    # them once per stage and reused every epoch instead of a teacher forward pass per step.
+    cache_data: Dataset | None = None
 
     def autocast(self):
         if self.precision == "fp32":
@@ -81,6 +85,54 @@ def seed_everything(*parts: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """timm's optimizer factory (weight decay off for biases and norms)."""
+    try:
+        return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                   momentum=cfg.momentum)
+    except (AssertionError, ValueError) as e:  # timm asserts on unknown optimizer names
+        raise UserError(f"timm has no optimizer '{cfg.opt}' ({e})", "use sgd, adamw, lamb, ... (timm.optim)") from None
+
+
+class Indexed(Dataset):
+    """(image, label, index): lets a training step look up per-sample state such as cached logits."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int]:
+        x, y = self.base[i]
+        return x, y, i
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, dataset: Dataset, ctx: Context, batch_size: int) -> torch.Tensor:
+    """The teacher's fp32 logits for every image of `dataset`, in order, on CPU (each rank computes a shard)."""
+    loader = create_loader(dataset, batch_size, training=False, workers=ctx.workers, rank=ctx.dist.rank,
+                           world_size=ctx.dist.world_size)
+    parts = []
+    for x, _ in loader:
+        with ctx.autocast():
+            parts.append(teacher(ctx.to_device(x)).float())
+    local = torch.cat(parts)
+    if not ctx.dist.enabled:
+        return local.cpu()
+    # Shards are rank::world slices; pad to equal length for all_gather, then interleave back.
+    world, n = ctx.dist.world_size, len(dataset)
+    rows = -(-n // world)
+    padded = torch.zeros(rows, local.shape[1], device=local.device)
+    padded[: len(local)] = local
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(gathered, padded)
+    out = torch.empty(n, local.shape[1])
+    for rank, part in enumerate(gathered):
+        out[rank::world] = part[: len(range(rank, n, world))].cpu()
+    return out
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, num_classes: int) -> dict[str, float]:
     """Top-1/top-5 (%) and CE loss over the whole test split, reduced over ranks."""
@@ -105,7 +157,9 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, num_classes: in
 def _progress(ctx: Context) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"), console=ctx.console, disable=not ctx.dist.is_main, transient=True,
+        TextColumn("{task.fields[status]}"), console=ctx.console, transient=True,
+        # a live bar only on a terminal (logs get the per-epoch lines), and only from rank 0
+        disable=not (ctx.dist.is_main and ctx.console.is_terminal),
     )
 
 
@@ -131,11 +185,10 @@ def fit(stage: Stage, ctx: Context, num_classes: int, on_epoch: Callable[[dict[s
         raise UserError(f"batch size {cfg.batch_size} is not divisible by the world size {ctx.dist.world_size}",
                         "pick a batch size that is a multiple of the number of processes")
 
-    loader = create_loader(ctx.train_data, cfg.batch_size, training=True, workers=ctx.workers,
+    loader = create_loader(Indexed(ctx.train_data), cfg.batch_size, training=True, workers=ctx.workers,
                            seed=ctx.seed + stage.seed_offset, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
                            pin_memory=ctx.device.type == "cuda")
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum)
+    optimizer = make_optimizer(model, cfg)
     scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr,
                                        warmup_epochs=cfg.warmup_epochs, step_on_epochs=False,
                                        updates_per_epoch=len(loader))
@@ -160,15 +213,20 @@ def fit(stage: Stage, ctx: Context, num_classes: int, on_epoch: Callable[[dict[s
 
     ddp = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
         if ctx.dist.enabled else model
+    if ctx.compile:
+        ddp = torch.compile(ddp)
     eval_model = ema.module if ema is not None else model
+    cache = None
+    if teacher is not None and ctx.cache_data is not None and start_epoch < cfg.epochs:
+        cache = teacher_logits(teacher, ctx.cache_data, ctx, cfg.batch_size * 2)
 
     with _progress(ctx) as bar:
         for epoch in range(start_epoch, cfg.epochs):
             seed_everything(ctx.seed, stage.seed_offset, epoch, ctx.dist.rank)
             loader.sampler.set_epoch(epoch)
             task = bar.add_task(f"{stage.name} {epoch + 1}/{cfg.epochs}", total=len(loader), status="")
-            terms, seconds, images = _train_epoch(stage, ddp, teacher, loader, optimizer, scheduler, scaler, ema,
-                                                  epoch, ctx, lambda s: bar.update(task, advance=1, **({"status": s} if s else {})))
+            terms, seconds, images = _train_epoch(stage, ddp, teacher, cache, loader, optimizer, scheduler, scaler,
+                                                  ema, epoch, ctx, lambda s: bar.update(task, advance=1, **({"status": s} if s else {})))
             bar.remove_task(task)
             train_seconds += seconds
             train_images += images
@@ -198,23 +256,28 @@ def fit(stage: Stage, ctx: Context, num_classes: int, on_epoch: Callable[[dict[s
             "images_per_second": train_images / max(train_seconds, 1e-9)}
 
 
-def _train_epoch(stage, model, teacher, loader, optimizer, scheduler, scaler, ema, epoch, ctx, tick):
-    """One pass over the loader; returns mean loss terms, seconds and images seen (all ranks)."""
+def _train_epoch(stage, model, teacher, cache, loader, optimizer, scheduler, scaler, ema, epoch, ctx, tick):
+    """One pass over the loader; returns mean loss terms, seconds and images seen (all ranks).
+
+    The teacher's logits come from `cache` (indexed by sample) when given, else from a forward pass.
+    """
     model.train()
     steps = len(loader)
     sums: dict[str, torch.Tensor] = {}
     images = 0
     start = time.perf_counter()
-    for step, (x, y) in enumerate(loader):
+    for step, (x, y, idx) in enumerate(loader):
         x, y = ctx.to_device(x), y.to(ctx.device, non_blocking=True)
         with ctx.autocast():
             logits = model(x)
-            if teacher is not None:
+            if cache is not None:
+                t_logits = cache[idx].to(ctx.device, non_blocking=True)
+            elif teacher is not None:
                 with torch.no_grad():
-                    teacher_logits = teacher(x)
+                    t_logits = teacher(x)
             else:
-                teacher_logits = None
-        terms = stage.objective(logits, teacher_logits, y, epoch + step / steps)
+                t_logits = None
+        terms = stage.objective(logits, t_logits, y, epoch + step / steps)
         loss = terms["loss"]
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:

@@ -2,6 +2,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub call would otherwise stall ~45 s without network
 
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -27,3 +28,23 @@ def pipeline_run(tmp_path_factory) -> Path:
     )
     assert result.exit_code == 0, result.output
     return out
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+# Student int8 agreement floor for the session's barely trained student (see tests/test_export.py).
+INT8_TOLERANCE = "int8.min_agreement=50"
+BENCH_ITERS, BENCH_BATCHES = 6, (1, 4)
+
+
+@pytest.fixture(scope="session")
+def workflow_run(pipeline_run, tmp_path_factory) -> Path:
+    """The pipeline run taken through `gtcompress run --skip-distill`: exports, bench.json and the report."""
+    run = copy_run(pipeline_run, tmp_path_factory.mktemp("workflow") / "run")
+    result = invoke("run", "--skip-distill", "--out", run, "--precision", "fp32,int8", "--tolerance", INT8_TOLERANCE,
+                    "--batch-sizes", ",".join(map(str, BENCH_BATCHES)), "--iters", BENCH_ITERS)
+    assert result.exit_code == 0, result.output
+    return run

@@ -64,3 +64,19 @@ def test_missing_and_malformed_recipes(tmp_path):
     bad.write_text("- a list")
     with pytest.raises(UserError, match="mapping"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_builds_its_models_and_optimizers(recipe, tmp_path, monkeypatch):
+    from conftest import invoke
+
+    monkeypatch.chdir(tmp_path)
+    # The recipes' own data (CIFAR download, an ImageNet folder) and hub weights are not available here.
+    result = invoke("distill", "--recipe", recipe, "--dry-run", "--dataset", "synthetic", "--img-size", 32,
+                    "--set", "teacher.pretrained=false", "--set", "data.workers=0")
+    assert result.exit_code == 0, result.output
+    cfg = load_config(recipe)
+    for stage in ("standard_teacher", "generous_teacher", "student"):
+        assert f"{stage}: " in result.output
+    assert cfg.student.arch.split(".")[0] in result.output
+    assert not (tmp_path / "runs").exists()

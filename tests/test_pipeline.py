@@ -146,3 +146,51 @@ def test_teachers_of_one_run_teach_the_students_of_another(pipeline_run, tmp_pat
         assert new[stage]["source"] == "checkpoint" and new[stage]["epochs"] == 0
         assert new[stage]["top1"] == pytest.approx(old[stage]["top1"])
     assert new["student"]["method"] == "dist" and new["student"]["epochs"] == 1
+
+
+def test_tensorboard_logs_every_stage_and_loss_term(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 2, "--tensorboard",
+                    "--out", out, "--set", "data.train_fraction=0.2")
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("standard_teacher/train_ce", "generous_teacher/train_nckd", "generous_teacher/train_ce",
+                "student/train_kd", "student/train_ce", "student/top1", "student/lr", "student/images_per_second"):
+        assert tag in tags, tag
+    history = {(r["stage"], r["epoch"]): r for r in RunDir(out).history()}
+    logged = events.Scalars("student/top1")
+    assert [e.step for e in logged] == [1, 2]
+    assert logged[1].value == pytest.approx(history[("student", 2)]["top1"], rel=1e-6)
+
+
+def test_dry_run_builds_everything_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--compare", "--dry-run")
+    assert result.exit_code == 0, result.output
+    for stage in STAGES:
+        assert f"{stage}: " in result.output
+    assert "1437 train / 360 test images, 10 classes, batches of (64, 3, 32, 32)" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_of_a_recipe_without_its_data_is_a_clear_error(tmp_path):
+    from pathlib import Path
+
+    recipe = Path(__file__).parent.parent / "recipes" / "digits.yaml"
+    result = invoke("distill", "--recipe", recipe, "--dataset", "cifar100", "--data-root", tmp_path, "--dry-run")
+    assert result.exit_code == 2 and "--download" in result.stderr
+
+
+def test_compiled_training_saves_plain_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("distill", "--teacher", "test_efficientnet", "--student", "test_efficientnet", "--epochs", 1,
+                    "--compile", "--out", out, "--set", "data.train_fraction=0.1")
+    assert result.exit_code == 0, result.output
+    for stage in ("standard_teacher", "generous_teacher", "student"):
+        keys = torch.load(out / f"{stage}.pt", weights_only=True)["state_dict"]
+        assert not any("_orig_mod" in k or k.startswith("module.") for k in keys)
+        load_model(out / f"{stage}.pt")

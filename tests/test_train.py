@@ -85,3 +85,28 @@ def test_diverging_loss_is_a_clear_error(tmp_path, data):
     stage = make_stage(epochs=1, lr=1e12)
     with pytest.raises(UserError, match="loss became"):
         fit(stage, context(tmp_path, data), 4, lambda r: None)
+
+
+def test_cached_teacher_logits_train_exactly_like_a_live_teacher(tmp_path):
+    from gtcompress.config import StudentConfig
+    from gtcompress.losses import student_objective
+
+    cfg = DataConfig(name="synthetic", img_size=16, augment_train=False,
+                     synthetic=SyntheticConfig(num_classes=4, train_per_class=24, val_per_class=8, noise=0.1))
+    splits = load_splits(cfg)
+    train = Transformed(splits.train, build_transform(cfg, splits, 16, (0.5,) * 3, (0.5,) * 3, training=True))
+    val = Transformed(splits.val, build_transform(cfg, splits, 16, (0.5,) * 3, (0.5,) * 3, training=False))
+    torch.manual_seed(1)
+    teacher = create_model("test_resnet", 4).eval()
+    objective = student_objective(StudentConfig(train=TrainConfig(epochs=2)))
+    weights = []
+    for cache in (None, train):
+        seed_everything(0, 0)
+        stage = Stage("s", create_model("test_efficientnet", 4), TrainConfig(epochs=2, batch_size=16), objective,
+                      teacher)
+        ctx = Context(run=RunDir(tmp_path / str(cache is None)), train_data=train, val_data=val,
+                      device=torch.device("cpu"), cache_data=cache)
+        fit(stage, ctx, 4, lambda r: None)
+        weights.append(stage.model.state_dict())
+    for k, v in weights[0].items():
+        torch.testing.assert_close(weights[1][k], v, rtol=1e-4, atol=1e-5, msg=k)

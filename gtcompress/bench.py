@@ -1,0 +1,387 @@
+"""Benchmark: latency, throughput and size of a run's models on every backend, side by side in one process.
+
+Each measurement runs one backend (torch, onnxruntime, tensorrt) on one artefact at one batch size: warm-up
+calls, then timed calls until `iters` and/or `seconds` is reached. A call is end to end: a float32 NCHW batch
+in host memory to logits in host memory (host<->device copies included on CUDA, timed with CUDA events).
+The teacher and the student are measured in the same run, interleaved per batch size, so their ratio
+compares one machine state.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .backends import Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
+from .errors import UserError
+from .models import count_macs, count_params, load_model
+from .rundir import PRECISIONS, RunDir, artefact_name, read_json, resolve_run, write_json
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+MODELS = ("student", "generous_teacher", "standard_teacher")
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # autocast; fp16 needs CUDA
+DEFAULT_ITERS, DEFAULT_SECONDS, MIN_ITERS = 200, 2.0, 5
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `gtcompress bench` measures. None means: everything available."""
+
+    run: Path | None = None  # run directory; None: runs/latest
+    backends: tuple[str, ...] | None = None  # None: every installed backend
+    precisions: tuple[str, ...] | None = None  # None: every exported precision (and fp32 for torch)
+    models: tuple[str, ...] = ("student", "generous_teacher")
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    warmup: int = 10
+    iters: int | None = None  # timed calls; with `seconds`, whichever comes first; neither: 200 calls or 2 s
+    seconds: float | None = None
+    threads: int | None = None  # CPU threads of torch and onnxruntime; None: torch's default
+    device: str = "auto"  # torch and onnxruntime: auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        def check(values: tuple[str, ...] | None, known: tuple[str, ...], what: str) -> None:
+            for v in values or ():
+                if v not in known:
+                    raise UserError(f"unknown {what} '{v}'", f"choose from {', '.join(known)}")
+
+        check(self.backends, BACKENDS, "backend")
+        check(self.precisions, (*PRECISIONS, "bf16"), "precision")
+        check(self.models, MODELS, "model")
+        check((self.device,), ("auto", "cpu", "cuda"), "device")
+        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            raise UserError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}",
+                            "e.g. --batch-sizes 1,8,32")
+        for name in ("iters", "seconds", "threads"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"--{name} must be positive, got {value}", f"pass a positive --{name}")
+        if self.warmup < 0:
+            raise UserError(f"--warmup must be at least 0, got {self.warmup}", "pass 0 or more")
+        if self.iters is None and self.seconds is None:
+            object.__setattr__(self, "iters", DEFAULT_ITERS)
+            object.__setattr__(self, "seconds", DEFAULT_SECONDS)
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """`"1,8,32"` -> (1, 8, 32); a clear error for anything that is not a list of positive integers."""
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--batch-sizes '{text}' is not a list of positive integers", "e.g. --batch-sizes 1,8,32")
+    return tuple(dict.fromkeys(sizes))
+
+
+def latency_stats(samples_ms: np.ndarray | list[float], batch_size: int) -> dict[str, float | int]:
+    """Summary of per-call latencies: min, mean, std, percentiles (linear interpolation), max, samples/s."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
+    mean = float(a.mean())
+    return {"min_ms": float(a.min()), "mean_ms": mean, "std_ms": float(a.std()), "p50_ms": float(p50),
+            "p90_ms": float(p90), "p95_ms": float(p95), "p99_ms": float(p99), "max_ms": float(a.max()),
+            "throughput": batch_size * 1000.0 / mean, "iters": int(a.size)}
+
+
+def _call_ms(backend: Backend, x: np.ndarray) -> float:
+    if backend.device == "cuda":  # events on the current stream, after draining queued work
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        backend.run(x)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    start_s = time.perf_counter()
+    backend.run(x)
+    return (time.perf_counter() - start_s) * 1000.0
+
+
+def time_backend(backend: Backend, x: np.ndarray, warmup: int, iters: int | None, seconds: float | None) -> list[float]:
+    """Per-call latencies (ms) after `warmup` calls: until `iters` calls or `seconds` (at least 5 calls)."""
+    for _ in range(warmup):
+        backend.run(x)
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds if seconds else float("inf")
+    while len(samples) < (iters or sys.maxsize) and (len(samples) < MIN_ITERS or time.perf_counter() < deadline):
+        samples.append(_call_ms(backend, x))
+    return samples
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _gpu_clocks() -> dict[str, str] | None:
+    """SM/memory clocks (current and maximum) from nvidia-smi, where it exists."""
+    query = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit"
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader", "-i",
+                              str(torch.cuda.current_device())], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    values = [v.strip() for v in out.stdout.strip().split(",")]
+    return dict(zip(query.split(","), values)) if out.returncode == 0 and len(values) == 5 else None
+
+
+def machine_info(threads: int, cuda: bool) -> dict[str, Any]:
+    info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
+                            "platform": platform.platform(), "cuda": cuda}
+    if cuda:
+        info.update(gpu=torch.cuda.get_device_name(), cuda_version=torch.version.cuda, gpu_clocks=_gpu_clocks())
+    return info
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import timm
+
+    out = {"gtcompress": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "timm": timm.__version__, "onnxruntime": onnxruntime.__version__}
+    if importlib.util.find_spec("tensorrt") is not None:
+        import tensorrt
+
+        out["tensorrt"] = tensorrt.__version__
+    return out
+
+
+def backend_availability(cuda: bool) -> dict[str, str | None]:
+    """None for an installed backend, else the reason it cannot run here."""
+    import onnxruntime
+
+    ort_missing = None if "CPUExecutionProvider" in onnxruntime.get_available_providers() else \
+        "onnxruntime has no CPU execution provider"
+    trt_missing = ("tensorrt is not installed (pip install 'gtcompress[trt]' on a CUDA machine)"
+                   if importlib.util.find_spec("tensorrt") is None else None if cuda else "no CUDA device")
+    return {"torch": None, "onnxruntime": ort_missing, "tensorrt": trt_missing}
+
+
+@dataclass
+class Target:
+    """One thing to time: a model's artefact on a backend at a precision."""
+
+    model: str
+    backend: str
+    precision: str
+    path: Path
+    make: Callable[[], Backend] = field(repr=False)
+    max_batch: int | None = None
+
+
+class Bench:
+    """One `gtcompress bench`: finds what the run has, times it, writes `<run>/bench.json`."""
+
+    def __init__(self, cfg: BenchConfig, say: Callable[[str], None] = print, console: Console | None = None):
+        self.cfg, self.say, self.console = cfg, say, console
+        self.run = resolve_run(cfg.run)
+        self.cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if self.cuda and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for, but CUDA is not available", "use --device cpu or auto")
+        self.device = "cuda" if self.cuda else "cpu"
+        self.threads = cfg.threads or torch.get_num_threads()
+        self.skipped: list[dict[str, str]] = []
+        self.missing: list[str] = []
+        self.models: dict[str, dict[str, Any]] = {}
+        self.metrics = self.run.metrics()
+
+    # -- what can run -----------------------------------------------------------------------------------------
+    def backends(self) -> list[str]:
+        available = backend_availability(self.cuda)
+        chosen = []
+        for name in BACKENDS:
+            reason = available[name]
+            if self.cfg.backends is not None and name not in self.cfg.backends:
+                continue
+            if reason is None:
+                chosen.append(name)
+            elif self.cfg.backends is not None:
+                raise UserError(f"backend {name} was asked for but cannot run here: {reason}",
+                                "install it, or leave it out of --backend")
+            else:
+                self.skipped.append({"backend": name, "reason": reason})
+        return chosen
+
+    def _wanted(self, precision: str, default: tuple[str, ...]) -> bool:
+        return precision in (self.cfg.precisions if self.cfg.precisions is not None else default)
+
+    def targets(self) -> list[Target]:
+        backends = self.backends()
+        out: list[Target] = []
+        for model in self.cfg.models:
+            ckpt = self.run.checkpoint(model)
+            if not ckpt.is_file():
+                self.missing.append(f"{ckpt.name} (the {model} stage has not finished: gtcompress distill --resume)")
+                continue
+            net, spec, _ = load_model(ckpt)
+            self.models[model] = {"arch": spec.arch, "img_size": spec.img_size, "num_classes": spec.num_classes,
+                                  "params": count_params(net), "macs": count_macs(net, spec.img_size),
+                                  "checkpoint_bytes": ckpt.stat().st_size}
+            if "torch" in backends:
+                torch_default = ("fp32", "fp16") if self.cuda else ("fp32",)
+                for precision in TORCH_PRECISIONS:
+                    if self._wanted(precision, torch_default) and (precision != "fp16" or self.cuda):
+                        out.append(Target(model, "torch", precision, ckpt,
+                                          lambda n=net, p=precision: TorchBackend(n, self.device, p)))
+            for precision in PRECISIONS:
+                if not self._wanted(precision, PRECISIONS):
+                    continue
+                if "onnxruntime" in backends:
+                    out += self._artefact(model, "onnxruntime", precision, "onnx")
+                if "tensorrt" in backends:
+                    out += self._artefact(model, "tensorrt", precision, "engine")
+        if self.cfg.precisions is not None:
+            for precision in self.cfg.precisions:
+                if not any(t.precision == precision for t in out):
+                    raise UserError(f"nothing in {self.run.path} can run at precision {precision}",
+                                    f"export it first: gtcompress export --precision {precision}")
+        if self.cfg.backends is not None:
+            for backend in self.cfg.backends:
+                if not any(t.backend == backend for t in out):
+                    fix = "gtcompress export --trt" if backend == "tensorrt" else "gtcompress export"
+                    raise UserError(f"nothing in {self.run.path} can run on {backend}", f"make it with {fix}")
+        if not out:
+            raise UserError(f"nothing to benchmark in {self.run.path}", "finish the run with gtcompress distill --resume")
+        return out
+
+    def _artefact(self, model: str, backend: str, precision: str, fmt: str) -> list[Target]:
+        path = self.run.export_dir / artefact_name(model, precision, fmt)
+        if not path.is_file():
+            if precision == "fp32" or self.cfg.precisions is not None:
+                trt = " --trt" if fmt == "engine" else ""
+                prec = f" --precision {precision}" if precision != "fp32" else ""
+                self.missing.append(f"export/{path.name} (make it with gtcompress export --model {model}{prec}{trt})")
+            return []
+        if fmt == "onnx":
+            return [Target(model, backend, precision, path,
+                           lambda: OnnxRuntimeBackend(path, self.device if self._ort_cuda() else "cpu", precision,
+                                                      self.threads))]
+        record = next((r for r in self.metrics.get("export", []) if r.get("path") == f"export/{path.name}"), {})
+        built_on, here = record.get("gpu"), torch.cuda.get_device_name()
+        if built_on and built_on != here:
+            raise UserError(f"export/{path.name} was built for {built_on}, but this GPU is {here}",
+                            f"rebuild it here with gtcompress export --model {model} --trt")
+        return [Target(model, backend, precision, path, lambda: TensorRTBackend(path, precision),
+                       max_batch=record.get("max_batch"))]
+
+    def _ort_cuda(self) -> bool:
+        import onnxruntime
+
+        return self.cuda and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+    # -- timing -------------------------------------------------------------------------------------------------
+    def measure(self) -> dict[str, Any]:
+        targets = self.targets()
+        torch.set_num_threads(self.threads)
+        rng = np.random.default_rng(0)
+        jobs = [(b, t) for b in self.cfg.batch_sizes for t in targets]
+        results = []
+        loaded: dict[int, Backend] = {}
+        with self._progress() as progress:
+            task = progress.add_task("bench", total=len(jobs))
+            for batch, target in jobs:
+                progress.update(task, description=f"{target.model} {target.backend} {target.precision} b{batch}")
+                if target.max_batch is not None and batch > target.max_batch:
+                    self.skipped.append({"model": target.model, "backend": target.backend,
+                                         "precision": target.precision, "batch_size": str(batch),
+                                         "reason": f"the engine's largest batch is {target.max_batch} "
+                                                   "(rebuild with gtcompress export --trt --max-batch N)"})
+                    progress.advance(task)
+                    continue
+                if id(target) not in loaded:
+                    loaded[id(target)] = target.make()
+                backend = loaded[id(target)]
+                size = self.models[target.model]["img_size"]
+                x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+                samples = time_backend(backend, x, self.cfg.warmup, self.cfg.iters, self.cfg.seconds)
+                record = {"model": target.model, "arch": self.models[target.model]["arch"],
+                          "backend": target.backend, "device": backend.device, "precision": target.precision,
+                          "batch_size": batch, "artefact": os.path.relpath(target.path, self.run.path),
+                          "bytes": target.path.stat().st_size, **latency_stats(samples, batch),
+                          "samples_ms": [round(s, 5) for s in samples]}
+                results.append(record)
+                if not progress.live.is_started:
+                    self.say(f"{target.model:>16} {target.backend:>11} {target.precision} b{batch:<3} "
+                             f"p50 {record['p50_ms']:.3f} ms  {record['throughput']:.0f}/s")
+                progress.advance(task)
+        return {
+            "run": str(self.run.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv)),
+            "device": machine_info(self.threads, self.cuda), "versions": versions(),
+            "settings": {k: v for k, v in asdict(self.cfg).items() if k != "run"} | {"threads": self.threads},
+            "models": self.models, "results": results, "skipped": self.skipped, "missing": self.missing,
+        }
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=self.console, transient=True,
+                        disable=self.console is None or not self.console.is_terminal)
+
+
+def run_bench(cfg: BenchConfig, say: Callable[[str], None] = print, console: Console | None = None) -> dict[str, Any]:
+    """Benchmark the run's models and write `<run>/bench.json` (atomically); returns its content."""
+    bench = Bench(cfg, say, console)
+    result = bench.measure()
+    write_json(bench.run.path / "bench.json", result)
+    for line in bench.missing:
+        say(f"not benchmarked, missing: {line}")
+    for s in bench.skipped:
+        what = " ".join(s[k] for k in ("model", "backend", "precision") if k in s)
+        say(f"skipped {what}{' b' + s['batch_size'] if 'batch_size' in s else ''}: {s['reason']}")
+    return result
+
+
+def reference_teacher(results: list[dict[str, Any]]) -> str | None:
+    """The teacher that speed-ups are measured against: the Generous Teacher, else the Standard Teacher."""
+    measured = {r["model"] for r in results}
+    return next((m for m in ("generous_teacher", "standard_teacher") if m in measured), None)
+
+
+def find(results: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    return next((r for r in results if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def speedup(results: list[dict[str, Any]], record: dict[str, Any]) -> float | None:
+    """Teacher p50 / this p50, on the same backend and batch size (the teacher at fp32)."""
+    teacher = reference_teacher(results)
+    ref = find(results, model=teacher, backend=record["backend"], precision="fp32", batch_size=record["batch_size"])
+    return ref["p50_ms"] / record["p50_ms"] if ref and record["model"] != teacher else None
+
+
+def bench_table(bench: dict[str, Any]) -> Table:
+    """Every measurement: latency percentiles, throughput and speed-up vs the teacher."""
+    teacher = reference_teacher(bench["results"]) or "teacher"
+    table = Table(title=f"gtcompress bench on {bench['device']['gpu'] if bench['device']['cuda'] else bench['device']['cpu']}"
+                  f" ({bench['device']['threads']} threads)", title_justify="left")
+    for col in ("model", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s",
+                f"× vs {teacher}"):
+        table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
+    for r in sorted(bench["results"], key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"])):
+        ratio = speedup(bench["results"], r)
+        table.add_row(r["model"], r["backend"], r["precision"], str(r["batch_size"]), f"{r['p50_ms']:.3f}",
+                      f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['throughput']:.0f}",
+                      f"{ratio:.1f}×" if ratio else "")
+    return table
+
+
+def load_bench(run: RunDir) -> dict[str, Any] | None:
+    path = run.path / "bench.json"
+    return read_json(path) if path.is_file() else None

@@ -1,0 +1,119 @@
+"""TensorRT: a serialized engine built from an ONNX file with the TensorRT 10/11 Python API.
+
+`tensorrt` is imported lazily (the optional extra `gtcompress[trt]`); where it or a CUDA GPU is
+missing, `require_tensorrt` raises one UserError saying which and how to install it.
+Precision comes from the ONNX graph (fp32, fp16 with fp32 I/O, or int8 Q/DQ): the network is strongly
+typed, as TensorRT 11 requires (it removed the FP16/INT8 builder flags), and TF32 is switched off so an
+fp32 graph runs in IEEE fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .errors import UserError
+from .rundir import atomic_path
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'gtcompress[trt]' on a machine with an NVIDIA GPU and CUDA"
+
+
+def require_tensorrt() -> ModuleType:
+    """The `tensorrt` module, or a UserError naming what is missing: TensorRT itself or a CUDA GPU."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise UserError("TensorRT is not installed", INSTALL_HINT) from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("TensorRT needs a CUDA GPU and torch sees none here",
+                        "run the TensorRT step on a machine with an NVIDIA GPU and a CUDA build of torch")
+    return trt
+
+
+def make_logger(trt: ModuleType) -> Any:
+    """A TensorRT logger that keeps errors (for the one-line message) and passes warnings to `logging`."""
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                self.errors.append(msg)
+            elif severity == trt.ILogger.Severity.WARNING:
+                log.warning("TensorRT: %s", msg)
+
+    return Logger()
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine's optimization profile over the batch dimension and its builder workspace."""
+
+    max_batch: int = 32
+    opt_batch: int | None = None  # the batch TensorRT tunes tactics for; None: max_batch
+    workspace_gib: float = 2.0
+
+
+def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineConfig, timing_cache: Path | None = None) -> str:
+    """Build a serialized engine for `onnx_path` (dynamic batch 1..max_batch) into `engine_path`.
+
+    The timing cache at `timing_cache` is read if present and rewritten with this build's timings,
+    so later builds on the same GPU and TensorRT version skip tactic timing. Returns TensorRT's version.
+    """
+    trt = require_tensorrt()
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    # Ignored (always on) in TensorRT 11; in 10.x it makes the graph's dtypes the engine's precision.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors or ["unknown error"]
+        raise UserError(f"TensorRT cannot parse {onnx_path.name}: {errors[0].splitlines()[0]}",
+                        "check that the ONNX opset is supported by this TensorRT version (--opset)")
+    if network.num_inputs != 1 or network.num_outputs != 1:
+        raise UserError(f"{onnx_path.name} has {network.num_inputs} inputs and {network.num_outputs} outputs",
+                        "export a classifier with one input and one output")
+    tensor = network.get_input(0)
+    batch, *rest = tuple(tensor.shape)
+    if batch != -1 or any(d < 0 for d in rest):
+        raise UserError(f"{onnx_path.name} has input shape {tuple(tensor.shape)}, not (batch, C, H, W)",
+                        "re-export it with gtcompress export (dynamic batch, fixed image size)")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
+    config.clear_flag(trt.BuilderFlag.TF32)
+    profile = builder.create_optimization_profile()
+    opt = min(cfg.opt_batch or cfg.max_batch, cfg.max_batch)
+    profile.set_shape(tensor.name, (1, *rest), (opt, *rest), (cfg.max_batch, *rest))
+    config.add_optimization_profile(profile)
+    _use_timing_cache(config, timing_cache)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        reason = logger.errors[-1].splitlines()[0] if logger.errors else "see the TensorRT log"
+        raise UserError(f"TensorRT could not build an engine from {onnx_path.name}: {reason}",
+                        "lower --max-batch or raise --workspace-gib")
+    with open(engine_path, "wb") as f:
+        f.write(plan)
+    if timing_cache is not None:
+        with atomic_path(timing_cache) as tmp, open(tmp, "wb") as f:
+            f.write(config.get_timing_cache().serialize())
+    return trt.__version__
+
+
+def _use_timing_cache(config: Any, path: Path | None) -> None:
+    """Start from the saved timing cache; one from another GPU or TensorRT version is replaced, not used."""
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("TensorRT: ignoring the timing cache %s (another GPU or TensorRT version)", path)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)

@@ -1,0 +1,188 @@
+"""Benchmark: latency statistics, the timing loop, bench.json, backends detected or skipped, bad input."""
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BENCH_BATCHES, BENCH_ITERS, copy_run, invoke
+from gtcompress.backends import TorchBackend
+from gtcompress.bench import BenchConfig, latency_stats, parse_batch_sizes, speedup, time_backend
+from gtcompress.errors import UserError
+from gtcompress.models import create_model
+from test_cli import assert_one_line_error
+
+CONTRACT = {"model": str, "backend": str, "precision": str, "batch_size": int, "p50_ms": float, "p90_ms": float,
+            "p99_ms": float, "mean_ms": float, "throughput": float, "iters": int}
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def bench_json(run: Path) -> dict:
+    return json.loads((run / "bench.json").read_text())
+
+
+def test_latency_stats_match_numpy():
+    samples = np.random.default_rng(1).lognormal(0.0, 0.5, size=997)
+    stats = latency_stats(samples.tolist(), batch_size=8)
+    for key, q in (("p50_ms", 50), ("p90_ms", 90), ("p95_ms", 95), ("p99_ms", 99)):
+        assert stats[key] == pytest.approx(np.percentile(samples, q), rel=1e-12)
+    assert stats["min_ms"] == samples.min() and stats["max_ms"] == samples.max()
+    assert stats["mean_ms"] == pytest.approx(samples.mean()) and stats["std_ms"] == pytest.approx(samples.std())
+    assert stats["throughput"] == pytest.approx(8 * 1000 / samples.mean())
+    assert stats["iters"] == 997
+    assert stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p95_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+
+
+def test_latency_stats_of_known_values():
+    stats = latency_stats([1.0, 2.0, 3.0, 4.0], batch_size=1)
+    assert (stats["p50_ms"], stats["mean_ms"], stats["throughput"]) == (2.5, 2.5, 400.0)
+    assert stats["p90_ms"] == pytest.approx(3.7)  # linear interpolation: 1 + 0.9 * 3
+
+
+class Counting:
+    """A real backend that also counts its calls."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, 0
+        self.name, self.precision, self.device = backend.name, backend.precision, backend.device
+
+    def run(self, x):
+        self.calls += 1
+        return self.backend.run(x)
+
+
+@pytest.fixture(scope="module")
+def tiny_backend():
+    return Counting(TorchBackend(create_model("test_resnet", 10), "cpu"))
+
+
+def test_timing_runs_warmup_then_the_counted_calls(tiny_backend):
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    before = tiny_backend.calls
+    samples = time_backend(tiny_backend, x, warmup=3, iters=7, seconds=None)
+    assert len(samples) == 7 and tiny_backend.calls - before == 10
+    assert all(s > 0 for s in samples)
+
+
+def test_timing_stops_at_the_time_budget_after_a_minimum_of_calls(tiny_backend):
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    start = time.perf_counter()
+    samples = time_backend(tiny_backend, x, warmup=0, iters=None, seconds=0.2)
+    elapsed = time.perf_counter() - start
+    assert len(samples) >= 5 and elapsed < 0.2 + 5 * max(samples) / 1000 + 0.1
+    assert len(time_backend(tiny_backend, x, warmup=0, iters=None, seconds=1e-9)) == 5  # the minimum
+    assert len(time_backend(tiny_backend, x, warmup=0, iters=3, seconds=10)) == 3  # whichever comes first
+
+
+@pytest.mark.parametrize("text", ["0", "1,-8", "a,b", "", "1.5"])
+def test_bad_batch_sizes_are_refused(text):
+    with pytest.raises(UserError, match="positive integers"):
+        parse_batch_sizes(text)
+
+
+def test_batch_sizes_parse_in_order_without_duplicates():
+    assert parse_batch_sizes("1, 8,32,8") == (1, 8, 32)
+
+
+def test_default_budget_is_count_and_time_but_either_alone_stays_alone():
+    assert (BenchConfig().iters, BenchConfig().seconds) == (200, 2.0)
+    assert (BenchConfig(iters=50).iters, BenchConfig(iters=50).seconds) == (50, None)
+    assert (BenchConfig(seconds=5).iters, BenchConfig(seconds=5).seconds) == (None, 5)
+
+
+def test_bench_json_follows_the_contract(workflow_run):
+    bench = bench_json(workflow_run)
+    assert {"device", "versions", "results"} <= bench.keys()
+    assert {"cpu", "cores", "threads"} <= bench["device"].keys()
+    assert {"torch", "onnxruntime", "timm", "gtcompress"} <= bench["versions"].keys()
+    for r in bench["results"]:
+        for key, kind in CONTRACT.items():
+            assert isinstance(r[key], kind), (key, r)
+        assert r["iters"] == BENCH_ITERS == len(r["samples_ms"])
+        assert r["p50_ms"] == pytest.approx(np.percentile(r["samples_ms"], 50), abs=1e-4)
+        assert r["bytes"] == (workflow_run / r["artefact"]).stat().st_size
+    measured = {(r["model"], r["backend"], r["precision"], r["batch_size"]) for r in bench["results"]}
+    for b in BENCH_BATCHES:
+        for model in ("student", "generous_teacher"):
+            assert {(model, "torch", "fp32", b), (model, "onnxruntime", "fp32", b)} <= measured
+        assert ("student", "onnxruntime", "int8", b) in measured
+    for model in ("student", "generous_teacher"):
+        assert bench["models"][model]["params"] > 0 and bench["models"][model]["macs"] > 0
+    assert bench["models"]["generous_teacher"]["macs"] != bench["models"]["student"]["macs"]
+
+
+@pytest.mark.skipif(HAS_TRT and torch.cuda.is_available(), reason="TensorRT can run here, so it is not skipped")
+def test_an_unavailable_backend_is_listed_as_skipped_with_its_reason(workflow_run):
+    skipped = {s["backend"]: s["reason"] for s in bench_json(workflow_run)["skipped"] if "model" not in s}
+    assert "tensorrt" in skipped and ("gtcompress[trt]" in skipped["tensorrt"] or "CUDA" in skipped["tensorrt"])
+
+
+def test_speedup_is_the_teachers_p50_over_the_students(workflow_run):
+    results = bench_json(workflow_run)["results"]
+    student = next(r for r in results if r["model"] == "student" and r["backend"] == "onnxruntime"
+                   and r["precision"] == "int8" and r["batch_size"] == 4)
+    teacher = next(r for r in results if r["model"] == "generous_teacher" and r["backend"] == "onnxruntime"
+                   and r["precision"] == "fp32" and r["batch_size"] == 4)
+    assert speedup(results, student) == pytest.approx(teacher["p50_ms"] / student["p50_ms"])
+    assert speedup(results, teacher) is None
+
+
+def test_bench_cli_prints_the_table_and_rewrites_bench_json(workflow_run, tmp_path):
+    run = copy_run(workflow_run, tmp_path / "run")
+    result = invoke("bench", run, "--backend", "onnxruntime", "--precision", "int8", "--model", "student",
+                    "--batch-sizes", "2", "--iters", 3, "--warmup", 1, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    assert "gtcompress bench" in result.stdout and "int8" in result.stdout
+    bench = bench_json(run)
+    assert [(r["model"], r["backend"], r["precision"], r["batch_size"], r["iters"]) for r in bench["results"]] == [
+        ("student", "onnxruntime", "int8", 2, 3)]
+    assert bench["device"]["threads"] == 1 and bench["settings"]["warmup"] == 1
+
+
+def test_a_run_without_exports_benches_what_exists_and_says_what_is_missing(pipeline_run, tmp_path):
+    run = copy_run(pipeline_run, tmp_path / "run")
+    result = invoke("bench", run, "--batch-sizes", "1", "--iters", 2, "--warmup", 0)
+    assert result.exit_code == 0, result.output
+    assert "missing: export/student.onnx (make it with gtcompress export --model student)" in result.stdout
+    assert {r["backend"] for r in bench_json(run)["results"]} == {"torch"}
+    assert_one_line_error(invoke("bench", run, "--backend", "onnxruntime", "--iters", 2),
+                          "nothing in", "can run on onnxruntime", "gtcompress export")
+    assert_one_line_error(invoke("bench", run, "--precision", "int8", "--iters", 2),
+                          "precision int8", "gtcompress export --precision int8")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--backend", "tensorflow"], ["unknown backend 'tensorflow'", "torch, onnxruntime, tensorrt"]),
+    (["--precision", "int4"], ["unknown precision 'int4'"]),
+    (["--model", "teacher"], ["unknown model 'teacher'", "generous_teacher"]),
+    (["--batch-sizes", "0,8"], ["positive integers"]),
+    (["--batch-sizes", "eight"], ["positive integers"]),
+    (["--iters", "0"], ["--iters must be positive"]),
+])
+def test_bad_bench_options_are_one_line_errors(workflow_run, args, fragments):
+    assert_one_line_error(invoke("bench", workflow_run, *args), *fragments)
+
+
+@pytest.mark.skipif(HAS_TRT and torch.cuda.is_available(), reason="TensorRT can run here")
+def test_asking_for_tensorrt_where_it_cannot_run_is_an_error(workflow_run):
+    assert_one_line_error(invoke("bench", workflow_run, "--backend", "tensorrt"),
+                          "backend tensorrt was asked for but cannot run here")
+
+
+def test_bench_of_a_directory_that_is_no_run_is_an_error(tmp_path):
+    assert_one_line_error(invoke("bench", tmp_path), "no gtcompress run at", "gtcompress distill")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bench_records_the_gpu_and_times_with_events(workflow_run, tmp_path):
+    run = copy_run(workflow_run, tmp_path / "run")
+    result = invoke("bench", run, "--backend", "torch", "--device", "cuda", "--batch-sizes", "1,4", "--iters", 5)
+    assert result.exit_code == 0, result.output
+    bench = bench_json(run)
+    assert bench["device"]["gpu"] == torch.cuda.get_device_name()
+    assert {r["device"] for r in bench["results"]} == {"cuda"}
+    assert {r["precision"] for r in bench["results"]} == {"fp32", "fp16"}

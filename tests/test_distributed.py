@@ -1,0 +1,135 @@
+"""DDP under torchrun (gloo on CPU): a real 2-process job, rank agreement on errors, sharded teacher logits."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from conftest import STUDENT, TEACHER
+from gtcompress.config import DataConfig, RunConfig, SyntheticConfig
+from gtcompress.data import Transformed, build_transform, load_splits
+from gtcompress.distributed import DistEnv, resolve_device
+from gtcompress.errors import UserError
+from gtcompress.models import create_model
+from gtcompress.rundir import RunDir
+from gtcompress.train import Context, teacher_logits
+
+TIMEOUT = 240
+
+
+def torchrun(*args, nproc=2):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+           str(free_port()), "-m", "gtcompress", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    result = torchrun("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 2, "--out", out,
+                      "--set", "data.train_fraction=0.3", "--cache-teacher-logits")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out, result
+
+
+def test_two_process_run_meets_the_contract(ddp_run):
+    out, result = ddp_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"standard_teacher", "generous_teacher", "student"}
+    for m in metrics.values():
+        assert 0 <= m["top1"] <= 100 and m["epochs"] == 2
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    stages = ["standard_teacher", "generous_teacher", "student"]
+    assert [(r["stage"], r["epoch"]) for r in history] == [(s, e) for s in stages for e in (1, 2)]
+    assert yaml.safe_load((out / "config.yaml").read_text())["environment"]["world_size"] == 2
+    assert result.stdout.count("gtcompress distill") == 1, "only rank 0 prints"
+    assert result.stdout.count("run directory:") == 1
+
+
+def test_two_process_resume_of_a_finished_run_redoes_nothing(ddp_run):
+    out, _ = ddp_run
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")}
+    result = torchrun("distill", "--resume", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("complete (top-1") == 3
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == before
+
+
+def test_a_batch_the_world_size_does_not_divide_fails_on_every_rank(tmp_path):
+    result = torchrun("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 1, "--batch-size", 63,
+                      "--out", tmp_path / "run", "--set", "data.train_fraction=0.3")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: batch size 63 is not divisible by the world size 2 (pick a batch size that is a "
+                      "multiple of the number of processes)"]
+
+
+def _rank_main(rank, port, root, results):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    from gtcompress.pipeline import run_distill
+
+    name = "digits" if rank == 0 else f"imagefolder:{root}/missing-on-rank-1"
+    cfg = RunConfig.model_validate({"teacher": {"arch": TEACHER, "train": {"epochs": 1}},
+                                    "student": {"arch": STUDENT}, "data": {"name": name}})
+    try:
+        run_distill(cfg, out=root / "run")
+        results[rank] = "finished"
+    except UserError as e:
+        results[rank] = e.message
+
+
+def test_data_missing_on_one_rank_stops_every_rank_with_that_rank_named(tmp_path):
+    results = mp.Manager().dict()
+    mp.start_processes(_rank_main, args=(free_port(), tmp_path, results), nprocs=2, start_method="spawn",
+                       join=True)
+    assert results[0].startswith("rank 1: image folder") and results[1] == results[0]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def _logits_main(rank, port, path):
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo")
+    data, teacher = _data_and_teacher()
+    ctx = Context(run=RunDir(path), train_data=data, val_data=data, device=torch.device("cpu"), dist=DistEnv(rank, rank, 2))
+    logits = teacher_logits(teacher, data, ctx, batch_size=4)
+    if rank == 0:
+        torch.save(logits, path / "ddp.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _data_and_teacher():
+    cfg = DataConfig(name="synthetic", img_size=16, synthetic=SyntheticConfig(num_classes=3, train_per_class=5))
+    splits = load_splits(cfg)
+    data = Transformed(splits.train, build_transform(cfg, splits, 16, (0.5,) * 3, (0.5,) * 3, training=False))
+    torch.manual_seed(0)
+    return data, create_model(TEACHER, 3).eval()
+
+
+def test_sharded_teacher_logits_equal_single_process_ones(tmp_path):
+    mp.start_processes(_logits_main, args=(free_port(), tmp_path), nprocs=2, start_method="spawn", join=True)
+    data, teacher = _data_and_teacher()
+    with torch.no_grad():
+        expected = torch.cat([teacher(torch.stack([data[i][0]])) for i in range(len(data))])
+    torch.testing.assert_close(torch.load(tmp_path / "ddp.pt"), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_device_requests_that_cannot_be_met():
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device("cuda", "fp32")
+    with pytest.raises(UserError, match="fp16 training needs a CUDA device"):
+        resolve_device("cpu", "fp16")

@@ -1,0 +1,149 @@
+"""Report: the joined table, its numbers in every output, the embedded plots, a real browser rendering it."""
+
+import base64
+import html
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import BENCH_BATCHES, copy_run, invoke
+from gtcompress.report import PLOTS, build_report
+from gtcompress.rundir import RunDir
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def bench(run: Path) -> dict:
+    return json.loads((run / "bench.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def report(workflow_run) -> dict:
+    return json.loads((workflow_run / "report.json").read_text())
+
+
+def test_the_run_writes_the_three_report_files_and_the_plots(workflow_run):
+    for name in ("report.md", "report.json", "report.html"):
+        assert (workflow_run / name).stat().st_size > 0
+    assert sorted(p.stem for p in (workflow_run / "plots").glob("*.png")) == sorted(PLOTS)
+
+
+def test_one_row_per_stage_and_exported_precision(workflow_run, report):
+    rows = {(r["model"], r["precision"]) for r in report["rows"]}
+    assert rows == {("standard_teacher", "fp32"), ("generous_teacher", "fp32"), ("student", "fp32"),
+                    ("student", "int8"), ("student_from_standard", "fp32"), ("student_ce", "fp32")}
+    m = metrics(workflow_run)
+    by = {(r["model"], r["precision"]): r for r in report["rows"]}
+    for stage in ("standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce"):
+        assert by[stage, "fp32"]["top1"] == m[stage]["top1"] and by[stage, "fp32"]["params"] == m[stage]["params"]
+    int8 = next(r for r in m["export"] if r["path"] == "export/student.int8.onnx")
+    assert by["student", "int8"]["top1"] == int8["top1"] and by["student", "int8"]["bytes"] == int8["bytes"]
+    baseline = m["student_from_standard"]["top1"]
+    assert by["student", "fp32"]["delta_vs_st_student"] == pytest.approx(m["student"]["top1"] - baseline)
+    assert by["student_ce", "fp32"]["delta_vs_st_student"] == pytest.approx(m["student_ce"]["top1"] - baseline)
+    assert by["generous_teacher", "fp32"]["delta_vs_st_student"] is None
+
+
+def test_latency_columns_come_from_bench_json_at_the_smallest_batch(workflow_run, report):
+    assert report["batch_size"] == min(BENCH_BATCHES) and report["primary_backend"] == "onnxruntime"
+    results = bench(workflow_run)["results"]
+    for row in report["rows"]:
+        for backend, p50 in row["p50_ms"].items():
+            r = next(r for r in results if (r["model"], r["backend"], r["precision"], r["batch_size"]) ==
+                     (row["model"], backend, row["precision"], report["batch_size"]))
+            assert p50 == r["p50_ms"]
+    teacher = next(r for r in report["rows"] if r["model"] == "generous_teacher")
+    student = next(r for r in report["rows"] if r["model"] == "student" and r["precision"] == "fp32")
+    assert student["speedup"] == pytest.approx(teacher["p50_ms"]["onnxruntime"] / student["p50_ms"]["onnxruntime"])
+    assert student["size_ratio"] == pytest.approx(teacher["bytes"] / student["bytes"])
+
+
+def test_html_and_markdown_hold_the_numbers_of_metrics_and_bench(workflow_run, report):
+    page = (workflow_run / "report.html").read_text()
+    md = (workflow_run / "report.md").read_text()
+    m = metrics(workflow_run)
+    for stage in ("standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce"):
+        assert f"{m[stage]['top1']:.2f}" in page and f"{m[stage]['top1']:.2f}" in md
+    for r in bench(workflow_run)["results"]:
+        assert f"{r['p50_ms']:.3f}" in page and f"{r['p99_ms']:.3f}" in page and f"{r['p50_ms']:.3f}" in md
+    delta = m["student"]["top1"] - m["student_from_standard"]["top1"]
+    assert f"{delta:+.2f}" in page
+    for text in (report["header"]["command"], "digits", report["header"]["generated"], report["header"]["machine"]):
+        assert text in md and html.escape(text) in page
+
+
+def test_html_is_self_contained_with_every_plot_a_decodable_png(workflow_run):
+    page = (workflow_run / "report.html").read_text()
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing loaded from elsewhere
+    images = re.findall(r'<img class="plot" id="plot-([a-z_]+)"[^>]*src="data:image/png;base64,([^"]+)"', page)
+    assert sorted(name for name, _ in images) == sorted(PLOTS)
+    for _, data in images:
+        width, height = Image.open(io.BytesIO(base64.b64decode(data))).size
+        assert width > 300 and height > 200
+
+
+def test_report_without_bench_says_how_to_get_latency(pipeline_run, tmp_path):
+    run = copy_run(pipeline_run, tmp_path / "run")
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
+    content = json.loads((run / "report.json").read_text())
+    assert any("gtcompress bench" in n for n in content["notes"])
+    assert all(r["p50_ms"] == {} and r["speedup"] is None for r in content["rows"])
+    assert "training_curves" in (run / "report.html").read_text()
+    assert "gtcompress report" in result.stdout
+
+
+def test_report_cli_picks_the_batch_size_of_the_latency_columns(workflow_run, tmp_path):
+    run = copy_run(workflow_run, tmp_path / "run")
+    result = invoke("report", run, "--batch-size", max(BENCH_BATCHES))
+    assert result.exit_code == 0, result.output
+    assert build_report(RunDir(run), max(BENCH_BATCHES))["batch_size"] == max(BENCH_BATCHES)
+    assert f"(b{max(BENCH_BATCHES)})" in (run / "report.md").read_text()
+
+
+# -- a real browser --------------------------------------------------------------------------------------------
+def chromium() -> str:
+    """The chromium binary, installed with apt-get where missing and possible; else skip with the reason."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is not installed and apt-get cannot install it here (not root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if done.returncode != 0:
+            pytest.skip(f"could not install chromium: {' '.join(cmd)} failed: {done.stderr.strip()[-300:]}")
+    return shutil.which("chromium") or pytest.skip("apt-get installed chromium but no chromium binary is on PATH")
+
+
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const plots = [...document.querySelectorAll('img.plot')];
+  document.body.setAttribute('data-rendered', plots.filter(i => i.complete && i.naturalWidth > 0).length);
+  document.body.setAttribute('data-rows', document.querySelectorAll('#summary tbody tr').length);
+});
+</script></body>"""
+
+
+def test_a_headless_browser_renders_the_table_and_every_plot(workflow_run, report, tmp_path):
+    browser = chromium()
+    page = tmp_path / "report.html"
+    page.write_text((workflow_run / "report.html").read_text().replace("</body>", PROBE))
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rendered = re.search(r'data-rendered="(\d+)"', done.stdout)
+    rows = re.search(r'data-rows="(\d+)"', done.stdout)
+    assert rendered and rows, done.stdout[:2000]
+    assert int(rendered.group(1)) == len(PLOTS)
+    assert int(rows.group(1)) == len(report["rows"])
