@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -369,11 +370,13 @@ def speedup(results: list[dict[str, Any]], record: dict[str, Any]) -> float | No
 def bench_table(bench: dict[str, Any]) -> Table:
     """Every measurement: latency percentiles, throughput and speed-up vs the teacher."""
     teacher = reference_teacher(bench["results"]) or "teacher"
-    table = Table(title=f"gtcompress bench on {bench['device']['gpu'] if bench['device']['cuda'] else bench['device']['cpu']}"
-                  f" ({bench['device']['threads']} threads)", title_justify="left")
+    dev = bench["device"]
+    table = Table(title=f"gtcompress bench on {dev['gpu'] if dev['cuda'] else dev['cpu']} ({dev['threads']} threads)",
+                  caption=f"× faster: the {teacher}'s fp32 p50 on the same backend and batch over the row's",
+                  box=box.SIMPLE_HEAVY, title_justify="left", caption_justify="left")
     for col in ("model", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s",
-                f"× vs {teacher}"):
-        table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
+                "× faster"):
+        table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right", no_wrap=True)
     for r in sorted(bench["results"], key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"])):
         ratio = speedup(bench["results"], r)
         table.add_row(r["model"], r["backend"], r["precision"], str(r["batch_size"]), f"{r['p50_ms']:.3f}",

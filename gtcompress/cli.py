@@ -28,6 +28,11 @@ console = Console(soft_wrap=True, width=WIDTH)
 err_console = Console(stderr=True, soft_wrap=True, width=WIDTH)
 
 
+def say(line: str) -> None:
+    """A progress line as it is: file names and hints hold brackets that rich would read as markup."""
+    console.print(line, markup=False, highlight=False)
+
+
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False) -> None:
     """Options before the command (read by `user_errors` from the root context)."""
@@ -181,7 +186,7 @@ def export(
         opset=opset, dataset=dataset, data_root=data_root, out=out, triton=triton,
         tolerances=parse_tolerances(tolerance or []),
     )
-    records = run_export(cfg, say=lambda line: console.print(line, highlight=False))
+    records = run_export(cfg, say=say)
     console.print(artefact_table(records))
 
 
@@ -232,7 +237,7 @@ def bench(
     cfg = BenchConfig(run=run, backends=_split(backend), precisions=_split(precision),
                       models=_split(model) or BenchConfig.models, batch_sizes=parse_batch_sizes(batch_sizes),
                       iters=iters, seconds=seconds, warmup=warmup, threads=threads, device=device)
-    result = run_bench(cfg, say=lambda line: console.print(line, highlight=False), console=console)
+    result = run_bench(cfg, say=say, console=console)
     console.print(bench_table(result))
     console.print(f"wrote {Path(result['run']) / 'bench.json'}; next: gtcompress report")
 
@@ -257,8 +262,8 @@ def _report(run: Path | None, batch_size: int | None) -> None:
     paths = write_report(rundir, content)
     console.print(report_table(content))
     for note in content["notes"]:
-        console.print(f"note: {note}", highlight=False, style="dim")
-    console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False)
+        console.print(f"note: {note}", markup=False, highlight=False, style="dim")
+    say(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -306,11 +311,11 @@ def run(
     for cfg in exports if not skip_export else []:
         cfg = replace(cfg, run=rundir.path)
         if is_up_to_date(cfg):
-            console.print(f"{cfg.model}: exports are up to date", highlight=False)
+            say(f"{cfg.model}: exports are up to date")
         else:
-            console.print(artefact_table(run_export(cfg, say=lambda line: console.print(line, highlight=False))))
+            console.print(artefact_table(run_export(cfg, say=say)))
     if not skip_bench:
-        result = run_bench(replace(bench_cfg, run=rundir.path), say=lambda line: console.print(line, highlight=False),
+        result = run_bench(replace(bench_cfg, run=rundir.path), say=say,
                            console=console)
         console.print(bench_table(result))
     _report(rundir.path, None)

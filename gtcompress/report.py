@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich import box
 from rich.table import Table
 
 from .bench import find, load_bench, reference_teacher
@@ -117,11 +118,11 @@ def build_report(run: RunDir, batch_size: int | None = None) -> dict[str, Any]:
                 "params": m["params"], "macs": m.get("macs"), "p50_ms": p50,
             })
     ref = next((r for r in rows if r["model"] == teacher and r["precision"] == "fp32"), None)
-    for row in rows:
-        fast = ref and primary in ref["p50_ms"] and primary in row["p50_ms"] and row is not ref
+    for row in rows:  # what compression bought: for the students
+        student = ref is not None and row["model"].startswith("student")
+        fast = student and primary in ref["p50_ms"] and primary in row["p50_ms"]
         row["speedup"] = ref["p50_ms"][primary] / row["p50_ms"][primary] if fast else None
-        small = ref and ref["bytes"] and row["bytes"] and row is not ref
-        row["size_ratio"] = ref["bytes"] / row["bytes"] if small else None
+        row["size_ratio"] = ref["bytes"] / row["bytes"] if student and ref["bytes"] and row["bytes"] else None
     notes = []
     if bench is None:
         notes.append("no latency yet: run `gtcompress bench` (then `gtcompress report` again)")
@@ -170,14 +171,20 @@ def bench_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def report_table(report: dict[str, Any]) -> Table:
+    """The main table for the terminal (the file column left to report.md/html, to fit 120 columns)."""
     h = report["header"]
     table = Table(title=f"gtcompress report: {h['teacher']} -> {h['student']} on {h['data']} ({h['machine']})",
-                  title_justify="left")
+                  box=box.SIMPLE_HEAVY, caption=f"p50 at batch {report['batch_size']}; × faster/smaller: vs the {report['teacher']} "
+                          f"(fp32, {report['primary_backend'] or 'not benchmarked'})", title_justify="left",
+                  caption_justify="left")
     cols, cells = table_rows(report)
-    for i, col in enumerate(cols):
-        table.add_column(col, justify="left" if i in (0, 1, 6) else "right")
+    keep = [i for i, col in enumerate(cols) if col != "file"]
+    for i in keep:
+        name = cols[i].split(" (")[0].replace(" p50 ms", "\np50 ms").replace(" ", "\n")
+        width = max(max((len(row[i]) for row in cells), default=1), *map(len, name.split("\n")))  # nothing cut
+        table.add_column(name, justify="left" if i < 2 else "right", no_wrap=True, min_width=width)
     for row in cells:
-        table.add_row(*row)
+        table.add_row(*(row[i] for i in keep))
     return table
 
 
@@ -238,6 +245,7 @@ table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
 figure {{ display: inline-block; margin: 1em; }} img.plot {{ max-width: 560px; }}
+img#plot-training_curves {{ max-width: 1100px; }}
 </style></head><body>
 <h1>gtcompress report: {e(h['teacher'] or '?')} → {e(h['student'] or '?')}</h1>
 <dl>{meta}</dl>
@@ -266,6 +274,7 @@ def _png(fig: Any) -> bytes:
 def make_plots(report: dict[str, Any], history: list[dict[str, Any]], samples: list[dict[str, Any]]) -> dict[str, bytes]:
     """PNG bytes of each plot that has data: accuracy vs latency, latency vs batch, distributions, curves."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -275,12 +284,15 @@ def make_plots(report: dict[str, Any], history: list[dict[str, Any]], samples: l
     points = [r for r in report["rows"] if primary in r["p50_ms"]]
     if points:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for r in points:
+        for i, r in enumerate(points):  # labels staggered: compressed variants often share an accuracy
             ax.scatter(r["p50_ms"][primary], r["top1"], s=40)
-            ax.annotate(r["name"], (r["p50_ms"][primary], r["top1"]), fontsize=8, xytext=(4, 4),
+            ax.annotate(r["name"], (r["p50_ms"][primary], r["top1"]), fontsize=8, xytext=(5, 4 - 11 * (i % 3)),
                         textcoords="offset points")
         ax.set(xscale="log", xlabel=f"p50 latency, ms ({primary}, batch {b})", ylabel="top-1 %",
                title=PLOTS["accuracy_latency"])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.margins(x=0.25, y=0.15)
         ax.grid(alpha=.3)
         plots["accuracy_latency"] = _png(fig)
     if report["bench"]:

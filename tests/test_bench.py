@@ -149,6 +149,8 @@ def test_a_run_without_exports_benches_what_exists_and_says_what_is_missing(pipe
     assert result.exit_code == 0, result.output
     assert "missing: export/student.onnx (make it with gtcompress export --model student)" in result.stdout
     assert {r["backend"] for r in bench_json(run)["results"]} == {"torch"}
+    if not HAS_TRT:  # printed as it is: rich would take `[trt]` for markup
+        assert "skipped tensorrt: tensorrt is not installed (pip install 'gtcompress[trt]'" in result.stdout
     assert_one_line_error(invoke("bench", run, "--backend", "onnxruntime", "--iters", 2),
                           "nothing in", "can run on onnxruntime", "gtcompress export")
     assert_one_line_error(invoke("bench", run, "--precision", "int8", "--iters", 2),
