@@ -20,7 +20,7 @@ from typing import Any
 
 from scipy import stats
 
-from gtcompress.rundir import write_json
+from gtcompress.rundir import write_json, write_text
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_STAGES = ("standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce")
@@ -175,3 +175,11 @@ def machine() -> dict[str, Any]:
 
 def command_line() -> str:
     return " ".join(["python", *(Path(a).as_posix() if i == 0 else a for i, a in enumerate(sys.argv))])
+
+
+def publish(directory: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """Write `<name>.json` and `<name>.md` (atomically) and print the Markdown."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / f"{name}.json", result)
+    write_text(directory / f"{name}.md", markdown)
+    print(markdown)

@@ -28,7 +28,6 @@ import grid  # noqa: E402
 
 from gtcompress.config import load_config  # noqa: E402
 from gtcompress.errors import UserError  # noqa: E402
-from gtcompress.rundir import write_json, write_text  # noqa: E402
 
 RECIPE = "recipes/synthetic100.yaml"
 TEACHER, STUDENT = "resnet18", "mobilenetv3_small_100"
@@ -184,10 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "choice": choose_defaults(records),
         "cost": {key: sum(c[key] for c in costs) for key in ("cpu_seconds", "wall_seconds")},
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_json(args.results / "gt_sweep.json", result)
-    write_text(args.results / "gt_sweep.md", markdown(result))
-    print(markdown(result))
+    grid.publish(args.results, "gt_sweep", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import grid  # noqa: E402
 
 from gtcompress.config import load_config  # noqa: E402
 from gtcompress.errors import UserError  # noqa: E402
-from gtcompress.rundir import write_json, write_text  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -224,10 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "cells": records, "summary": summarize_cells(records),
         "cost": {key: sum(r[key] for r in records) for key in ("cpu_seconds", "wall_seconds")},
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_json(args.results / "method.json", result)
-    write_text(args.results / "method.md", markdown(result))
-    print(markdown(result))
+    grid.publish(args.results, "method", result, markdown(result))
 
 
 if __name__ == "__main__":
