@@ -121,6 +121,16 @@ def cell_record(cell: Cell, runs: dict[str, grid.Run]) -> dict[str, Any]:
             "wall_seconds": sum(c["wall_seconds"] for c in costs)}
 
 
+def shared_knobs(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The GT knobs every run used (its epochs, half the ST's, differ by setting); stale runs are an error."""
+    knobs = {json.dumps({k: v for k, v in r["generous"].items() if k != "epochs"}, sort_keys=True) for r in records}
+    epochs = {(r["setting"], r["generous"]["epochs"]) for r in records}
+    if len(knobs) > 1 or len(epochs) > len({r["setting"] for r in records}):
+        raise UserError(f"the runs used different GT knobs ({', '.join(sorted(knobs))}; epochs {sorted(epochs)})",
+                        "remove the stale runs")
+    return json.loads(knobs.pop())
+
+
 def summarize_cells(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (setting, teacher, student): every value over seeds, and the paired GT-vs-ST gains."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -212,14 +222,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if missing:
         sys.exit(f"{len(missing)} run(s) unfinished, e.g. {missing[0]}; run without --report-only to finish them")
     records = [cell_record(c, runs[c]) for c in grid_cells]
-    knobs = {json.dumps(r["generous"], sort_keys=True) for r in records}
-    if len(knobs) > 1:
-        sys.exit(f"the runs used different GT knobs ({', '.join(sorted(knobs))}): remove the stale runs")
+    knobs = shared_knobs(records)
     result = {
         "benchmark": "method", "command": grid.command_line(), "machine": grid.machine(), "seeds": args.seeds,
         "settings": {name: asdict(SETTINGS[name]) for name in args.settings}, "extra_overrides": extra,
         "pairs": [{"teacher": t, "student": s} for t, s in pairs],
-        "generous": records[0]["generous"],
+        "generous": knobs,
         "cells": records, "summary": summarize_cells(records),
         "cost": {key: sum(r[key] for r in records) for key in ("cpu_seconds", "wall_seconds")},
     }

@@ -17,6 +17,7 @@ import gt_sweep  # noqa: E402
 import method  # noqa: E402
 
 from gtcompress.config import load_config  # noqa: E402
+from gtcompress.errors import UserError  # noqa: E402
 
 
 def test_t_interval_matches_the_t_table():
@@ -197,3 +198,16 @@ def test_defaults_rule_averages_both_inits():
     for r in records:
         r["student_top1"] -= 1.0 if r["init"] == "standard" else 0.0
     assert gt_sweep.choose_defaults(records)["init"] == "scratch"
+
+
+def test_gt_epochs_may_differ_by_setting_but_not_within_one():
+    def record(setting, epochs, beta=2.0):
+        return {"setting": setting, "generous": {"k": 1.0, "beta": beta, "warmup": 0.2, "init": "standard",
+                                                 "epochs": epochs}}
+
+    assert method.shared_knobs([record("digits", 4), record("digits", 4), record("synthetic", 5)]) == {
+        "k": 1.0, "beta": 2.0, "warmup": 0.2, "init": "standard"}
+    with pytest.raises(UserError, match="different GT knobs"):
+        method.shared_knobs([record("digits", 4), record("digits", 6)])
+    with pytest.raises(UserError, match="different GT knobs"):
+        method.shared_knobs([record("digits", 4), record("synthetic", 5, beta=1.0)])
