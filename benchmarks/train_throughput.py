@@ -24,19 +24,13 @@ from pathlib import Path
 
 import torch
 
+from gtcompress.bench import cpu_name
 from gtcompress.config import DataConfig, GenerousConfig, TrainConfig
 from gtcompress.data import Transformed, build_transform, load_splits
 from gtcompress.losses import generous_objective
 from gtcompress.models import ModelSpec, create_model, default_normalization, save_checkpoint
 from gtcompress.rundir import RunDir
 from gtcompress.train import Context, Stage, fit, make_optimizer, seed_everything
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def data(arch: str, images: int):

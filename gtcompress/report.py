@@ -54,10 +54,9 @@ def stage_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-def _header(run: RunDir, bench: dict[str, Any] | None) -> dict[str, Any]:
+def _header(run: RunDir, metrics: dict[str, Any], bench: dict[str, Any] | None) -> dict[str, Any]:
     cfg = yaml.safe_load(run.config.read_text()) or {}
     env = cfg.get("environment", {})
-    metrics = run.metrics()
     if bench:
         dev = bench["device"]
         machine = (f"{dev['gpu']} (CUDA {dev.get('cuda_version')}), " if dev.get("cuda") else "") + \
@@ -131,7 +130,8 @@ def build_report(run: RunDir, batch_size: int | None = None) -> dict[str, Any]:
         notes += [f"skipped {' '.join(str(v) for k, v in s.items() if k != 'reason')}: {s['reason']}"
                   for s in bench.get("skipped", [])]
     return {
-        "header": _header(run, bench), "batch_size": batch_size, "primary_backend": primary, "backends": backends,
+        "header": _header(run, metrics, bench), "batch_size": batch_size, "primary_backend": primary,
+        "backends": backends,
         "teacher": teacher, "rows": rows,
         "bench": [{k: v for k, v in r.items() if k != "samples_ms"} for r in results],
         "notes": notes,
