@@ -260,7 +260,8 @@ class Bench:
                     fix = "gtcompress export --trt" if backend == "tensorrt" else "gtcompress export"
                     raise UserError(f"nothing in {self.run.path} can run on {backend}", f"make it with {fix}")
         if not out:
-            raise UserError(f"nothing to benchmark in {self.run.path}", "finish the run with gtcompress distill --resume")
+            raise UserError(f"nothing to benchmark in {self.run.path}",
+                            "finish the run with gtcompress distill --resume")
         return out
 
     def _artefact(self, model: str, backend: str, precision: str, fmt: str) -> list[Target]:

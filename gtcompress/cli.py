@@ -225,7 +225,8 @@ def bench(
     model: Annotated[Optional[list[str]], typer.Option(
         help="student | generous_teacher | standard_teacher, repeatable.")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
-    iters: Annotated[Optional[int], typer.Option(help="Timed calls per measurement (default 200, or --seconds).")] = None,
+    iters: Annotated[Optional[int], typer.Option(
+        help="Timed calls per measurement (default 200, or --seconds).")] = None,
     seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement (default 2 s).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls before each measurement.")] = 10,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads of torch and onnxruntime.")] = None,
@@ -247,7 +248,8 @@ def bench(
 def report(
     ctx: typer.Context,
     run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size of the latency columns (default: smallest).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Batch size of the latency columns (default: smallest).")] = None,
 ) -> None:
     """Accuracy, size and latency of every model and artefact -> RUN/report.{md,json,html}."""
     _report(run, batch_size)

@@ -166,7 +166,8 @@ def bench_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cells = [[r["model"], r["backend"], r["precision"], str(r["batch_size"]), f"{r['p50_ms']:.3f}",
               f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['throughput']:.1f}",
               str(r["iters"])]
-             for r in sorted(report["bench"], key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"]))]
+             for r in sorted(report["bench"],
+                             key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"]))]
     return cols, cells
 
 
@@ -174,7 +175,8 @@ def report_table(report: dict[str, Any]) -> Table:
     """The main table for the terminal (the file column left to report.md/html, to fit 120 columns)."""
     h = report["header"]
     table = Table(title=f"gtcompress report: {h['teacher']} -> {h['student']} on {h['data']} ({h['machine']})",
-                  box=box.SIMPLE_HEAVY, caption=f"p50 at batch {report['batch_size']}; × faster/smaller: vs the {report['teacher']} "
+                  box=box.SIMPLE_HEAVY,
+                  caption=f"p50 at batch {report['batch_size']}; × faster/smaller: vs the {report['teacher']} "
                           f"(fp32, {report['primary_backend'] or 'not benchmarked'})", title_justify="left",
                   caption_justify="left")
     cols, cells = table_rows(report)
@@ -271,7 +273,8 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def make_plots(report: dict[str, Any], history: list[dict[str, Any]], samples: list[dict[str, Any]]) -> dict[str, bytes]:
+def make_plots(report: dict[str, Any], history: list[dict[str, Any]],
+               samples: list[dict[str, Any]]) -> dict[str, bytes]:
     """PNG bytes of each plot that has data: accuracy vs latency, latency vs batch, distributions, curves."""
     import matplotlib
     import matplotlib.ticker
@@ -299,7 +302,8 @@ def make_plots(report: dict[str, Any], history: list[dict[str, Any]], samples: l
         fig, ax = plt.subplots(figsize=(6, 4))
         series: dict[str, list[tuple[int, float]]] = {}
         for r in report["bench"]:
-            series.setdefault(f"{r['model']} {r['backend']} {r['precision']}", []).append((r["batch_size"], r["p50_ms"]))
+            label = f"{r['model']} {r['backend']} {r['precision']}"
+            series.setdefault(label, []).append((r["batch_size"], r["p50_ms"]))
         for label, pts in sorted(series.items()):
             xs, ys = zip(*sorted(pts))
             ax.plot(xs, ys, marker="o", label=label, linestyle="--" if "teacher" in label else "-")
