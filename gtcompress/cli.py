@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 import sys
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -69,6 +69,11 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
             raise UserError(f"--set {item!r} is not KEY=VALUE", "e.g. --set data.train_fraction=0.2")
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+def _split(values: list[str] | None) -> tuple[str, ...] | None:
+    """Repeatable and comma-separated option values as one tuple (None when not given)."""
+    return tuple(v.strip() for item in values for v in item.split(",") if v.strip()) if values else None
 
 
 @app.command()
@@ -179,9 +184,8 @@ def export(
     """Export a run's model to ONNX (fp32/fp16/int8) and TensorRT, each verified against PyTorch on the test set."""
     from .export import ExportConfig, artefact_table, parse_tolerances, run_export
 
-    precisions = tuple(p.strip() for item in precision or ["fp32"] for p in item.split(",") if p.strip())
     cfg = ExportConfig(
-        run=run, checkpoint=checkpoint, model=model, precisions=precisions, trt=trt, max_batch=max_batch,
+        run=run, checkpoint=checkpoint, model=model, precisions=_split(precision) or ("fp32",), trt=trt, max_batch=max_batch,
         workspace_gib=workspace_gib, calibration_images=calibration_images, calibration_method=calibration_method,
         opset=opset, dataset=dataset, data_root=data_root, out=out, triton=triton,
         tolerances=parse_tolerances(tolerance or []),
@@ -206,11 +210,6 @@ def eval_(
     topk = next(k for k in result if k.startswith("top") and k != "top1")
     console.print(f"{artefact.name} ({result['backend']} {result['precision']}): top-1 {result['top1']:.2f}%  "
                   f"{topk.replace('top', 'top-')} {result[topk]:.2f}%  on {result['data']}", highlight=False)
-
-
-def _split(values: list[str] | None) -> tuple[str, ...] | None:
-    """Repeatable and comma-separated option values as one tuple (None when not given)."""
-    return tuple(v.strip() for item in values for v in item.split(",") if v.strip()) if values else None
 
 
 @app.command()
