@@ -27,7 +27,7 @@ import torch
 from gtcompress.bench import cpu_name
 from gtcompress.config import DataConfig, GenerousConfig, TrainConfig
 from gtcompress.data import Transformed, build_transform, load_splits
-from gtcompress.losses import generous_objective
+from gtcompress.objectives import generous_objective
 from gtcompress.models import ModelSpec, create_model, default_normalization, save_checkpoint
 from gtcompress.rundir import RunDir
 from gtcompress.train import Context, Stage, fit, make_optimizer, seed_everything

@@ -1,18 +1,15 @@
-"""Losses: pure functions of logits (computed in fp32), and the objectives that combine them per stage.
+"""Losses: pure functions of logits, computed in fp32.
 
 Notation: `logits_s` student (or Generous Teacher) logits, `logits_t` frozen teacher logits, both (B, C);
-`target` int64 labels (B,). Every loss is a batch mean.
+`target` int64 labels (B,). Every loss is a batch mean. Multi-term losses cast their inputs to fp32 once,
+so that autograd sums the terms' gradients in fp32 rather than in the logits' bf16/fp16.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from .config import GenerousConfig, MethodConfig, StudentConfig
 
 STD_EPS = 1e-7
 
@@ -61,11 +58,10 @@ def nckd_loss(logits_s: Tensor, logits_t: Tensor, target: Tensor, temperature: f
 
 
 def _binary_log_probs(logits: Tensor, target: Tensor, temperature: float) -> Tensor:
-    """log (p_target, 1 - p_target) at temperature T, computed without subtracting probabilities."""
-    z = logits.float() / temperature
-    log_z = torch.logsumexp(z, dim=1)
-    log_target = z.gather(1, target[:, None]).squeeze(1) - log_z
-    log_rest = torch.logsumexp(non_target(z, target), dim=1) - log_z
+    """log (p_target, 1 - p_target) at temperature T, from log_softmax (max-subtracted, exact at large logits)."""
+    log_p = F.log_softmax(logits.float() / temperature, dim=1)
+    log_target = log_p.gather(1, target[:, None]).squeeze(1)
+    log_rest = torch.logsumexp(non_target(log_p, target), dim=1)
     return torch.stack([log_target, log_rest], dim=1)
 
 
@@ -79,6 +75,7 @@ def dkd_loss(
     logits_s: Tensor, logits_t: Tensor, target: Tensor, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0
 ) -> Tensor:
     """Decoupled KD (Zhao et al. 2022): alpha * TCKD + beta * NCKD."""
+    logits_s, logits_t = logits_s.float(), logits_t.float()
     return alpha * tckd_loss(logits_s, logits_t, target, temperature) + beta * nckd_loss(
         logits_s, logits_t, target, temperature
     )
@@ -102,62 +99,36 @@ def dist_loss(
     return t**2 * (beta * inter + gamma * intra)
 
 
+def generous_term(
+    logits_gt: Tensor, logits_st: Tensor, target: Tensor, k: float = 1.0, temperature: float | None = None,
+    classes: str = "non_target",
+) -> Tensor:
+    """The GT's distillation term: k^2 * KL(ST || GT) over the non-target classes at T = k * std(z) per sample.
+
+    The ablations of benchmarks/method.py: `temperature` fixes T (scale T^2) instead; `classes="all"` keeps the
+    target class (plain KD).
+    """
+    if temperature is None:
+        logits_gt, logits_st, temperature = standardize(logits_gt), standardize(logits_st), k
+    if classes == "all":
+        return kd_loss(logits_gt, logits_st, temperature)
+    return nckd_loss(logits_gt, logits_st, target, temperature)
+
+
 def generous_teacher_loss(
     logits_gt: Tensor, logits_st: Tensor, target: Tensor, beta: float = 1.0, k: float = 2.0,
-    label_smoothing: float = 0.0,
+    label_smoothing: float = 0.0, temperature: float | None = None, classes: str = "non_target",
 ) -> dict[str, Tensor]:
-    """L_GT = CE(z_gt, y) + beta * k^2 * NCKD(ST -> GT), each model's non-target softmax at T = k * std(z).
+    """L_GT = CE(z_gt, y) + beta * generous_term(ST -> GT). `beta` carries the warm-up factor.
 
-    `beta` carries the warm-up factor. Returns the total and its two terms.
+    Returns the total and its two terms. With beta = 0 this is the continued teacher's plain CE.
     """
+    logits_gt, logits_st = logits_gt.float(), logits_st.float()
     ce = ce_loss(logits_gt, target, label_smoothing)
-    nckd = beta * nckd_loss(standardize(logits_gt), standardize(logits_st), target, temperature=k)
+    nckd = beta * generous_term(logits_gt, logits_st, target, k, temperature, classes)
     return {"loss": ce + nckd, "ce": ce, "nckd": nckd}
-
-
-# Distillation terms by method name: (student logits, teacher logits, target, method config) -> loss.
-METHODS: dict[str, Callable[[Tensor, Tensor, Tensor, MethodConfig], Tensor]] = {
-    "kd": lambda s, t, y, c: c.kd_weight * kd_loss(s, t, c.temperature),
-    "dkd": lambda s, t, y, c: dkd_loss(s, t, y, c.alpha, c.beta, c.temperature),
-    "lskd": lambda s, t, y, c: c.kd_weight * lskd_loss(s, t, c.k),
-    "dist": lambda s, t, y, c: dist_loss(s, t, c.beta, c.gamma, c.temperature),
-}
-
-# An objective maps (logits, teacher logits or None, target, epochs done as a float) to named loss terms,
-# "loss" being the one to minimise.
-Objective = Callable[[Tensor, Tensor | None, Tensor, float], dict[str, Tensor]]
 
 
 def warmup_factor(progress: float, warmup_epochs: float) -> float:
     """Linear ramp from 0 to 1 over the first `warmup_epochs` (fractional) epochs."""
     return 1.0 if warmup_epochs <= 0 else min(1.0, progress / warmup_epochs)
-
-
-def ce_objective(label_smoothing: float = 0.0) -> Objective:
-    def objective(logits: Tensor, _teacher: Tensor | None, target: Tensor, _progress: float) -> dict[str, Tensor]:
-        ce = ce_loss(logits, target, label_smoothing)
-        return {"loss": ce, "ce": ce}
-
-    return objective
-
-
-def generous_objective(cfg: GenerousConfig) -> Objective:
-    warmup_epochs = cfg.warmup * cfg.train.epochs
-
-    def objective(logits: Tensor, teacher: Tensor | None, target: Tensor, progress: float) -> dict[str, Tensor]:
-        beta = cfg.beta * warmup_factor(progress, warmup_epochs)
-        return generous_teacher_loss(logits, teacher, target, beta, cfg.k, cfg.train.label_smoothing)
-
-    return objective
-
-
-def student_objective(cfg: StudentConfig) -> Objective:
-    method, mcfg = METHODS[cfg.method], cfg.method_config
-    warmup_epochs = mcfg.warmup * cfg.train.epochs
-
-    def objective(logits: Tensor, teacher: Tensor | None, target: Tensor, progress: float) -> dict[str, Tensor]:
-        ce = mcfg.ce_weight * ce_loss(logits, target, cfg.train.label_smoothing)
-        kd = warmup_factor(progress, warmup_epochs) * method(logits, teacher, target, mcfg)
-        return {"loss": ce + kd, "ce": ce, "kd": kd}
-
-    return objective

@@ -21,7 +21,7 @@ from .config import RunConfig, dump_config
 from .data import Transformed, build_transform, create_loader, load_splits
 from .distributed import DistEnv, agree, barrier, broadcast_object, init_distributed, shutdown
 from .errors import UserError
-from .losses import Objective, ce_objective, generous_objective, student_objective
+from .objectives import Objective, ce_objective, generous_objective, student_objective
 from .models import (
     ModelSpec, count_macs, count_params, create_model, default_normalization, load_model, load_weights,
     resolve_model_name, save_checkpoint,

@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data import create_loader
 from .distributed import DistEnv, all_reduce_sum, barrier
 from .errors import UserError
-from .losses import Objective
+from .objectives import Objective
 from .models import unwrap
 from .rundir import RunDir, torch_save
 

@@ -6,8 +6,8 @@ import typing
 import pytest
 import torch
 
-from gtcompress import losses
-from gtcompress.config import GenerousConfig, Method, StudentConfig, TrainConfig
+from gtcompress import losses, objectives
+from gtcompress.config import METHODS, GenerousConfig, Method, StudentConfig, TrainConfig
 
 
 def logsumexp_list(values):
@@ -197,10 +197,10 @@ def test_low_precision_input_agrees_with_fp32(name):
     assert ALL_LOSSES[name](s16, t16, y).item() == pytest.approx(full, rel=1e-5, abs=1e-6)
 
 
-def test_every_method_has_a_loss_and_a_config_block():
-    assert set(losses.METHODS) == set(typing.get_args(Method))
-    for name in losses.METHODS:
-        assert name in StudentConfig.model_fields
+def test_every_method_has_a_config_block_and_a_name():
+    assert set(METHODS) == set(typing.get_args(Method))
+    for name, cls in METHODS.items():
+        assert StudentConfig.model_fields[name].annotation is cls
 
 
 def test_warmup_ramps_linearly_then_holds():
@@ -212,7 +212,7 @@ def test_warmup_ramps_linearly_then_holds():
 
 def test_generous_objective_warms_up_beta():
     cfg = GenerousConfig(beta=2.0, k=2.0, warmup=0.5, train=TrainConfig(epochs=4))
-    objective = losses.generous_objective(cfg)
+    objective = objectives.generous_objective(cfg)
     g = torch.Generator().manual_seed(2)
     s, t, y = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g), torch.tensor([0, 1, 2, 3])
     full = losses.generous_teacher_loss(s, t, y, beta=2.0, k=2.0)["nckd"].item()
@@ -224,13 +224,13 @@ def test_generous_objective_warms_up_beta():
 @pytest.mark.parametrize("method", typing.get_args(Method))
 def test_student_objective_combines_weighted_ce_and_method(method):
     cfg = StudentConfig(method=method, train=TrainConfig(epochs=10))
-    objective = losses.student_objective(cfg)
+    objective = objectives.student_objective(cfg)
     g = torch.Generator().manual_seed(3)
     s, t, y = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g), torch.randint(0, 8, (5,), generator=g)
     out = objective(s, t, y, 10.0)
     mcfg = cfg.method_config
     assert out["ce"].item() == pytest.approx(mcfg.ce_weight * losses.ce_loss(s, y).item(), rel=1e-6)
-    assert out["kd"].item() == pytest.approx(losses.METHODS[method](s, t, y, mcfg).item(), rel=1e-6)
+    assert out["kd"].item() == pytest.approx(mcfg.term(s, t, y).item(), rel=1e-6)
     assert out["loss"].item() == pytest.approx(out["ce"].item() + out["kd"].item(), rel=1e-6)
 
 
@@ -243,3 +243,60 @@ def test_huge_logits_match_reference_in_float64():
         ref_nckd(ls, lt, ly, lambda _: 4.0, lambda _: 4.0, 16.0), rel=1e-4)
     assert losses.tckd_loss(s, t, y).item() == pytest.approx(ref_tckd(ls, lt, ly, 4.0), rel=1e-4)
     assert losses.kd_loss(s, t).item() == pytest.approx(ref_kd(ls, lt, 4.0), rel=1e-4)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0, 1000.0])
+def test_tckd_is_exact_under_large_logit_offsets_in_fp32(offset):
+    # z_y/T - logsumexp(z/T) without subtracting the maximum loses digits as the logits grow (mdistiller: 4e-6).
+    g = torch.Generator().manual_seed(4)
+    s = (torch.randn(16, 10, generator=g) + offset).float()
+    t = (torch.randn(16, 10, generator=g) + offset).float()
+    y = torch.randint(0, 10, (16,), generator=g)
+    reference = ref_tckd(*as_lists(s.double(), t.double(), y), 4.0)
+    assert losses.tckd_loss(s, t, y).item() == pytest.approx(reference, rel=1e-5)
+
+
+def bf16_rounding(x):
+    """One bf16 unit in the last place of each element (its 8-bit mantissa)."""
+    return 2.0 ** (torch.floor(torch.log2(x.abs().clamp_min(1e-30))) - 7)
+
+
+@pytest.mark.parametrize("name", ["dkd", "gt"])
+def test_bf16_gradients_are_summed_in_fp32(name):
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(32, 100, generator=g) * 4, torch.randn(32, 100, generator=g) * 4
+    y = torch.randint(0, 100, (32,), generator=g)
+    s16, t16 = s.bfloat16(), t.bfloat16()
+    low = s16.clone().requires_grad_()
+    ALL_LOSSES[name](low, t16, y).backward()
+    ref = s16.float().requires_grad_()
+    ALL_LOSSES[name](ref, t16.float(), y).backward()
+    expected = ref.grad.bfloat16().float()
+    assert ((low.grad.float() - expected).abs() <= bf16_rounding(expected)).all()
+
+
+def test_generous_ablations_change_only_their_ingredient(batch):
+    s, t, y = batch
+    k = 1.0
+    ls, lt, ly = as_lists(s, t, y)
+    fixed = losses.generous_term(s, t, y, k=k, temperature=4.0)
+    assert fixed.item() == pytest.approx(ref_nckd(ls, lt, ly, lambda _: 4.0, lambda _: 4.0, 16.0), rel=1e-5, abs=1e-7)
+    full = losses.generous_term(s, t, y, k=k, classes="all")
+    ref_full = sum(k**2 * kl_list(log_softmax_list(ti, k * std_list(ti)), log_softmax_list(si, k * std_list(si)))
+                   for si, ti in zip(ls, lt)) / len(ls)
+    assert full.item() == pytest.approx(ref_full, rel=1e-5, abs=1e-7)
+
+
+def test_generous_objective_with_zero_beta_is_plain_ce(batch):
+    s, t, y = batch
+    out = objectives.generous_objective(GenerousConfig(beta=0.0, train=TrainConfig(epochs=2)))(s, t, y, 1.0)
+    assert out["nckd"].item() == 0.0
+    assert out["loss"].item() == pytest.approx(losses.ce_loss(s, y).item(), rel=1e-6)
+
+
+def test_dist_term_is_weighted_like_the_authors():
+    cfg = StudentConfig(method="dist").method_config
+    g = torch.Generator().manual_seed(6)
+    s, t, y = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g), torch.tensor([0, 1, 2, 3])
+    assert cfg.kd_weight == 2.0
+    assert cfg.term(s, t, y).item() == pytest.approx(2.0 * losses.dist_loss(s, t).item(), rel=1e-6)

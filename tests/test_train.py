@@ -4,7 +4,7 @@ import torch
 from gtcompress.config import DataConfig, SyntheticConfig, TrainConfig
 from gtcompress.data import Transformed, build_transform, load_splits
 from gtcompress.errors import UserError
-from gtcompress.losses import ce_objective
+from gtcompress.objectives import ce_objective
 from gtcompress.models import create_model
 from gtcompress.rundir import RunDir
 from gtcompress.train import Context, Stage, evaluate, fit, seed_everything
@@ -89,7 +89,7 @@ def test_diverging_loss_is_a_clear_error(tmp_path, data):
 
 def test_cached_teacher_logits_train_exactly_like_a_live_teacher(tmp_path):
     from gtcompress.config import StudentConfig
-    from gtcompress.losses import student_objective
+    from gtcompress.objectives import student_objective
 
     cfg = DataConfig(name="synthetic", img_size=16, augment_train=False,
                      synthetic=SyntheticConfig(num_classes=4, train_per_class=24, val_per_class=8, noise=0.1))

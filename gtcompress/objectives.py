@@ -1,0 +1,49 @@
+"""Objectives: what each stage minimises, built from its configuration and the pure losses.
+
+An objective maps (logits, frozen teacher's logits or None, target, epochs done as a float) to named loss
+terms, "loss" being the one to minimise. Logits are cast to fp32 once, here, before any term uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from .config import GenerousConfig, StudentConfig
+from .losses import ce_loss, generous_teacher_loss, warmup_factor
+
+Objective = Callable[[Tensor, Tensor | None, Tensor, float], dict[str, Tensor]]
+
+
+def ce_objective(label_smoothing: float = 0.0) -> Objective:
+    def objective(logits: Tensor, _teacher: Tensor | None, target: Tensor, _progress: float) -> dict[str, Tensor]:
+        ce = ce_loss(logits, target, label_smoothing)
+        return {"loss": ce, "ce": ce}
+
+    return objective
+
+
+def generous_objective(cfg: GenerousConfig) -> Objective:
+    """CE plus the warmed-up generous term; with beta = 0 (the continued teacher) the same path, CE alone."""
+    warmup_epochs = cfg.warmup * cfg.train.epochs
+
+    def objective(logits: Tensor, teacher: Tensor | None, target: Tensor, progress: float) -> dict[str, Tensor]:
+        beta = cfg.beta * warmup_factor(progress, warmup_epochs)
+        return generous_teacher_loss(logits.float(), teacher.float(), target, beta, cfg.k, cfg.train.label_smoothing,
+                                     cfg.temperature, cfg.classes)
+
+    return objective
+
+
+def student_objective(cfg: StudentConfig) -> Objective:
+    method = cfg.method_config
+    warmup_epochs = method.warmup * cfg.train.epochs
+
+    def objective(logits: Tensor, teacher: Tensor | None, target: Tensor, progress: float) -> dict[str, Tensor]:
+        logits, teacher = logits.float(), teacher.float()
+        ce = method.ce_weight * ce_loss(logits, target, cfg.train.label_smoothing)
+        kd = warmup_factor(progress, warmup_epochs) * method.term(logits, teacher, target)
+        return {"loss": ce + kd, "ce": ce, "kd": kd}
+
+    return objective
