@@ -30,7 +30,7 @@ from gtcompress.data import Transformed, build_transform, load_splits
 from gtcompress.objectives import generous_objective
 from gtcompress.models import ModelSpec, create_model, default_normalization, save_checkpoint
 from gtcompress.rundir import RunDir
-from gtcompress.train import Context, Stage, fit, make_optimizer, seed_everything
+from gtcompress.train import Context, Job, fit, make_optimizer, seed_everything
 
 
 def data(arch: str, images: int):
@@ -46,7 +46,7 @@ def ours(arch: str, teacher, train, val, device, batch: int) -> float:
     """Images/s of one epoch of `train.fit` (its own timing: training steps only, no eval)."""
     cfg = GenerousConfig(train=TrainConfig(epochs=1, batch_size=batch, warmup_epochs=0))
     seed_everything(0, 1)
-    stage = Stage("generous_teacher", create_model(arch, 10), cfg.train, generous_objective(cfg), teacher, 1)
+    stage = Job("generous_teacher", create_model(arch, 10), cfg.train, generous_objective(cfg), teacher, 1)
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         fit(stage, Context(run=RunDir(Path(tmp)), train_data=train, val_data=val, device=device), 10, records.append)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -291,6 +292,13 @@ def build_transform(
         return create_transform(is_training=True, **kwargs, **aug)
     # Training without augmentation sees the deterministic eval transform, so teacher logits can be reused exactly.
     return create_transform(**kwargs)
+
+
+def loader_workers(cfg: DataConfig, splits: Splits) -> int:
+    """DataLoader workers: the configured number, else none for in-memory data and up to 8 (one per core) for files."""
+    if cfg.workers is not None:
+        return cfg.workers
+    return 0 if splits.in_memory else min(8, os.cpu_count() or 1)
 
 
 def create_loader(

@@ -30,11 +30,12 @@ from torch.utils.data import Dataset, Subset
 
 from .backends import Backend, OnnxRuntimeBackend, TorchBackend, load_backend
 from .config import DataConfig, RunConfig
-from .data import Splits, Transformed, build_transform, create_loader, load_splits
+from .data import Splits, Transformed, build_transform, create_loader, load_splits, loader_workers
 from .errors import UserError
+from .stages import STAGE_NAMES
 from .models import ModelSpec, load_model, read_checkpoint, spec_of
 from .rundir import (
-    PRECISIONS, STAGES, RunDir, artefact_name, atomic_path, parse_artefact_name, read_json, resolve_run, write_json,
+    PRECISIONS, RunDir, artefact_name, atomic_path, parse_artefact_name, read_json, resolve_run, write_json,
     write_text,
 )
 
@@ -102,8 +103,8 @@ class ExportConfig:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown:
             raise UserError(f"unknown precision '{unknown[0]}'", f"choose from {', '.join(PRECISIONS)}")
-        if self.model not in STAGES:
-            raise UserError(f"unknown model '{self.model}'", f"choose from {', '.join(STAGES)}")
+        if self.model not in STAGE_NAMES:
+            raise UserError(f"unknown model '{self.model}'", f"choose from {', '.join(STAGE_NAMES)}")
         if self.calibration_method not in CALIBRATION_METHODS:
             raise UserError(f"unknown calibration method '{self.calibration_method}'",
                             f"choose from {', '.join(CALIBRATION_METHODS)}")
@@ -193,8 +194,7 @@ def load_eval_data(data_cfg: DataConfig, spec: ModelSpec) -> EvalData:
                         "pass the --dataset the model was trained on")
     transform = build_transform(data_cfg, splits, spec.img_size, spec.mean, spec.std, training=False)
     labels = np.asarray(_targets(splits.val), dtype=np.int64)
-    workers = data_cfg.workers if data_cfg.workers is not None else (0 if splits.in_memory else
-                                                                      min(8, os.cpu_count() or 1))
+    workers = loader_workers(data_cfg, splits)
     return EvalData(Transformed(splits.val, transform), Transformed(splits.train, transform), labels, transform,
                     f"{len(labels)} {data_cfg.name} test images", workers)
 

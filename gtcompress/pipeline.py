@@ -6,6 +6,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,15 @@ from torch import nn
 
 from . import __version__
 from .config import RunConfig, dump_config
-from .data import Transformed, build_transform, create_loader, load_splits
+from .data import Splits, Transformed, build_transform, create_loader, load_splits, loader_workers
 from .distributed import DistEnv, agree, barrier, broadcast_object, init_distributed, shutdown
 from .errors import UserError
-from .objectives import Objective, ce_objective, generous_objective, student_objective
 from .models import (
-    ModelSpec, count_macs, count_params, create_model, default_normalization, load_model, load_weights,
-    resolve_model_name, save_checkpoint,
+    ModelSpec, count_macs, count_params, default_normalization, load_model, resolve_model_name, save_checkpoint,
 )
 from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
-from .train import Context, Stage, fit, make_optimizer, seed_everything
-
-# Students of every arm share one seed offset: the same initial weights and data order.
-SEED_OFFSETS = {"standard_teacher": 0, "generous_teacher": 1, "student": 2, "student_from_standard": 2,
-                "student_ce": 2}
-
+from .stages import STAGES, Models, Stage
+from .train import Context, Job, fit, make_optimizer, seed_everything
 
 def resolve_names(cfg: RunConfig) -> list[str]:
     """Replace the configured model names by exact timm names; return how each was resolved."""
@@ -103,128 +98,125 @@ def run_distill(
         shutdown(env)
 
 
-def _run(cfg: RunConfig, out: Path | None, run: RunDir | None, env: DistEnv, device: torch.device,
-         console: Console, dry_run: bool) -> RunDir | None:
-    say = console.print if env.is_main else (lambda *a, **k: None)
-    if run is None:
-        requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
-        notes = agree(env, lambda: resolve_names(cfg))
-        for note in notes:
-            say(f"resolved {note}")
-        _check(cfg)
-        if not dry_run:
-            run = agree(env, lambda: _new_run(out) if env.is_main else None)
-            run = RunDir(broadcast_object(run.path if run else None, env))
-            cfg.environment = environment(cfg, env, device, requested)
-            if env.is_main:
-                write_text(run.config, dump_config(cfg))
-                mark_latest(run.path)
-            barrier(env)
-            say(f"run directory: {run.path}")
+def _start(cfg: RunConfig, out: Path | None, env: DistEnv, device: torch.device, say: Callable[..., None]) -> RunDir:
+    """Resolve the model names, check the configuration, create the run directory and write config.yaml."""
+    requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
+    for note in agree(env, lambda: resolve_names(cfg)):
+        say(f"resolved {note}")
+    _check(cfg)
+    run = agree(env, lambda: _new_run(out) if env.is_main else None)
+    run = RunDir(broadcast_object(run.path if run else None, env))
+    cfg.environment = environment(cfg, env, device, requested)
+    if env.is_main:
+        write_text(run.config, dump_config(cfg))
+        mark_latest(run.path)
+    barrier(env)
+    say(f"run directory: {run.path}")
+    return run
 
+
+@dataclass
+class _Setup:
+    """What every stage of one run shares: the data, the training context and the checkpoints' model spec."""
+
+    cfg: RunConfig
+    splits: Splits
+    ctx: Context
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def spec(self, arch: str) -> ModelSpec:
+        s = self.splits
+        return ModelSpec(arch, s.num_classes, self.img_size, self.mean, self.std, tuple(s.class_names))
+
+
+def _setup(cfg: RunConfig, run: RunDir | None, env: DistEnv, device: torch.device, console: Console,
+           say: Callable[..., None]) -> _Setup:
     splits = agree(env, lambda: load_splits(cfg.data))
     if splits.skipped:
         names = ", ".join(Path(p).name for p in splits.skipped[:10])
         say(f"[yellow]skipped {len(splits.skipped)} unreadable image(s): {names}"
             f"{', ...' if len(splits.skipped) > 10 else ''}")
-
     img_size = cfg.data.img_size or splits.img_size
     teacher_mean, teacher_std = default_normalization(cfg.teacher.arch)
-    mean, std = cfg.data.mean or teacher_mean, cfg.data.std or teacher_std
-
-    def spec(arch: str) -> ModelSpec:
-        return ModelSpec(arch, splits.num_classes, img_size, tuple(mean), tuple(std), tuple(splits.class_names))
-
-    workers = cfg.data.workers if cfg.data.workers is not None else (0 if splits.in_memory else 8)
+    mean, std = tuple(cfg.data.mean or teacher_mean), tuple(cfg.data.std or teacher_std)
     eval_transform = build_transform(cfg.data, splits, img_size, mean, std, training=False)
     cache = cfg.cache_teacher_logits if cfg.cache_teacher_logits is not None else not cfg.data.augment_train
     ctx = Context(
         run=run, device=device, dist=env, precision=cfg.precision, channels_last=cfg.channels_last, seed=cfg.seed,
-        workers=workers, console=console, compile=cfg.compile,
+        workers=loader_workers(cfg.data, splits), console=console, compile=cfg.compile,
         train_data=Transformed(splits.train, build_transform(cfg.data, splits, img_size, mean, std, training=True)),
         val_data=Transformed(splits.val, eval_transform),
         # with augmentation, cached logits are the teacher's on the un-augmented image: an approximation
         cache_data=Transformed(splits.train, eval_transform) if cache else None,
     )
-    writer = _tensorboard(run) if cfg.tensorboard and env.is_main and run is not None else None
+    return _Setup(cfg, splits, ctx, img_size, mean, std)
 
-    def on_epoch(record: dict[str, Any]) -> None:
-        _append_history(run, record)
-        if writer is not None:
-            for key, value in record.items():
-                if key not in ("stage", "epoch") and isinstance(value, (int, float)):
-                    writer.add_scalar(f"{record['stage']}/{key}", value, record["epoch"])
-            writer.flush()
 
-    def stage(name: str, arch: str, build: Callable[[], nn.Module], train, objective: Objective,
-              teacher: nn.Module | None = None, **extra: Any) -> nn.Module:
-        if dry_run:
-            model = agree(env, build)
-            optimizer = make_optimizer(model, train)
-            say(f"{name}: {arch}, {count_params(model) / 1e6:.2f}M params, {count_macs(model, img_size) / 1e6:.1f} "
-                f"MMACs at {img_size}px; {train.epochs} epochs of {type(optimizer).__name__} lr {train.lr}, "
-                f"global batch {train.batch_size}")
-            return model
-        done = run.metrics().get(name)
-        if done is not None and run.checkpoint(name).exists():
-            say(f"{name}: complete (top-1 {done['top1']:.2f}%), loaded from {run.checkpoint(name).name}")
-            return load_model(run.checkpoint(name))[0]
-        seed_everything(cfg.seed, SEED_OFFSETS[name])
-        st = Stage(name, agree(env, build), train, objective, teacher, SEED_OFFSETS[name])
-        metrics = fit(st, ctx, splits.num_classes, on_epoch)
-        metrics = {"arch": arch, **metrics, "params": count_params(st.model),
-                   "macs": count_macs(st.model, img_size), **extra}
-        if env.is_main:
-            save_checkpoint(run.checkpoint(name), st.model, spec(arch), name, metrics)
-            run.update_metrics(name, metrics)
-            run.progress(name).unlink(missing_ok=True)
-        barrier(env)
-        return st.model
+def _describe(stage: Stage, setup: _Setup, models: Models, say: Callable[..., None]) -> nn.Module:
+    """--dry-run: build the stage's model and optimizer and say what training would do."""
+    cfg, env = setup.cfg, setup.ctx.dist
+    model = agree(env, lambda: stage.build(cfg, setup.splits.num_classes, models))
+    train = stage.train(cfg)
+    optimizer = make_optimizer(model, train)
+    say(f"{stage.name}: {stage.arch(cfg)}, {count_params(model) / 1e6:.2f}M params, "
+        f"{count_macs(model, setup.img_size) / 1e6:.1f} MMACs at {setup.img_size}px; {train.epochs} epochs of "
+        f"{type(optimizer).__name__} lr {train.lr}, global batch {train.batch_size}")
+    return model
 
+
+def _train(stage: Stage, setup: _Setup, models: Models, on_epoch: Callable[[dict[str, Any]], None],
+           say: Callable[..., None]) -> nn.Module:
+    """Train one stage (or load it, when a previous attempt finished it) and record its metrics."""
+    cfg, run, env = setup.cfg, setup.ctx.run, setup.ctx.dist
+    done = run.metrics().get(stage.name)
+    if done is not None and run.checkpoint(stage.name).exists():
+        say(f"{stage.name}: complete (top-1 {done['top1']:.2f}%), loaded from {run.checkpoint(stage.name).name}")
+        return load_model(run.checkpoint(stage.name))[0]
+    seed_everything(cfg.seed, stage.seed_offset)
+    model = agree(env, lambda: stage.build(cfg, setup.splits.num_classes, models))
+    job = Job(stage.name, model, stage.train(cfg), stage.objective(cfg),
+              models[stage.teacher] if stage.teacher else None, stage.seed_offset)
+    metrics = fit(job, setup.ctx, setup.splits.num_classes, on_epoch)
+    arch = stage.arch(cfg)
+    metrics = {"arch": arch, **metrics, "params": count_params(job.model),
+               "macs": count_macs(job.model, setup.img_size), **stage.record(cfg)}
+    if env.is_main:
+        save_checkpoint(run.checkpoint(stage.name), job.model, setup.spec(arch), stage.name, metrics)
+        run.update_metrics(stage.name, metrics)
+        run.progress(stage.name).unlink(missing_ok=True)
+    barrier(env)
+    return job.model
+
+
+def _run(cfg: RunConfig, out: Path | None, run: RunDir | None, env: DistEnv, device: torch.device,
+         console: Console, dry_run: bool) -> RunDir | None:
+    say = console.print if env.is_main else (lambda *a, **k: None)
+    if run is None and not dry_run:
+        run = _start(cfg, out, env, device, say)
+    elif run is None:
+        for note in agree(env, lambda: resolve_names(cfg)):
+            say(f"resolved {note}")
+        _check(cfg)
+    setup = _setup(cfg, run, env, device, console, say)
     if dry_run:
-        x, _ = next(iter(create_loader(ctx.train_data, cfg.student.train.batch_size, training=True, workers=0)))
-        say(f"data: {cfg.data.name}, {len(splits.train)} train / {len(splits.val)} test images, "
-            f"{splits.num_classes} classes, batches of {tuple(x.shape)}")
-
+        x, _ = next(iter(create_loader(setup.ctx.train_data, cfg.student.train.batch_size, training=True, workers=0)))
+        say(f"data: {cfg.data.name}, {len(setup.splits.train)} train / {len(setup.splits.val)} test images, "
+            f"{setup.splits.num_classes} classes, batches of {tuple(x.shape)}")
+    writer = _tensorboard(run) if cfg.tensorboard and env.is_main and run is not None else None
+    models: Models = {}
+    noted: set[str] = set()
     try:
-        t = cfg.teacher
-
-        def build_standard() -> nn.Module:
-            model = create_model(t.arch, splits.num_classes, t.pretrained)
-            if t.checkpoint is not None:
-                load_weights(model, t.checkpoint, t.arch, splits.num_classes)
-            return model
-
-        st_train = t.train.model_copy(update={"epochs": 0}) if t.checkpoint else t.train
-        source = "checkpoint" if t.checkpoint else "pretrained" if t.pretrained else "scratch"
-        standard = stage("standard_teacher", t.arch, build_standard, st_train,
-                         ce_objective(t.train.label_smoothing), source=source)
-
-        g = cfg.generous
-        gt_arch = g.arch or t.arch
-
-        def build_generous() -> nn.Module:
-            model = create_model(gt_arch, splits.num_classes)
-            if g.checkpoint is not None:
-                load_weights(model, g.checkpoint, gt_arch, splits.num_classes)
-            elif g.init == "standard":
-                model.load_state_dict(standard.state_dict())
-            return model
-
-        gt_train = g.train.model_copy(update={"epochs": 0}) if g.checkpoint else g.train
-        generous = stage("generous_teacher", gt_arch, build_generous, gt_train, generous_objective(g),
-                         teacher=standard, source="checkpoint" if g.checkpoint else "trained", init=g.init,
-                         beta=g.beta, k=g.k)
-
-        s = cfg.student
-        build_student = lambda: create_model(s.arch, splits.num_classes)  # noqa: E731
-        stage("student", s.arch, build_student, s.train, student_objective(s), teacher=generous,
-              teacher_stage="generous_teacher", method=s.method)
-        if cfg.compare:
-            stage("student_from_standard", s.arch, build_student, s.train, student_objective(s), teacher=standard,
-                  teacher_stage="standard_teacher", method=s.method)
-            stage("student_ce", s.arch, build_student, s.train, ce_objective(s.train.label_smoothing),
-                  method="ce")
+        for stage in STAGES:
+            reason = stage.skip(cfg)
+            if reason is not None:
+                if cfg.compare and reason not in noted:  # once per reason: a control and its student share it
+                    say(f"{stage.name}: skipped ({reason})")
+                    noted.add(reason)
+                continue
+            models[stage.name] = (_describe(stage, setup, models, say) if dry_run else
+                                  _train(stage, setup, models, lambda r: _on_epoch(run, writer, r), say))
     except KeyboardInterrupt:
         if run is not None:
             say(f"\n[yellow]interrupted: continue with `gtcompress distill --resume --out {run.path}`")
@@ -233,6 +225,15 @@ def _run(cfg: RunConfig, out: Path | None, run: RunDir | None, env: DistEnv, dev
         if writer is not None:
             writer.close()
     return None if dry_run else run
+
+
+def _on_epoch(run: RunDir, writer: Any, record: dict[str, Any]) -> None:
+    _append_history(run, record)
+    if writer is not None:
+        for key, value in record.items():
+            if key not in ("stage", "epoch") and isinstance(value, (int, float)):
+                writer.add_scalar(f"{record['stage']}/{key}", value, record["epoch"])
+        writer.flush()
 
 
 def _tensorboard(run: RunDir):

@@ -19,15 +19,16 @@ from rich import box
 from rich.table import Table
 
 from .bench import find, load_bench, reference_teacher
-from .rundir import STAGES, RunDir, write_bytes, write_json, write_text
+from .rundir import RunDir, write_bytes, write_json, write_text
+from .stages import STAGE_NAMES, TITLES
 
-STAGE_TITLES = {
-    "standard_teacher": "Standard Teacher",
-    "generous_teacher": "Generous Teacher",
-    "student": "student <- GT",
-    "student_from_standard": "student <- ST",
-    "student_ce": "student (CE only)",
-}
+# Students' top-1 differences: key -> the arm subtracted. CE-only asks whether distillation helps; <-ST whether
+# the GT helps; <-continued whether it helps beyond its extra epochs.
+DELTAS = {"delta_vs_st_student": "student_from_standard", "delta_vs_continued_student": "student_from_continued"}
+DELTA_NOTE = ("Δ vs ←ST is top-1 minus the student distilled from the Standard Teacher (does the GT help?); "
+              "Δ vs ←continued minus the student of the continued teacher, the ST fine-tuned with CE alone for the "
+              "GT's epochs (does the GT help beyond its extra training?); the CE-only student shows whether "
+              "distillation helps at all.")
 BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")  # the report's headline backend: the first one measured
 PLOTS = {
     "accuracy_latency": "Top-1 accuracy vs p50 latency",
@@ -42,13 +43,13 @@ def stage_table(metrics: dict[str, Any]) -> Table:
     table = Table(title="gtcompress distill", title_justify="left")
     for col in ("stage", "model", "top-1 %", "top-5 %", "params", "MMACs", "epochs", "train s"):
         table.add_column(col, justify="left" if col in ("stage", "model") else "right")
-    for name in STAGES:
+    for name in STAGE_NAMES:
         m = metrics.get(name)
         if m is None:
             continue
         top5 = f"{m['top5']:.2f}" if "top5" in m else "-"
         table.add_row(
-            STAGE_TITLES[name], m["arch"], f"{m['top1']:.2f}", top5, f"{m['params'] / 1e6:.2f}M",
+            TITLES[name], m["arch"], f"{m['top1']:.2f}", top5, f"{m['params'] / 1e6:.2f}M",
             f"{m['macs'] / 1e6:.1f}", str(m["epochs"]), f"{m['train_seconds']:.0f}",
         )
     return table
@@ -95,10 +96,10 @@ def build_report(run: RunDir, batch_size: int | None = None) -> dict[str, Any]:
     teacher = reference_teacher(results) or ("generous_teacher" if "generous_teacher" in metrics else
                                              "standard_teacher")
     exports = {(r["model"], r["precision"]): r for r in metrics.get("export", []) if r["format"] == "onnx"}
-    baseline = metrics.get("student_from_standard", {}).get("top1")
+    baselines = {key: metrics.get(stage, {}).get("top1") for key, stage in DELTAS.items()}
 
     rows = []
-    for stage in (s for s in STAGES if s in metrics):
+    for stage in (s for s in STAGE_NAMES if s in metrics):
         m = metrics[stage]
         for precision in ("fp32", *(p for p in ("fp16", "int8") if (stage, p) in exports)):
             onnx = exports.get((stage, precision))
@@ -109,11 +110,11 @@ def build_report(run: RunDir, batch_size: int | None = None) -> dict[str, Any]:
             p50 = {b: r["p50_ms"] for b in backends
                    if (r := find(results, model=stage, backend=b, precision=precision, batch_size=batch_size))}
             rows.append({
-                "name": STAGE_TITLES[stage] + ("" if precision == "fp32" else f" {precision}"),
+                "name": TITLES[stage] + ("" if precision == "fp32" else f" {precision}"),
                 "model": stage, "arch": m["arch"], "precision": precision, "file": file, "bytes": size,
                 "top1": top1, "top5": m.get("top5") if precision == "fp32" else None,
-                "delta_vs_st_student": top1 - baseline if baseline is not None and stage.startswith("student")
-                else None,
+                **{key: top1 - b if b is not None and stage.startswith("student") else None
+                   for key, b in baselines.items()},
                 "params": m["params"], "macs": m.get("macs"), "p50_ms": p50,
             })
     ref = next((r for r in rows if r["model"] == teacher and r["precision"] == "fp32"), None)
@@ -146,13 +147,16 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of the main table (the same strings in every output format)."""
     b = report["batch_size"]
-    cols = ["model", "arch", "top-1 %", "Δ vs ←ST", "params", "MMACs", "file", "MB",
+    continued = any(r["delta_vs_continued_student"] is not None for r in report["rows"])
+    cols = ["model", "arch", "top-1 %", "Δ vs ←ST", *(["Δ vs ←continued"] if continued else []), "params", "MMACs",
+            "file", "MB",
             *(f"{backend} p50 ms (b{b})" for backend in report["backends"]),
             f"× faster ({report['primary_backend'] or '–'})", "× smaller"]
     cells = []
     for r in report["rows"]:
         cells.append([
             r["name"], r["arch"], _fmt(r["top1"], ".2f"), _fmt(r["delta_vs_st_student"], "+.2f"),
+            *([_fmt(r["delta_vs_continued_student"], "+.2f")] if continued else []),
             f"{r['params'] / 1e6:.2f}M", _fmt(r["macs"] and r["macs"] / 1e6, ".1f"), r["file"],
             _fmt(r["bytes"] and r["bytes"] / 1e6, ".2f"),
             *(_fmt(r["p50_ms"].get(backend), ".3f") for backend in report["backends"]),
@@ -209,8 +213,8 @@ def markdown(report: dict[str, Any], plot_files: dict[str, str]) -> str:
     parts += [f"- **{k}**: `{v}`" if k in ("command", "benchmark") else f"- **{k}**: {v}"
               for k, v in _header_lines(report)]
     parts += ["", f"Latency: p50 at batch {report['batch_size']}; × faster is the {report['teacher']}'s fp32 p50 "
-              f"on {report['primary_backend'] or 'no backend'} over the row's; × smaller compares file sizes; "
-              "Δ vs ←ST is top-1 minus the student distilled from the Standard Teacher.", "",
+              f"on {report['primary_backend'] or 'no backend'} over the row's; × smaller compares file sizes. "
+              f"{DELTA_NOTE}", "",
               _markdown_table(*table_rows(report)), ""]
     if report["bench"]:
         parts += ["## Every measurement", "", _markdown_table(*bench_rows(report)), ""]
@@ -252,8 +256,7 @@ img#plot-training_curves {{ max-width: 1100px; }}
 <h1>gtcompress report: {e(h['teacher'] or '?')} → {e(h['student'] or '?')}</h1>
 <dl>{meta}</dl>
 <p>Latency is p50 at batch {report['batch_size']}; × faster is the {e(report['teacher'])}'s fp32 p50 on
-{e(report['primary_backend'] or 'no backend')} over the row's; × smaller compares file sizes; Δ vs ←ST is top-1
-minus the student distilled from the Standard Teacher.</p>
+{e(report['primary_backend'] or 'no backend')} over the row's; × smaller compares file sizes. {e(DELTA_NOTE)}</p>
 {table(*table_rows(report), 'summary')}
 {figures}
 {bench}
@@ -321,12 +324,12 @@ def make_plots(report: dict[str, Any], history: list[dict[str, Any]],
         plots["latency_distribution"] = _png(fig)
     if history:
         fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for stage in STAGES:
+        for stage in STAGE_NAMES:
             recs = [h for h in history if h["stage"] == stage]
             if recs:
-                acc.plot([h["epoch"] for h in recs], [h["top1"] for h in recs], marker=".", label=STAGE_TITLES[stage])
+                acc.plot([h["epoch"] for h in recs], [h["top1"] for h in recs], marker=".", label=TITLES[stage])
                 loss.plot([h["epoch"] for h in recs], [h["train_loss"] for h in recs], marker=".",
-                          label=STAGE_TITLES[stage])
+                          label=TITLES[stage])
         acc.set(xlabel="epoch", ylabel="val top-1 %", title=PLOTS["training_curves"])
         loss.set(xlabel="epoch", ylabel="train loss", yscale="log")
         acc.legend(fontsize=7)

@@ -18,7 +18,6 @@ from .errors import UserError
 RUNS_ROOT = Path("runs")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-STAGES = ("standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 

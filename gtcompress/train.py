@@ -66,7 +66,7 @@ class Context:
 
 
 @dataclass
-class Stage:
+class Job:
     """One model to train: `teacher` (frozen) feeds its logits to `objective`."""
 
     name: str
@@ -163,7 +163,7 @@ def _progress(ctx: Context) -> Progress:
     )
 
 
-def fit(stage: Stage, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def fit(stage: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Train `stage` for its epochs, resuming from its last completed epoch; returns final metrics.
 
     `on_epoch` gets each epoch's history record (rank 0 only) after its checkpoint is safely written.

@@ -18,6 +18,7 @@ import method  # noqa: E402
 
 from gtcompress.config import load_config  # noqa: E402
 from gtcompress.errors import UserError  # noqa: E402
+from gtcompress.stages import STAGE_NAMES  # noqa: E402
 
 
 def test_t_interval_matches_the_t_table():
@@ -108,14 +109,14 @@ def test_run_state_drives_start_or_resume(tmp_path):
     (run.out / "metrics.json").write_text(json.dumps({"standard_teacher": {}}))
     assert grid.run_state(run) == "partial"
     assert grid.distill_command(run, "py") == ["py", "-m", "gtcompress", "distill", "--resume", "--out", str(run.out)]
-    (run.out / "metrics.json").write_text(json.dumps({s: {} for s in grid.ALL_STAGES}))
+    (run.out / "metrics.json").write_text(json.dumps({s: {} for s in STAGE_NAMES}))
     assert grid.run_state(run) == "done"
 
 
 def test_run_groups_skips_finished_runs_and_keeps_order(tmp_path, monkeypatch):
     done = grid.Run(tmp_path / "done", ())
     done.out.mkdir()
-    (done.out / "metrics.json").write_text(json.dumps({s: {} for s in grid.ALL_STAGES}))
+    (done.out / "metrics.json").write_text(json.dumps({s: {} for s in STAGE_NAMES}))
     first, second = grid.Run(tmp_path / "a", ("1",)), grid.Run(tmp_path / "b", ("2",))
     calls = []
     monkeypatch.setattr(grid, "execute", lambda run, cmd, threads: calls.append(run) or {

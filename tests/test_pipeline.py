@@ -12,9 +12,10 @@ from gtcompress.data import load_splits
 from gtcompress.config import DataConfig
 from gtcompress.models import load_model
 from gtcompress.rundir import RunDir
+from gtcompress.stages import STAGE_NAMES
 from conftest import STUDENT, TEACHER, invoke
 
-STAGES = ["standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce"]
+STAGES = list(STAGE_NAMES)
 
 
 def test_metrics_contract(pipeline_run):
@@ -30,6 +31,8 @@ def test_metrics_contract(pipeline_run):
     assert metrics["student"]["arch"] == STUDENT
     assert metrics["student"]["teacher_stage"] == "generous_teacher"
     assert metrics["student_from_standard"]["teacher_stage"] == "standard_teacher"
+    assert metrics["student_from_continued"]["teacher_stage"] == "continued_teacher"
+    assert metrics["continued_teacher"]["epochs"] == metrics["generous_teacher"]["epochs"]
     assert metrics["student_ce"]["method"] == "ce"
     assert metrics["standard_teacher"]["top1"] > 30, "the teacher learned nothing"
 
@@ -75,9 +78,25 @@ def test_every_student_arm_starts_from_the_same_weights(tmp_path):
                     "--gt-init", "scratch")
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    losses = {stage: metrics[stage]["val_loss"] for stage in STAGES}
+    losses = {stage: m["val_loss"] for stage, m in metrics.items()}
     assert losses["student"] == losses["student_from_standard"] == losses["student_ce"]
     assert losses["standard_teacher"] != losses["generous_teacher"]
+    assert "continued_teacher" not in metrics and "student_from_continued" not in metrics
+    assert result.output.count("skipped (the Generous Teacher is trained from scratch") == 1
+
+
+def test_continued_teacher_is_the_generous_teacher_without_its_term(tmp_path):
+    # With beta = 0 the GT's path is CE alone from the ST: the control must then be the GT, bit for bit.
+    out = tmp_path / "run"
+    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 1, "--compare", "--gt-beta", 0,
+                    "--out", out, "--set", "data.train_fraction=0.2")
+    assert result.exit_code == 0, result.output
+    gt = torch.load(out / "generous_teacher.pt", weights_only=True)["state_dict"]
+    ct = torch.load(out / "continued_teacher.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(gt[k], ct[k]) for k in gt)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["student"]["top1"] == metrics["student_from_continued"]["top1"]
+    assert metrics["student"]["val_loss"] == metrics["student_from_continued"]["val_loss"]
 
 
 def test_resume_of_a_complete_run_redoes_nothing(pipeline_run):

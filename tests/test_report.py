@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import BENCH_BATCHES, copy_run, invoke
-from gtcompress.report import PLOTS, build_report
+from gtcompress.report import PLOTS, build_report, table_rows
+from gtcompress.stages import STAGE_NAMES, TITLES
 from gtcompress.rundir import RunDir
 
 
@@ -39,11 +40,10 @@ def test_the_run_writes_the_three_report_files_and_the_plots(workflow_run):
 
 def test_one_row_per_stage_and_exported_precision(workflow_run, report):
     rows = {(r["model"], r["precision"]) for r in report["rows"]}
-    assert rows == {("standard_teacher", "fp32"), ("generous_teacher", "fp32"), ("student", "fp32"),
-                    ("student", "int8"), ("student_from_standard", "fp32"), ("student_ce", "fp32")}
+    assert rows == {*((stage, "fp32") for stage in STAGE_NAMES), ("student", "int8")}
     m = metrics(workflow_run)
     by = {(r["model"], r["precision"]): r for r in report["rows"]}
-    for stage in ("standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce"):
+    for stage in STAGE_NAMES:
         assert by[stage, "fp32"]["top1"] == m[stage]["top1"] and by[stage, "fp32"]["params"] == m[stage]["params"]
     int8 = next(r for r in m["export"] if r["path"] == "export/student.int8.onnx")
     assert by["student", "int8"]["top1"] == int8["top1"] and by["student", "int8"]["bytes"] == int8["bytes"]
@@ -51,6 +51,12 @@ def test_one_row_per_stage_and_exported_precision(workflow_run, report):
     assert by["student", "fp32"]["delta_vs_st_student"] == pytest.approx(m["student"]["top1"] - baseline)
     assert by["student_ce", "fp32"]["delta_vs_st_student"] == pytest.approx(m["student_ce"]["top1"] - baseline)
     assert by["generous_teacher", "fp32"]["delta_vs_st_student"] is None
+    continued = m["student_from_continued"]["top1"]
+    assert by["student", "fp32"]["delta_vs_continued_student"] == pytest.approx(m["student"]["top1"] - continued)
+    assert by["continued_teacher", "fp32"]["delta_vs_continued_student"] is None
+    cols, cells = table_rows(report)
+    student = next(c for c in cells if c[0] == TITLES["student"])
+    assert student[cols.index("Δ vs ←continued")] == f"{m['student']['top1'] - continued:+.2f}"
 
 
 def test_latency_columns_come_from_bench_json_at_the_smallest_batch(workflow_run, report):
@@ -71,7 +77,7 @@ def test_html_and_markdown_hold_the_numbers_of_metrics_and_bench(workflow_run, r
     page = (workflow_run / "report.html").read_text()
     md = (workflow_run / "report.md").read_text()
     m = metrics(workflow_run)
-    for stage in ("standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce"):
+    for stage in STAGE_NAMES:
         assert f"{m[stage]['top1']:.2f}" in page and f"{m[stage]['top1']:.2f}" in md
     for r in bench(workflow_run)["results"]:
         assert f"{r['p50_ms']:.3f}" in page and f"{r['p99_ms']:.3f}" in page and f"{r['p50_ms']:.3f}" in md

@@ -7,7 +7,7 @@ from gtcompress.errors import UserError
 from gtcompress.objectives import ce_objective
 from gtcompress.models import create_model
 from gtcompress.rundir import RunDir
-from gtcompress.train import Context, Stage, evaluate, fit, seed_everything
+from gtcompress.train import Context, Job, evaluate, fit, seed_everything
 from gtcompress.data import create_loader
 
 
@@ -22,7 +22,7 @@ def data():
 
 def make_stage(name="s", epochs=3, lr=0.05):
     seed_everything(0, 0)
-    return Stage(name, create_model("test_resnet", 4), TrainConfig(epochs=epochs, batch_size=16, lr=lr),
+    return Job(name, create_model("test_resnet", 4), TrainConfig(epochs=epochs, batch_size=16, lr=lr),
                  ce_objective())
 
 
@@ -102,7 +102,7 @@ def test_cached_teacher_logits_train_exactly_like_a_live_teacher(tmp_path):
     weights = []
     for cache in (None, train):
         seed_everything(0, 0)
-        stage = Stage("s", create_model("test_efficientnet", 4), TrainConfig(epochs=2, batch_size=16), objective,
+        stage = Job("s", create_model("test_efficientnet", 4), TrainConfig(epochs=2, batch_size=16), objective,
                       teacher)
         ctx = Context(run=RunDir(tmp_path / str(cache is None)), train_data=train, val_data=val,
                       device=torch.device("cpu"), cache_data=cache)
