@@ -21,9 +21,9 @@ from typing import Any
 from scipy import stats
 
 from gtcompress.rundir import write_json, write_text
+from gtcompress.stages import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
-ALL_STAGES = ("standard_teacher", "generous_teacher", "student", "student_from_standard", "student_ce")
 COST_FILE = "benchmark_cost.json"
 
 
@@ -33,7 +33,7 @@ class Run:
 
     out: Path
     args: tuple[str, ...]
-    stages: tuple[str, ...] = ALL_STAGES
+    stages: tuple[str, ...] = STAGE_NAMES
 
 
 def sets(overrides: dict[str, Any]) -> tuple[str, ...]:
@@ -92,19 +92,23 @@ def run_cost(run: Run) -> dict[str, float]:
 
 
 def run_groups(groups: Sequence[Sequence[Run]], jobs: int = 1, threads: int = 1,
-               say: Callable[[str], None] = print) -> None:
-    """Run each group's runs in order, `jobs` groups at a time; finished runs are skipped, started ones resumed."""
-    todo = [g for g in groups if any(run_state(r) != "done" for r in g)]
+               say: Callable[[str], None] = print, after: Callable[[int], Any] | None = None) -> None:
+    """Run each group's runs in order, `jobs` groups at a time; finished runs are skipped, started ones resumed.
+
+    `after(i)` runs in the worker once group i is done (e.g. evaluations to cache while the next runs train)."""
+    todo = [i for i, g in enumerate(groups) if any(run_state(r) != "done" for r in g)]
     say(f"{len(groups) - len(todo)} of {len(groups)} groups already done; running {len(todo)} with {jobs} job(s)")
     lock, done = threading.Lock(), [0]
 
-    def work(group: Sequence[Run]) -> None:
-        for run in group:
+    def work(index: int) -> None:
+        for run in groups[index]:
             if run_state(run) == "done":
                 continue
             cost = execute(run, distill_command(run), threads)
             with lock:
                 say(f"  {run.out}: {cost['cpu_seconds']:.0f} CPU s, {cost['wall_seconds']:.0f} s")
+        if after is not None:
+            after(index)
         with lock:
             done[0] += 1
             say(f"[{done[0]}/{len(todo)}] done")

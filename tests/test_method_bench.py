@@ -52,11 +52,12 @@ def test_markdown_table_right_aligns_numbers():
     assert lines[0] == "| name | top-1 |" and lines[1] == "| --- | ---: |" and len(lines) == 4
 
 
-def test_method_grid_is_every_setting_pair_and_seed():
-    got = method.cells(method.CPU_SETTINGS, method.PAIRS, [0, 1, 2])
-    assert len(set(got)) == len(method.CPU_SETTINGS) * len(method.PAIRS) * 3 == len(got)
-    assert [c.seed for c in got[:6]] == [0] * 6, "whole seeds first, so an interruption leaves seeds complete"
-    assert ("resnet18", "mobilenetv3_small_100") in method.PAIRS
+def test_method_grid_runs_whole_primary_teacher_seeds_first():
+    got = method.cells([method.PRIMARY, "digits-20%"], method.PAIRS, range(10))
+    assert len(set(got)) == len(method.PAIRS) * (10 + len(method.SECONDARY_SEEDS)) == len(got)
+    assert all(c.setting == method.PRIMARY for c in got[:20])
+    assert {c.seed for c in got if c.setting == "digits-20%"} == set(method.SECONDARY_SEEDS)
+    assert [c.seed for c in got[:4]] == [0, 0, 1, 1], "both pairs of a seed before the next seed"
 
 
 def _options(run: grid.Run) -> tuple[dict[str, str], dict[str, object]]:
@@ -74,30 +75,42 @@ def _options(run: grid.Run) -> tuple[dict[str, str], dict[str, object]]:
     return opts, sets
 
 
-@pytest.mark.parametrize("setting, st_epochs", [("digits", 8), ("digits-20%", 24), ("synthetic", 10)])
-def test_each_cell_trains_its_teachers_once_and_every_arm_alike(tmp_path, setting, st_epochs):
-    cell = method.Cell(setting, "resnet18", "mobilenetv3_small_100", 1)
+def test_each_primary_cell_reuses_its_teachers_across_student_seeds_and_arms(tmp_path):
+    cell = method.Cell(method.PRIMARY, *method.ABLATION_PAIR, 1)
     runs = method.cell_runs(cell, tmp_path)
-    (kd, kd_sets), (dkd, dkd_sets), (sc, sc_sets) = (_options(runs[a]) for a in ("kd", "dkd", "scratch"))
-    assert kd["--compare"] and dkd["--compare"] and "--compare" not in sc
-    assert (kd["--method"], dkd["--method"], sc["--method"]) == ("kd", "dkd", "kd")
-    assert "--teacher-checkpoint" not in kd
-    assert dkd["--teacher-checkpoint"] == sc["--teacher-checkpoint"] == str(runs["kd"].out / "standard_teacher.pt")
-    assert dkd_sets["generous.checkpoint"] == str(runs["kd"].out / "generous_teacher.pt")
-    assert sc["--gt-init"] == "scratch" and sc_sets["generous.train.epochs"] == st_epochs
-    for opts in (kd, dkd, sc):
-        assert (opts["--seed"], opts["--teacher"], opts["--device"]) == ("1", "resnet18", "cpu")
-    assert kd_sets == method.SETTINGS[setting].overrides
-    assert dkd_sets == {**kd_sets, "generous.checkpoint": dkd_sets["generous.checkpoint"]}
-    assert sc_sets == {**kd_sets, "generous.train.epochs": st_epochs}
-    cfg = load_config(grid.REPO / kd["--recipe"], kd_sets)
-    assert cfg.teacher.train.epochs == st_epochs and cfg.generous.init == "standard"
-    assert cfg.generous.train.epochs == st_epochs // 2, "the default GT is a fine-tune for half the ST's epochs"
-    extra = method.cell_runs(cell, tmp_path, "cuda", {"precision": "bf16"})
-    for run in extra.values():
+    assert list(runs) == ["compare", "gt1", "ct1", "gt2", "ct2", "dkd", "full", "fixed_t"]
+    compare, compare_sets = _options(runs["compare"])
+    assert compare["--compare"] and compare["--method"] == "kd" and compare["--seed"] == "1"
+    assert "--teacher-checkpoint" not in compare and runs["compare"].stages == method.COMPARE_STAGES
+    out = runs["compare"].out
+    for j in (1, 2):
+        (gt, gt_sets), (ct, ct_sets) = _options(runs[f"gt{j}"]), _options(runs[f"ct{j}"])
+        assert gt["--seed"] == ct["--seed"] == str(1 + 1000 * j), "the arms of a student seed are paired"
+        assert gt["--teacher-checkpoint"] == ct["--teacher-checkpoint"] == str(out / "standard_teacher.pt")
+        assert gt_sets["generous.checkpoint"] == str(out / "generous_teacher.pt")
+        assert ct_sets["generous.checkpoint"] == str(out / "continued_teacher.pt")
+    dkd, dkd_sets = _options(runs["dkd"])
+    assert dkd["--compare"] and dkd["--method"] == "dkd" and dkd["--seed"] == "1"
+    assert "continued_teacher" not in runs["dkd"].stages, "a loaded GT has no continued arm"
+    assert _options(runs["full"])[1]["generous.classes"] == "all"
+    assert _options(runs["fixed_t"])[1]["generous.temperature"] == method.FIXED_T
+    assert "generous.checkpoint" not in _options(runs["full"])[1], "the ablations train their own GT"
+    assert compare_sets == method.SETTINGS[method.PRIMARY].overrides
+    cfg = load_config(grid.REPO / compare["--recipe"], compare_sets)
+    assert cfg.generous.train.epochs == cfg.teacher.train.epochs // 2
+
+
+def test_secondary_runs_only_where_the_plan_puts_them(tmp_path):
+    other_pair = method.cell_runs(method.Cell(method.PRIMARY, *method.PAIRS[0], 2), tmp_path)
+    assert "dkd" in other_pair and "full" not in other_pair
+    late = method.cell_runs(method.Cell(method.PRIMARY, *method.PAIRS[0], 7), tmp_path)
+    assert list(late) == ["compare", "gt1", "ct1", "gt2", "ct2"]
+    low_data = method.cell_runs(method.Cell("digits-20%", *method.PAIRS[0], 0), tmp_path)
+    assert list(low_data) == ["compare"]
+    gpu = method.cell_runs(method.Cell(method.PRIMARY, *method.PAIRS[0], 0), tmp_path, "cuda", {"precision": "bf16"})
+    for run in gpu.values():
         opts, sets = _options(run)
         assert opts["--device"] == "cuda" and sets["precision"] == "bf16"
-    assert runs["scratch"].stages == ("standard_teacher", "generous_teacher", "student")
 
 
 def test_run_state_drives_start_or_resume(tmp_path):
@@ -138,39 +151,70 @@ def test_execute_records_cost_per_attempt_and_fails_loudly(tmp_path):
         grid.execute(run, [sys.executable, "-c", "raise SystemExit(3)"])
 
 
-def _fake_cell(root: Path, cell: method.Cell, top1: dict[str, float]) -> None:
-    """Write the metrics.json files the three runs of a cell would leave."""
+def _fake_cell(root: Path, cell: method.Cell, top1: dict[str, float]) -> dict[str, grid.Run]:
+    """Write the metrics.json files a cell's runs would leave, with the given values."""
     runs = method.cell_runs(cell, root)
-    for arm, run in runs.items():
-        stages = {name: {"top1": 0.0, "train_seconds": 0.0} for name in run.stages}
-        for name, (a, stage, key) in method.VALUES.items():
-            if a == arm:
-                stages[stage][key] = top1[name]
+    values = {**method.VALUES, **method._student_values()}
+    for name, run in runs.items():
+        stages = {stage: {"top1": 0.0, "train_seconds": 1.0} for stage in run.stages}
+        for key, (r, stage) in values.items():
+            if r == name:
+                stages[stage]["top1"] = top1[key]
         run.out.mkdir(parents=True)
         (run.out / "metrics.json").write_text(json.dumps(stages))
         (run.out / "config.yaml").write_text(yaml.safe_dump({"generous": {
-            "k": 2.0, "beta": 1.0, "warmup": 0.2, "init": "standard", "train": {"epochs": 4}}}))
+            "k": 1.0, "beta": 2.0, "warmup": 0.2, "init": "standard", "train": {"epochs": 5}}}))
+    return runs
 
 
-def test_gains_are_paired_per_seed(tmp_path):
+def test_primary_unit_is_the_mean_over_student_seeds_paired_per_teacher_seed(tmp_path):
     records = []
-    for seed, (st_student, gt_student) in enumerate([(70.0, 71.0), (74.0, 74.5), (72.0, 73.5)]):
-        cell = method.Cell("synthetic", "resnet18", "mobilenetv3_small_100", seed)
-        values = {name: 50.0 + seed for name in method.VALUES}
-        values.update(kd_st=st_student, kd_gt=gt_student, st_seconds=100.0, gt_seconds=50.0, gt_scratch_seconds=125.0)
-        _fake_cell(tmp_path, cell, values)
-        records.append(method.cell_record(cell, method.cell_runs(cell, tmp_path)))
+    for seed, shift in enumerate([0.0, 4.0, -3.0, 1.0]):
+        cell = method.Cell("digits-20%", *method.PAIRS[0], seed)
+        base = {k: 50.0 + shift for k in [*method.VALUES, *method._student_values()]}
+        diffs = [(1.0, 0.0), (0.5, 0.0), (0.0, 0.0), (2.0, 0.0)][seed]
+        base["kd_gt0"] += diffs[0]
+        runs = _fake_cell(tmp_path, cell, base)
+        records.append(method.cell_record(cell, runs, big_test=False))
     [summary] = method.summarize_cells(records)
-    gain = summary["gains"]["kd_gt_minus_st"]
-    assert gain["values"] == [1.0, 0.5, 1.5] and gain["mean"] == pytest.approx(1.0)
-    assert gain["std"] == pytest.approx(0.5), "paired: the 4-point spread between seeds cancels"
-    assert summary["time_ratios"]["gt_over_st"]["mean"] == pytest.approx(0.5)
-    assert summary["time_ratios"]["gt_scratch_over_st"]["mean"] == pytest.approx(1.25)
-    assert summary["ce_repeat_identical"] and records[0]["generous"]["k"] == 2.0
-    result = {"summary": [summary], "cells": records, "seeds": [0, 1, 2], "generous": records[0]["generous"],
-              "machine": {"cpu": "cpu", "cores": 2}, "cost": {"cpu_seconds": 3600.0}, "command": "python x"}
-    text = method.markdown(result)
-    assert "+1.00 [" in text and "| synthetic | resnet18 → mobilenetv3_small_100 | 2 |" in text
+    gain = summary["gt_minus_continued"]
+    assert gain["values"] == [1.0, 0.5, 0.0, 2.0], "paired: the spread between teacher seeds cancels"
+    assert gain["mean"] == pytest.approx(0.875)
+    assert gain["wilcoxon_p"] == pytest.approx(0.25)  # exact: 3 non-zero positive differences
+    assert summary["gains"]["kd_gt_minus_st"]["values"] == [1.0, 0.5, 0.0, 2.0]
+    text = method.markdown({**{"summary": [{**summary, "holm_p": None}], "cells": records},
+                            "machine": {"cpu": "cpu", "cores": 2}, "cost": {"cpu_seconds": 3600.0},
+                            "command": "python x"})
+    assert "+0.88 [" in text and "| digits-20% | resnet18 → mobilenetv3_small_100 | 0 |" in text
+
+
+def test_unit_difference_averages_the_student_seeds():
+    record = {"kd_gt0": 70.0, "kd_ct0": 69.0, "kd_gt1": 72.0, "kd_ct1": 70.0, "kd_gt2": 71.0, "kd_ct2": 71.0}
+    mean, diffs = method.unit_difference(record, "gt", "ct")
+    assert diffs == [1.0, 2.0, 0.0] and mean == pytest.approx(1.0)
+
+
+def test_variance_components_split_between_and_within_teacher_seeds():
+    v = method.variance_components([[1.0, 3.0], [5.0, 7.0]])
+    assert v["within"] == pytest.approx(2.0)  # each teacher seed's two students differ by 2: variance 2
+    assert v["between"] == pytest.approx(8.0 - 2.0 / 2)  # the unit means 2 and 6 vary by 8
+    n = v["teacher_seeds_needed"]
+    half_width = lambda k: method.stats.t.ppf(0.975, k - 1) * math.sqrt(8.0 / k)  # noqa: E731
+    assert half_width(n) <= method.MARGIN < half_width(n - 1), "the fewest seeds for a ±0.5 interval"
+    assert method.variance_components([[1.0, 2.0]])["between"] is None
+
+
+def test_verdicts_follow_the_plan():
+    assert method.verdict({"mean": 0.8, "ci95": (0.2, 1.4)}).startswith("the GT's students are better")
+    assert "matches the GT" in method.verdict({"mean": 0.0, "ci95": (-0.3, 0.4)})
+    assert method.verdict({"mean": 0.4, "ci95": (-0.6, 1.4)}).startswith("not distinguishable")
+    assert method.verdict({"mean": -1.0, "ci95": (-1.5, -0.5)}).startswith("the continued teacher's students")
+
+
+def test_holm_adjusts_the_primary_p_values():
+    assert method.holm([0.01, 0.04]) == [pytest.approx(0.02), pytest.approx(0.04)]
+    assert method.holm([0.04, 0.01]) == [pytest.approx(0.04), pytest.approx(0.02)]
+    assert method.holm([0.3, None]) == [pytest.approx(0.3), None]
 
 
 def test_sweep_grid_loads_one_standard_teacher_per_seed(tmp_path):
