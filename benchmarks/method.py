@@ -266,6 +266,9 @@ def summarize_cells(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "setting": setting, "teacher": teacher, "student": student, "seeds": [r["seed"] for r in rs],
             "gt_minus_continued": primary, "variance": variance_components([d for _, d in units]),
+            "students": {arm: grid.summarize([statistics.fmean(r[f"kd_{arm}{j}"] for j in range(STUDENT_SEEDS)
+                                                               if f"kd_{arm}{j}" in r) for r in rs])
+                         for arm in ("gt", "ct")},
             "gains": gains, "values": {n: grid.summarize([r[n] for r in rs if n in r]) for n in names},
             "ce_repeat_identical": all(r["small_test"]["ce"] == r["small_test"]["ce_repeat"] for r in repeats)
             if repeats else None,
@@ -299,8 +302,9 @@ def markdown(result: dict[str, Any]) -> str:
     pair = lambda s: f"{s['teacher']} → {s['student']}"  # noqa: E731
     p = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
     primary = [[s["setting"], pair(s), len(s["seeds"]), ms(s["values"]["gt"]), ms(s["values"]["ct"]),
-                fg(s["gt_minus_continued"]), p(s["gt_minus_continued"]["wilcoxon_p"]), p(s["holm_p"]),
-                s["gt_minus_continued"]["verdict"]] for s in result["summary"]]
+                ms(s["students"]["gt"]), ms(s["students"]["ct"]), fg(s["gt_minus_continued"]),
+                p(s["gt_minus_continued"]["wilcoxon_p"]), p(s["holm_p"]), s["gt_minus_continued"]["verdict"]]
+               for s in result["summary"]]
     variance = [[s["setting"], pair(s), *(f"{math.sqrt(v):.2f}" if v is not None else "–" for v in
                  (s["variance"]["between"], s["variance"]["within"])), s["variance"]["teacher_seeds_needed"] or "–"]
                 for s in result["summary"]]
@@ -320,8 +324,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores shared with other work, one thread per run, no GPU; "
         f"{cost['cpu_seconds'] / 3600:.2f} CPU-hours in all. Command: `{result['command']}`", "",
         "## Primary: KD students of the GT minus those of the continued teacher", "",
-        grid.markdown_table(["setting", "pair", "teacher seeds", "GT", "continued", "GT − continued [95% CI]",
-                             "Wilcoxon p", "Holm p", "reading"], primary),
+        grid.markdown_table(["setting", "pair", "teacher seeds", "GT (teacher)", "continued (teacher)", "KD ← GT",
+                             "KD ← continued", "GT − continued [95% CI]", "Wilcoxon p", "Holm p", "reading"],
+                            primary),
         "Variance of the unit (points): between teacher seeds and within (student seed and test noise), and the "
         f"teacher seeds a ±{MARGIN:g} interval would need:", "",
         grid.markdown_table(["setting", "pair", "σ between", "σ within", "teacher seeds for ±0.5"], variance),
