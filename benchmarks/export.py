@@ -29,8 +29,12 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gtcompress import __version__  # noqa: E402
+from gtcompress.environment import cpu_name  # noqa: E402
 from gtcompress.backends import OnnxRuntimeBackend, TorchBackend  # noqa: E402
-from gtcompress.export import ExportConfig, batches, load_eval_data, resolve_source, run_export  # noqa: E402
+from gtcompress.export.config import ExportConfig  # noqa: E402
+from gtcompress.export.exporter import run_export  # noqa: E402
+from gtcompress.export.source import load_eval_data, resolve_source  # noqa: E402
+from gtcompress.export.verify import batches  # noqa: E402
 from gtcompress.models import load_model  # noqa: E402
 from gtcompress.rundir import resolve_run, write_json  # noqa: E402
 
@@ -39,23 +43,16 @@ BATCH_SIZES = (1, 32)
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def time_interleaved(backends: dict[str, object], x: np.ndarray, iters: int, warmup: int) -> dict[str, list[float]]:
     """Per-call latencies (ms) of each backend on `x`, the backends taking turns call by call."""
     for backend in backends.values():
         for _ in range(warmup):
-            backend.run(x)
+            backend.infer(x)
     times: dict[str, list[float]] = {name: [] for name in backends}
     for _ in range(iters):
         for name, backend in backends.items():
             start = time.perf_counter()
-            backend.run(x)
+            backend.infer(x)
             times[name].append(1e3 * (time.perf_counter() - start))
     return times
 

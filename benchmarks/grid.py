@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from typing import Any
 
 from scipy import stats
 
+from gtcompress import environment
+from gtcompress.environment import machine_info, versions
 from gtcompress.rundir import write_json, write_text
 from gtcompress.stages import STAGE_NAMES
 
@@ -163,22 +164,14 @@ def _numeric(cell: str) -> bool:
 
 
 def machine() -> dict[str, Any]:
-    """Where the benchmark ran: CPU model, cores, library versions."""
-    import timm
+    """Where the benchmark ran: the machine and library versions, as gtcompress records them."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-            else None, "os": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "timm": timm.__version__}
+    return {**machine_info(cuda=torch.cuda.is_available()), "versions": versions()}
 
 
 def command_line() -> str:
-    return " ".join(["python", *(Path(a).as_posix() if i == 0 else a for i, a in enumerate(sys.argv))])
+    return f"python {environment.command_line()}"
 
 
 def publish(directory: Path, name: str, result: dict[str, Any], markdown: str) -> None:

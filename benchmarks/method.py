@@ -33,7 +33,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grid  # noqa: E402
 
-from gtcompress.config import DataConfig, load_config  # noqa: E402
+from gtcompress.config import DataConfig  # noqa: E402
 from gtcompress.errors import UserError  # noqa: E402
 
 
@@ -129,7 +129,7 @@ def cells(settings: Sequence[str], pairs: Sequence[tuple[str, str]], seeds: Sequ
 
 @functools.lru_cache(maxsize=4)
 def _big_test(data_json: str, arch_key: str) -> Any:
-    from gtcompress.export import load_eval_data
+    from gtcompress.export.source import load_eval_data
     from gtcompress.models import ModelSpec
 
     data = DataConfig.model_validate_json(data_json)
@@ -143,7 +143,7 @@ _EVAL_LOCK = threading.Lock()
 def big_test_top1(run: grid.Run, stage: str) -> float:
     """Top-1 (%) of a run's finished stage on the larger test split, cached in <run>/big_test.json."""
     from gtcompress.backends import TorchBackend
-    from gtcompress.export import predict
+    from gtcompress.export.verify import predict
     from gtcompress.models import load_model
     from gtcompress.rundir import read_json, write_json
 

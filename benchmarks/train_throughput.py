@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from gtcompress.bench import cpu_name
+from gtcompress.environment import cpu_name
 from gtcompress.config import DataConfig, GenerousConfig, TrainConfig
 from gtcompress.data import Transformed, build_transform, load_splits
 from gtcompress.objectives import generous_objective

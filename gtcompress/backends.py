@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .rundir import parse_artefact_name
 
 
@@ -21,7 +21,7 @@ class Backend(Protocol):
     precision: str  # "fp32" | "fp16" | "bf16" | "int8"
     device: str  # "cpu" | "cuda"
 
-    def run(self, x: np.ndarray) -> np.ndarray: ...
+    def infer(self, x: np.ndarray) -> np.ndarray: ...
 
 
 class TorchBackend:
@@ -41,7 +41,7 @@ class TorchBackend:
         self.model = model.eval().to(device, memory_format=self.memory_format)
 
     @torch.inference_mode()
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def infer(self, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(x).to(self.device, memory_format=self.memory_format)
         if self.precision == "fp32":
             out = self.model(t)
@@ -71,11 +71,11 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise UserError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}", "re-run gtcompress export")
+            raise UserError(f"onnxruntime cannot load {path}: {first_line(e)}", "re-run gtcompress export")
         self.input_name = self.session.get_inputs()[0].name
         self.device, self.precision = device, precision
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def infer(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(
             np.float32, copy=False)
 
@@ -116,10 +116,10 @@ class TensorRTBackend:
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([self._run(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._infer(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _infer(self, x: np.ndarray) -> np.ndarray:
         with torch.cuda.stream(self.stream):
             inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to("cuda").to(self.input_dtype)
             if not self.context.set_input_shape(self.input_name, tuple(inp.shape)):

@@ -11,50 +11,58 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 import torch
-from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from . import __version__
 from .backends import Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 from .errors import UserError
 from .models import count_macs, count_params, load_model
-from .rundir import PRECISIONS, RunDir, artefact_name, read_json, resolve_run, write_json
+from .benchfile import BENCH_FILE
+from .environment import command_line, machine_info, versions
+from .rundir import PRECISIONS, artefact_name, resolve_run, write_json
+from .stages import STAGE_NAMES
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-MODELS = ("student", "generous_teacher", "standard_teacher")
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # autocast; fp16 needs CUDA
 DEFAULT_ITERS, DEFAULT_SECONDS, MIN_ITERS = 200, 2.0, 5
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    """What `gtcompress bench` measures. None means: everything available."""
+class BenchConfig(BaseModel):
+    """What `gtcompress bench` measures; None means everything available. The descriptions are the CLI's help."""
 
-    run: Path | None = None  # run directory; None: runs/latest
-    backends: tuple[str, ...] | None = None  # None: every installed backend
-    precisions: tuple[str, ...] | None = None  # None: every exported precision (and fp32 for torch)
-    models: tuple[str, ...] = ("student", "generous_teacher")
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
-    warmup: int = 10
-    iters: int | None = None  # timed calls; with `seconds`, whichever comes first; neither: 200 calls or 2 s
-    seconds: float | None = None
-    threads: int | None = None  # CPU threads of torch and onnxruntime; None: torch's default
-    device: str = "auto"  # torch and onnxruntime: auto | cpu | cuda
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
+    run: Path | None = Field(None, description="Run directory (default runs/latest).")
+    backends: tuple[str, ...] | None = Field(
+        None, description="torch | onnxruntime | tensorrt, repeatable or comma-separated (default: every installed "
+        "one).")
+    precisions: tuple[str, ...] | None = Field(
+        None, description="fp32 | fp16 | int8 | bf16 (torch), repeatable or comma-separated (default: every "
+        "exported one).")
+    stages: tuple[str, ...] = Field(("student", "generous_teacher"),
+                                    description="The run's models to time, repeatable: student | generous_teacher | "
+                                    "standard_teacher | ...")
+    batch_sizes: tuple[int, ...] = Field((1, 8, 32), description="Comma-separated batch sizes.")
+    warmup: int = Field(10, description="Untimed calls before each measurement.")
+    iters: int | None = Field(None, description=f"Timed calls per measurement (default {DEFAULT_ITERS}, or "
+                                                "--seconds).")
+    seconds: float | None = Field(None, description=f"Time budget per measurement (default {DEFAULT_SECONDS:g} s).")
+    threads: int | None = Field(None, description="CPU threads of torch and onnxruntime.")
+    device: str = Field("auto", description="auto | cpu | cuda (torch and onnxruntime).")
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchConfig:
+        """User mistakes as UserError (pydantic passes them through unchanged); iters/seconds defaulted."""
         def check(values: tuple[str, ...] | None, known: tuple[str, ...], what: str) -> None:
             for v in values or ():
                 if v not in known:
@@ -62,9 +70,9 @@ class BenchConfig:
 
         check(self.backends, BACKENDS, "backend")
         check(self.precisions, (*PRECISIONS, "bf16"), "precision")
-        check(self.models, MODELS, "model")
+        check(self.stages, STAGE_NAMES, "model")
         check((self.device,), ("auto", "cpu", "cuda"), "device")
-        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UserError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}",
                             "e.g. --batch-sizes 1,8,32")
         for name in ("iters", "seconds", "threads"):
@@ -76,6 +84,7 @@ class BenchConfig:
         if self.iters is None and self.seconds is None:
             object.__setattr__(self, "iters", DEFAULT_ITERS)
             object.__setattr__(self, "seconds", DEFAULT_SECONDS)
+        return self
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -104,65 +113,24 @@ def _call_ms(backend: Backend, x: np.ndarray) -> float:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         start.record()
-        backend.run(x)
+        backend.infer(x)
         end.record()
         end.synchronize()
         return start.elapsed_time(end)
     start_s = time.perf_counter()
-    backend.run(x)
+    backend.infer(x)
     return (time.perf_counter() - start_s) * 1000.0
 
 
 def time_backend(backend: Backend, x: np.ndarray, warmup: int, iters: int | None, seconds: float | None) -> list[float]:
     """Per-call latencies (ms) after `warmup` calls: until `iters` calls or `seconds` (at least 5 calls)."""
     for _ in range(warmup):
-        backend.run(x)
+        backend.infer(x)
     samples: list[float] = []
     deadline = time.perf_counter() + seconds if seconds else float("inf")
     while len(samples) < (iters or sys.maxsize) and (len(samples) < MIN_ITERS or time.perf_counter() < deadline):
         samples.append(_call_ms(backend, x))
     return samples
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _gpu_clocks() -> dict[str, str] | None:
-    """SM/memory clocks (current and maximum) from nvidia-smi, where it exists."""
-    query = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit"
-    try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader", "-i",
-                              str(torch.cuda.current_device())], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    values = [v.strip() for v in out.stdout.strip().split(",")]
-    return dict(zip(query.split(","), values)) if out.returncode == 0 and len(values) == 5 else None
-
-
-def machine_info(threads: int, cuda: bool) -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
-                            "platform": platform.platform(), "cuda": cuda}
-    if cuda:
-        info.update(gpu=torch.cuda.get_device_name(), cuda_version=torch.version.cuda, gpu_clocks=_gpu_clocks())
-    return info
-
-
-def versions() -> dict[str, str]:
-    import onnxruntime
-    import timm
-
-    out = {"gtcompress": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "timm": timm.__version__, "onnxruntime": onnxruntime.__version__}
-    if importlib.util.find_spec("tensorrt") is not None:
-        import tensorrt
-
-        out["tensorrt"] = tensorrt.__version__
-    return out
 
 
 def backend_availability(cuda: bool) -> dict[str, str | None]:
@@ -227,7 +195,7 @@ class Bench:
     def targets(self) -> list[Target]:
         backends = self.backends()
         out: list[Target] = []
-        for model in self.cfg.models:
+        for model in self.cfg.stages:
             ckpt = self.run.checkpoint(model)
             if not ckpt.is_file():
                 self.missing.append(f"{ckpt.name} (the {model} stage has not finished: gtcompress distill --resume)")
@@ -326,9 +294,9 @@ class Bench:
                 progress.advance(task)
         return {
             "run": str(self.run.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv)),
+            "command": command_line(),
             "device": machine_info(self.threads, self.cuda), "versions": versions(),
-            "settings": {k: v for k, v in asdict(self.cfg).items() if k != "run"} | {"threads": self.threads},
+            "settings": self.cfg.model_dump(mode="json", exclude={"run"}) | {"threads": self.threads},
             "models": self.models, "results": results, "skipped": self.skipped, "missing": self.missing,
         }
 
@@ -342,50 +310,10 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = print, console: Con
     """Benchmark the run's models and write `<run>/bench.json` (atomically); returns its content."""
     bench = Bench(cfg, say, console)
     result = bench.measure()
-    write_json(bench.run.path / "bench.json", result)
+    write_json(bench.run.path / BENCH_FILE, result)
     for line in bench.missing:
         say(f"not benchmarked, missing: {line}")
     for s in bench.skipped:
         what = " ".join(s[k] for k in ("model", "backend", "precision") if k in s)
         say(f"skipped {what}{' b' + s['batch_size'] if 'batch_size' in s else ''}: {s['reason']}")
     return result
-
-
-def reference_teacher(results: list[dict[str, Any]]) -> str | None:
-    """The teacher that speed-ups are measured against: the Generous Teacher, else the Standard Teacher."""
-    measured = {r["model"] for r in results}
-    return next((m for m in ("generous_teacher", "standard_teacher") if m in measured), None)
-
-
-def find(results: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
-    return next((r for r in results if all(r.get(k) == v for k, v in match.items())), None)
-
-
-def speedup(results: list[dict[str, Any]], record: dict[str, Any]) -> float | None:
-    """Teacher p50 / this p50, on the same backend and batch size (the teacher at fp32)."""
-    teacher = reference_teacher(results)
-    ref = find(results, model=teacher, backend=record["backend"], precision="fp32", batch_size=record["batch_size"])
-    return ref["p50_ms"] / record["p50_ms"] if ref and record["model"] != teacher else None
-
-
-def bench_table(bench: dict[str, Any]) -> Table:
-    """Every measurement: latency percentiles, throughput and speed-up vs the teacher."""
-    teacher = reference_teacher(bench["results"]) or "teacher"
-    dev = bench["device"]
-    table = Table(title=f"gtcompress bench on {dev['gpu'] if dev['cuda'] else dev['cpu']} ({dev['threads']} threads)",
-                  caption=f"× faster: the {teacher}'s fp32 p50 on the same backend and batch over the row's",
-                  box=box.SIMPLE_HEAVY, title_justify="left", caption_justify="left")
-    for col in ("model", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s",
-                "× faster"):
-        table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right", no_wrap=True)
-    for r in sorted(bench["results"], key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"])):
-        ratio = speedup(bench["results"], r)
-        table.add_row(r["model"], r["backend"], r["precision"], str(r["batch_size"]), f"{r['p50_ms']:.3f}",
-                      f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['throughput']:.0f}",
-                      f"{ratio:.1f}×" if ratio else "")
-    return table
-
-
-def load_bench(run: RunDir) -> dict[str, Any] | None:
-    path = run.path / "bench.json"
-    return read_json(path) if path.is_file() else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -15,8 +14,10 @@ from rich.columns import Columns
 from rich.console import Console
 from rich.markup import escape
 
+from .bench import BenchConfig, parse_batch_sizes
 from .distributed import is_main_process
 from .errors import UserError
+from .export.config import ExportConfig, parse_tolerances
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -71,6 +72,9 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+TOLERANCE_HELP = "Override a verification tolerance: int8.min_agreement=90, fp32.max_abs_diff=1e-2."
+
+
 def _split(values: list[str] | None) -> tuple[str, ...] | None:
     """Repeatable and comma-separated option values as one tuple (None when not given)."""
     return tuple(v.strip() for item in values for v in item.split(",") if v.strip()) if values else None
@@ -109,7 +113,7 @@ def distill(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build data, models and optimizers, then stop.")] = False,
 ) -> None:
     """Train the Standard Teacher, the Generous Teacher and the student(s) into one run directory."""
-    from .config import load_config
+    from .config import given_keys, load_config
     from .pipeline import run_distill
     from .report import stage_table
 
@@ -127,14 +131,9 @@ def distill(
     }
     overrides.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items() if v is not None})
     overrides.update(_parse_set(set_ or []))
-    if resume:
-        if overrides or recipe:
-            raise UserError("--resume continues a run with its saved configuration",
-                            "drop the other options, or start a new run without --resume")
-        cfg = None
-    else:
-        cfg = load_config(recipe, overrides)
-    run = run_distill(cfg, out=out, resume=resume, console=console, dry_run=dry_run)
+    given = given_keys(recipe, overrides) if resume else None  # re-running the starting command is fine
+    cfg = load_config(recipe, overrides) if not resume or given else None
+    run = run_distill(cfg, out=out, resume=resume, console=console, dry_run=dry_run, given=given)
     if run is not None and is_main_process():
         console.print(stage_table(run.metrics()))
         console.print(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
@@ -158,40 +157,41 @@ def models(
     console.print(f"{len(names)} models", style="dim")
 
 
+def _help(config: type, name: str) -> str:
+    """A configuration field's description: the CLI's help text, written once."""
+    return config.model_fields[name].description
+
+
 @app.command()
 @user_errors
 def export(
     ctx: typer.Context,
-    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
-    model: Annotated[str, typer.Option(help="student | generous_teacher | standard_teacher")] = "student",
-    precision: Annotated[Optional[list[str]], typer.Option(
-        help="fp32 | fp16 | int8, repeatable or comma-separated (fp32 is always exported).")] = None,
-    trt: Annotated[bool, typer.Option("--trt", help="Also build and verify TensorRT engines (CUDA).")] = False,
-    max_batch: Annotated[int, typer.Option(help="Largest batch of the engines and of Triton.")] = 32,
-    workspace_gib: Annotated[float, typer.Option(help="TensorRT builder workspace (GiB).")] = 2.0,
-    calibration_images: Annotated[int, typer.Option(help="Training images for int8 calibration.")] = 256,
-    calibration_method: Annotated[str, typer.Option(help="int8 calibration: minmax | entropy | percentile")] = "minmax",
-    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
-    tolerance: Annotated[Optional[list[str]], typer.Option(
-        help="Override a verification tolerance: int8.min_agreement=90, fp32.max_abs_diff=1e-2.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Export this gtcompress checkpoint, not a run's.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Data set to verify on (default: the run's).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Where export/ and metrics.json go (default: the run, or the checkpoint's folder).")] = None,
-    triton: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here.")] = None,
+    run: Annotated[Optional[Path], typer.Argument(help=_help(ExportConfig, "run"))] = None,
+    model: Annotated[str, typer.Option(help=_help(ExportConfig, "stage"))] = "student",
+    precision: Annotated[Optional[list[str]], typer.Option(help=_help(ExportConfig, "precisions"))] = None,
+    trt: Annotated[bool, typer.Option("--trt", help=_help(ExportConfig, "trt"))] = False,
+    max_batch: Annotated[int, typer.Option(help=_help(ExportConfig, "max_batch"))] = 32,
+    workspace_gib: Annotated[float, typer.Option(help=_help(ExportConfig, "workspace_gib"))] = 2.0,
+    calibration_images: Annotated[int, typer.Option(help=_help(ExportConfig, "calibration_images"))] = 256,
+    calibration_method: Annotated[str, typer.Option(help=_help(ExportConfig, "calibration_method"))] = "minmax",
+    opset: Annotated[Optional[int], typer.Option(help=_help(ExportConfig, "opset"))] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help=_help(ExportConfig, "checkpoint"))] = None,
+    dataset: Annotated[Optional[str], typer.Option(help=_help(ExportConfig, "dataset"))] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help=_help(ExportConfig, "data_root"))] = None,
+    out: Annotated[Optional[Path], typer.Option(help=_help(ExportConfig, "out"))] = None,
+    triton: Annotated[Optional[Path], typer.Option(help=_help(ExportConfig, "triton"))] = None,
 ) -> None:
     """Export a run's model to ONNX (fp32/fp16/int8) and TensorRT, each verified against PyTorch on the test set."""
-    from .export import ExportConfig, artefact_table, parse_tolerances, run_export
+    from .export.exporter import artefact_table, run_export
 
     cfg = ExportConfig(
-        run=run, checkpoint=checkpoint, model=model, precisions=_split(precision) or ("fp32",), trt=trt, max_batch=max_batch,
-        workspace_gib=workspace_gib, calibration_images=calibration_images, calibration_method=calibration_method,
-        opset=opset, dataset=dataset, data_root=data_root, out=out, triton=triton,
-        tolerances=parse_tolerances(tolerance or []),
+        run=run, checkpoint=checkpoint, stage=model, precisions=_split(precision) or ("fp32",), trt=trt,
+        max_batch=max_batch, workspace_gib=workspace_gib, calibration_images=calibration_images,
+        calibration_method=calibration_method, opset=opset, dataset=dataset, data_root=data_root, out=out,
+        triton=triton, tolerances=parse_tolerances(tolerance or []),
     )
-    records = run_export(cfg, say=say)
-    console.print(artefact_table(records))
+    console.print(artefact_table(run_export(cfg, say=say)))
 
 
 @app.command("eval")
@@ -204,7 +204,7 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu | cuda (.pt and .onnx; engines run on CUDA).")] = "cpu",
 ) -> None:
     """Test-set accuracy of a checkpoint, ONNX file or TensorRT engine."""
-    from .export import evaluate_artefact
+    from .evaluate import evaluate_artefact
 
     result = evaluate_artefact(artefact, dataset=dataset, data_root=data_root, device=device)
     topk = next(k for k in result if k.startswith("top") and k != "top1")
@@ -216,27 +216,25 @@ def eval_(
 @user_errors
 def bench(
     ctx: typer.Context,
-    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
-    backend: Annotated[Optional[list[str]], typer.Option(
-        help="torch | onnxruntime | tensorrt, repeatable or comma-separated (default: every installed one).")] = None,
-    precision: Annotated[Optional[list[str]], typer.Option(
-        help="fp32 | fp16 | int8 | bf16 (torch), repeatable or comma-separated (default: every exported one).")] = None,
-    model: Annotated[Optional[list[str]], typer.Option(
-        help="student | generous_teacher | standard_teacher, repeatable.")] = None,
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
-    iters: Annotated[Optional[int], typer.Option(
-        help="Timed calls per measurement (default 200, or --seconds).")] = None,
-    seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement (default 2 s).")] = None,
-    warmup: Annotated[int, typer.Option(help="Untimed calls before each measurement.")] = 10,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads of torch and onnxruntime.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda (torch and onnxruntime).")] = "auto",
+    run: Annotated[Optional[Path], typer.Argument(help=_help(BenchConfig, "run"))] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(help=_help(BenchConfig, "backends"))] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(help=_help(BenchConfig, "precisions"))] = None,
+    model: Annotated[Optional[list[str]], typer.Option(help=_help(BenchConfig, "stages"))] = None,
+    batch_sizes: Annotated[str, typer.Option(help=_help(BenchConfig, "batch_sizes"))] = "1,8,32",
+    iters: Annotated[Optional[int], typer.Option(help=_help(BenchConfig, "iters"))] = None,
+    seconds: Annotated[Optional[float], typer.Option(help=_help(BenchConfig, "seconds"))] = None,
+    warmup: Annotated[int, typer.Option(help=_help(BenchConfig, "warmup"))] = 10,
+    threads: Annotated[Optional[int], typer.Option(help=_help(BenchConfig, "threads"))] = None,
+    device: Annotated[str, typer.Option(help=_help(BenchConfig, "device"))] = "auto",
 ) -> None:
     """Latency percentiles and throughput of the student and the teacher on every backend -> RUN/bench.json."""
-    from .bench import BenchConfig, bench_table, parse_batch_sizes, run_bench
+    from .bench import run_bench
+    from .benchfile import bench_table
 
     cfg = BenchConfig(run=run, backends=_split(backend), precisions=_split(precision),
-                      models=_split(model) or BenchConfig.models, batch_sizes=parse_batch_sizes(batch_sizes),
-                      iters=iters, seconds=seconds, warmup=warmup, threads=threads, device=device)
+                      stages=_split(model) or BenchConfig.model_fields["stages"].default,
+                      batch_sizes=parse_batch_sizes(batch_sizes), iters=iters, seconds=seconds, warmup=warmup,
+                      threads=threads, device=device)
     result = run_bench(cfg, say=say, console=console)
     console.print(bench_table(result))
     console.print(f"wrote {Path(result['run']) / 'bench.json'}; next: gtcompress report")
@@ -251,20 +249,9 @@ def report(
         help="Batch size of the latency columns (default: smallest).")] = None,
 ) -> None:
     """Accuracy, size and latency of every model and artefact -> RUN/report.{md,json,html}."""
-    _report(run, batch_size)
+    from .workflow import report as write
 
-
-def _report(run: Path | None, batch_size: int | None) -> None:
-    from .report import build_report, report_table, write_report
-    from .rundir import resolve_run
-
-    rundir = resolve_run(run)
-    content = build_report(rundir, batch_size)
-    paths = write_report(rundir, content)
-    console.print(report_table(content))
-    for note in content["notes"]:
-        console.print(f"note: {note}", markup=False, highlight=False, style="dim")
-    say(f"wrote {', '.join(str(p) for p in paths)}")
+    write(run, batch_size, say, console)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -276,8 +263,7 @@ def run(
     precision: Annotated[Optional[list[str]], typer.Option(
         help="Student export precisions (the teacher is exported at fp32).")] = None,
     trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (CUDA).")] = False,
-    tolerance: Annotated[Optional[list[str]], typer.Option(
-        help="Override an export verification tolerance: int8.min_agreement=90.")] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP)] = None,
     backend: Annotated[Optional[list[str]], typer.Option(help="Bench backends (default: every installed one).")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Bench batch sizes.")] = "1,8,32",
     iters: Annotated[Optional[int], typer.Option(help="Timed calls per measurement.")] = None,
@@ -290,16 +276,18 @@ def run(
 
     Resumable: `gtcompress run --resume --out RUN` finishes the stages and exports that are not done yet.
     """
-    from .bench import BenchConfig, bench_table, parse_batch_sizes, run_bench
-    from .export import ExportConfig, artefact_table, is_up_to_date, parse_tolerances, run_export
-    from .rundir import new_run_path, resolve_run
+    from .rundir import new_run_path
+    from .workflow import Workflow, run_workflow
 
-    bench_cfg = BenchConfig(backends=_split(backend), batch_sizes=parse_batch_sizes(batch_sizes), iters=iters,
-                            seconds=seconds)  # bad options fail here, not after the training
-    tolerances = parse_tolerances(tolerance or [])
-    exports = [ExportConfig(model="student", precisions=_split(precision) or ("fp32", "fp16", "int8"), trt=trt,
-                            tolerances=tolerances),
-               ExportConfig(model="generous_teacher", trt=trt, tolerances=tolerances)]
+    tolerances = parse_tolerances(tolerance or [])  # bad options fail here, not after the training
+    workflow = Workflow(
+        exports=(ExportConfig(stage="student", precisions=_split(precision) or ("fp32", "fp16", "int8"), trt=trt,
+                              tolerances=tolerances),
+                 ExportConfig(stage="generous_teacher", trt=trt, tolerances=tolerances))
+        if not skip_export else (),
+        bench=None if skip_bench else BenchConfig(backends=_split(backend), batch_sizes=parse_batch_sizes(batch_sizes),
+                                                  iters=iters, seconds=seconds),
+    )
     if skip_distill and ctx.args:
         raise UserError(f"--skip-distill takes no distill options (got {' '.join(ctx.args)})", "drop them")
     if not skip_distill:
@@ -308,15 +296,4 @@ def run(
         args = [*ctx.args, *(["--out", str(out)] if out else []), *(["--resume"] if resume else [])]
         with distill_cmd.make_context("distill", args, parent=ctx.parent) as sub:
             distill_cmd.invoke(sub)
-    rundir = resolve_run(out)
-    for cfg in exports if not skip_export else []:
-        cfg = replace(cfg, run=rundir.path)
-        if is_up_to_date(cfg):
-            say(f"{cfg.model}: exports are up to date")
-        else:
-            console.print(artefact_table(run_export(cfg, say=say)))
-    if not skip_bench:
-        result = run_bench(replace(bench_cfg, run=rundir.path), say=say,
-                           console=console)
-        console.print(bench_table(result))
-    _report(rundir.path, None)
+    run_workflow(out, workflow, say, console)

@@ -227,18 +227,45 @@ def _describe(err: ValidationError) -> tuple[str, str]:
     return f"'{where}' {first['msg'][0].lower()}{first['msg'][1:]}", f"fix the value of {where}"
 
 
+def _read_recipe(recipe: Path) -> dict[str, Any]:
+    if not recipe.is_file():
+        raise UserError(f"recipe {recipe} not found", "pass an existing YAML file, e.g. recipes/digits.yaml")
+    try:
+        tree = yaml.safe_load(recipe.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe {recipe} is not valid YAML: {e}".replace("\n", " "), "fix the YAML syntax") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"recipe {recipe} must be a mapping of keys", "see recipes/digits.yaml")
+    return tree
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{'a': {'b': 1}}` -> `{'a.b': 1}`."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def given_keys(recipe: Path | None, overrides: dict[str, Any]) -> set[str]:
+    """The dotted keys a command line sets: its recipe's and its options'."""
+    return set(flatten(_read_recipe(recipe)) if recipe is not None else {}) | set(overrides)
+
+
+def differences(saved: RunConfig, requested: RunConfig, keys: set[str]) -> list[str]:
+    """'key: value here, saved value' for each of `keys` whose values differ between the two configurations."""
+    a, b = flatten(requested.model_dump(mode="json")), flatten(saved.model_dump(mode="json"))
+    prefixes = tuple(f"{k}." for k in keys)
+    compared = sorted(k for k in a if k in keys or k.startswith(prefixes))
+    return [f"{k}: {a[k]!r} here, {b.get(k)!r} saved" for k in compared if a[k] != b.get(k)]
+
+
 def load_config(recipe: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML recipe (optional), apply dotted-key overrides, validate."""
-    tree: dict[str, Any] = {}
-    if recipe is not None:
-        if not recipe.is_file():
-            raise UserError(f"recipe {recipe} not found", "pass an existing YAML file, e.g. recipes/digits.yaml")
-        try:
-            tree = yaml.safe_load(recipe.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"recipe {recipe} is not valid YAML: {e}".replace("\n", " "), "fix the YAML syntax")
-        if not isinstance(tree, dict):
-            raise UserError(f"recipe {recipe} must be a mapping of keys", "see recipes/digits.yaml")
+    tree = _read_recipe(recipe) if recipe is not None else {}
     for dotted, value in (overrides or {}).items():
         set_dotted(tree, dotted, value)
     try:

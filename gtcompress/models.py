@@ -16,7 +16,7 @@ from timm.models import get_pretrained_cfg, load_state_dict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .rundir import torch_save
 
 CHECKPOINT_FORMAT = "gtcompress-checkpoint/1"
@@ -58,7 +58,7 @@ def create_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Mo
     try:
         return timm.create_model(arch, pretrained=True, num_classes=num_classes)
     except (OSError, RuntimeError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(
             f"could not load pretrained weights for {arch}: {reason}",
             "connect to the internet (and unset HF_HUB_OFFLINE), or pass --teacher-checkpoint FILE",
@@ -99,7 +99,7 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"{path} is not a readable checkpoint ({reason})", "re-create it; it may be truncated") from None
 
 

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-import torchvision
 import yaml
 from rich.console import Console
 from torch import nn
 
-from . import __version__
-from .config import RunConfig, dump_config
+from .config import RunConfig, differences, dump_config
 from .data import Splits, Transformed, build_transform, create_loader, load_splits, loader_workers
+from .environment import command_line, device_name, versions
 from .distributed import DistEnv, agree, barrier, broadcast_object, init_distributed, shutdown
 from .errors import UserError
 from .models import (
@@ -41,25 +37,24 @@ def resolve_names(cfg: RunConfig) -> list[str]:
     return notes
 
 
-def environment(cfg: RunConfig, env: DistEnv, device: torch.device, requested: dict[str, str]) -> dict[str, Any]:
-    return {
-        "requested": requested,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        or platform.machine(),
-        "world_size": env.world_size,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv)),
-        "versions": {
-            "gtcompress": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__,
-        },
-    }
+def environment(env: DistEnv, device: torch.device, requested: dict[str, str]) -> dict[str, Any]:
+    """What config.yaml records about where and how the run was started."""
+    return {"requested": requested, "device": str(device), "device_name": device_name(device),
+            "world_size": env.world_size, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": command_line(), "versions": versions()}
 
 
-def _load_resumed(out: Path | None) -> tuple[RunConfig, RunDir]:
+def _load_resumed(out: Path | None, requested: RunConfig | None, keys: set[str]) -> tuple[RunConfig, RunDir]:
+    """The run to continue and its saved configuration; `keys` of `requested` (the command line's) must agree."""
     run = resolve_run(out)
-    return RunConfig.model_validate(yaml.safe_load(run.config.read_text())), run
+    saved = RunConfig.model_validate(yaml.safe_load(run.config.read_text()))
+    if requested is not None and keys:
+        resolve_names(requested)
+        diffs = differences(saved, requested, keys)
+        if diffs:
+            raise UserError(f"--resume: options differ from the run's saved configuration: {'; '.join(diffs)}",
+                            "drop those options, or start a new run without --resume")
+    return saved, run
 
 
 def _new_run(out: Path | None) -> RunDir:
@@ -80,16 +75,18 @@ def _check(cfg: RunConfig) -> None:
 
 def run_distill(
     cfg: RunConfig | None = None, out: Path | None = None, resume: bool = False, console: Console | None = None,
-    dry_run: bool = False,
+    dry_run: bool = False, given: set[str] | None = None,
 ) -> RunDir | None:
     """Run every stage of the pipeline, or resume the run in `out` with its saved configuration.
 
-    Under torchrun every rank calls this; rank 0 alone prints and writes. With `dry_run`, build the data,
-    models and optimizers, report them and stop without writing anything (returns None).
+    On resume, `cfg` is the command line's configuration and `given` the keys it set: they must agree with the
+    saved ones (re-running the starting command plus --resume is fine). Under torchrun every rank calls this;
+    rank 0 alone prints and writes. With `dry_run`, build the data, models and optimizers, report them and stop
+    without writing anything (returns None).
     """
     console = console or Console()
     if resume:
-        cfg, run = _load_resumed(out)
+        cfg, run = _load_resumed(out, cfg, given or set())
     cfg = cfg or RunConfig()
     env, device = init_distributed(cfg.device, cfg.precision)
     try:
@@ -106,7 +103,7 @@ def _start(cfg: RunConfig, out: Path | None, env: DistEnv, device: torch.device,
     _check(cfg)
     run = agree(env, lambda: _new_run(out) if env.is_main else None)
     run = RunDir(broadcast_object(run.path if run else None, env))
-    cfg.environment = environment(cfg, env, device, requested)
+    cfg.environment = environment(env, device, requested)
     if env.is_main:
         write_text(run.config, dump_config(cfg))
         mark_latest(run.path)

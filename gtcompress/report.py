@@ -18,7 +18,7 @@ import yaml
 from rich import box
 from rich.table import Table
 
-from .bench import find, load_bench, reference_teacher
+from .benchfile import find, load_bench, reference_teacher
 from .rundir import RunDir, write_bytes, write_json, write_text
 from .stages import STAGE_NAMES, TITLES
 

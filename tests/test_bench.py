@@ -11,7 +11,8 @@ import torch
 
 from conftest import BENCH_BATCHES, BENCH_ITERS, copy_run, invoke
 from gtcompress.backends import TorchBackend
-from gtcompress.bench import BenchConfig, latency_stats, parse_batch_sizes, speedup, time_backend
+from gtcompress.bench import BenchConfig, latency_stats, parse_batch_sizes, time_backend
+from gtcompress.benchfile import speedup
 from gtcompress.errors import UserError
 from gtcompress.models import create_model
 from test_cli import assert_one_line_error
@@ -50,9 +51,9 @@ class Counting:
         self.backend, self.calls = backend, 0
         self.name, self.precision, self.device = backend.name, backend.precision, backend.device
 
-    def run(self, x):
+    def infer(self, x):
         self.calls += 1
-        return self.backend.run(x)
+        return self.backend.infer(x)
 
 
 @pytest.fixture(scope="module")

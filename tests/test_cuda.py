@@ -43,6 +43,6 @@ def test_cuda_backend_matches_cpu():
 
     model = create_model(TEACHER, 10).eval()
     x = torch.randn(4, 3, 32, 32).numpy()
-    cpu = TorchBackend(model, "cpu").run(x)
-    gpu = TorchBackend(model, "cuda").run(x)
+    cpu = TorchBackend(model, "cpu").infer(x)
+    gpu = TorchBackend(model, "cuda").infer(x)
     assert abs(cpu - gpu).max() < 1e-3

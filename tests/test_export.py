@@ -18,10 +18,12 @@ from conftest import copy_run, invoke
 from gtcompress.backends import OnnxRuntimeBackend, TorchBackend, load_backend
 from gtcompress.config import DataConfig
 from gtcompress.errors import UserError
-from gtcompress.export import (
-    DEFAULT_TOLERANCES, ExportConfig, Tolerance, calibration_indices, compare, describe_transform, load_eval_data,
-    parse_tolerances, resolve_source, tolerance_failure, triton_config,
-)
+from gtcompress.export.config import DEFAULT_TOLERANCES, ExportConfig, Tolerance, parse_tolerances
+from gtcompress.export.graph import calibration_indices
+from gtcompress.export.sidecar import describe_transform
+from gtcompress.export.source import load_eval_data, resolve_source
+from gtcompress.export.triton import triton_config
+from gtcompress.export.verify import agreement, tolerance_failure
 from gtcompress.models import load_model
 from gtcompress.rundir import artefact_name, parse_artefact_name
 from test_cli import assert_one_line_error
@@ -113,13 +115,13 @@ def test_graphs_follow_the_onnx_contract(exported_run):
 def test_onnx_files_take_any_batch_size(exported_run):
     model, spec, _ = load_model(exported_run / "student.pt")
     x = torch.randn(7, 3, 32, 32).numpy()
-    reference = TorchBackend(model).run(x)
+    reference = TorchBackend(model).infer(x)
     for name in ARTEFACTS.values():
         backend = OnnxRuntimeBackend(exported_run / "export" / name)
-        whole = backend.run(x)
+        whole = backend.infer(x)
         assert whole.shape == (7, 10)
-        np.testing.assert_allclose(np.concatenate([backend.run(x[i:i + 1]) for i in range(7)]), whole, atol=1e-5)
-    np.testing.assert_allclose(OnnxRuntimeBackend(exported_run / "export" / ARTEFACTS["fp32"]).run(x), reference,
+        np.testing.assert_allclose(np.concatenate([backend.infer(x[i:i + 1]) for i in range(7)]), whole, atol=1e-5)
+    np.testing.assert_allclose(OnnxRuntimeBackend(exported_run / "export" / ARTEFACTS["fp32"]).infer(x), reference,
                                atol=1e-4)
 
 
@@ -164,7 +166,7 @@ def test_onnxruntime_deploy_script_matches_the_exported_model(exported_run, tmp_
     results = json.loads(proc.stdout)
     _, spec, _ = load_model(exported_run / "student.pt")
     data = load_eval_data(DataConfig(name="digits"), spec)
-    expected = OnnxRuntimeBackend(artefact).run(np.stack([data.test[i][0].numpy() for i in indices]))
+    expected = OnnxRuntimeBackend(artefact).infer(np.stack([data.test[i][0].numpy() for i in indices]))
     probs = np.exp(expected - expected.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     for r, logits, p in zip(results, expected, probs, strict=True):
@@ -276,7 +278,7 @@ def test_eval_bad_input(exported_run, tmp_path):
 
 
 def test_model_option_picks_the_runs_checkpoint(pipeline_run):
-    source = resolve_source(ExportConfig(run=pipeline_run, model="generous_teacher"))
+    source = resolve_source(ExportConfig(run=pipeline_run, stage="generous_teacher"))
     assert source.checkpoint == pipeline_run.resolve() / "generous_teacher.pt" and source.name == "generous_teacher"
     assert source.base == pipeline_run.resolve() and source.data.name == "digits"
 
@@ -298,16 +300,16 @@ def test_tolerances_parse_and_judge():
 
     labels = np.array([0, 1, 2, 0])
     reference = np.eye(3, dtype=np.float32)[labels] * 5
-    same = compare(reference + 1e-5, reference, labels)
+    same = agreement(reference + 1e-5, reference, labels)
     assert same["top1"] == 100 and same["top1_agreement"] == 100 and same["max_abs_diff"] < 2e-5
     assert tolerance_failure(same, DEFAULT_TOLERANCES["fp32"]) is None
     flipped = reference.copy()
     flipped[3] = [0, 6, 0]
-    worse = compare(flipped, reference, labels)
+    worse = agreement(flipped, reference, labels)
     assert worse["top1"] == 75 and worse["top1_agreement"] == 75 and worse["max_abs_diff"] == 6
     assert "agreement 75.00% < 95%" in tolerance_failure(worse, DEFAULT_TOLERANCES["int8"])
     assert "max |delta logits| 6 > 0.001" in tolerance_failure(worse, DEFAULT_TOLERANCES["fp32"])
-    broken = compare(np.full_like(reference, np.nan), reference, labels)
+    broken = agreement(np.full_like(reference, np.nan), reference, labels)
     assert tolerance_failure(broken, Tolerance(None, 0.0)) == "its logits contain NaN or Inf"
 
 

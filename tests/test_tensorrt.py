@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT 
 from conftest import invoke  # noqa: E402
 from gtcompress.backends import OnnxRuntimeBackend, TensorRTBackend, load_backend  # noqa: E402
 from gtcompress.config import DataConfig  # noqa: E402
-from gtcompress.export import load_eval_data  # noqa: E402
+from gtcompress.export.source import load_eval_data  # noqa: E402
 from gtcompress.models import load_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,10 +61,10 @@ def test_engine_runs_batches_beyond_its_profile_in_slices(trt_run):
     engine = TensorRTBackend(trt_run / "export" / "student.fp32.engine")
     assert (engine.name, engine.precision, engine.device, engine.max_batch) == ("tensorrt", "fp32", "cuda", MAX_BATCH)
     x = np.random.default_rng(0).standard_normal((2 * MAX_BATCH + 3, 3, 32, 32)).astype(np.float32)
-    out = engine.run(x)
+    out = engine.infer(x)
     assert out.shape == (len(x), 10) and out.dtype == np.float32
-    np.testing.assert_allclose(out, OnnxRuntimeBackend(trt_run / "export" / "student.onnx").run(x), atol=1e-3)
-    np.testing.assert_allclose(engine.run(x[:1]), out[:1], atol=1e-5)
+    np.testing.assert_allclose(out, OnnxRuntimeBackend(trt_run / "export" / "student.onnx").infer(x), atol=1e-3)
+    np.testing.assert_allclose(engine.infer(x[:1]), out[:1], atol=1e-5)
 
 
 def test_eval_of_an_engine_matches_its_record(trt_run):
@@ -110,7 +110,7 @@ def test_tensorrt_deploy_script_matches_the_engine(trt_run, tmp_path):
     (result,) = json.loads(proc.stdout)
     _, spec, _ = load_model(trt_run / "student.pt")
     data = load_eval_data(DataConfig(name="digits"), spec)
-    expected = TensorRTBackend(engine).run(data.test[7][0].numpy()[None])
+    expected = TensorRTBackend(engine).infer(data.test[7][0].numpy()[None])
     assert result["class_index"] == int(expected.argmax())
 
 

@@ -1,0 +1,1 @@
+"""Export: ONNX and TensorRT artefacts of a run's model, each verified against PyTorch (see exporter.py)."""

@@ -1,0 +1,177 @@
+"""Export: a run's model leaves PyTorch as ONNX (fp32, fp16, int8 Q/DQ) and TensorRT engines, each verified.
+
+Every artefact is written under a temporary name, compared with the PyTorch model on the whole test
+split (top-1 agreement, max |delta logits|, accuracy) and renamed into place only if it is within its
+precision's tolerance; its record then goes to `metrics.json["export"]`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.table import Table
+from torch.utils.data import Subset
+
+from ..backends import Backend, OnnxRuntimeBackend, TorchBackend
+from ..errors import UserError
+from ..models import load_model
+from ..rundir import RunDir, artefact_name, atomic_path, write_json
+from .config import ExportConfig
+from .graph import calibration_indices, convert_fp16, export_onnx, graph_opset, quantize_int8
+from .sidecar import read_sidecar, sidecar, sidecar_path
+from .source import load_eval_data, resolve_source
+from .triton import write_triton_repository
+from .verify import agreement, batches, predict, tolerance_failure
+
+
+def _writable(directory: Path) -> None:
+    """Fail early, before minutes of work, where `directory` cannot be created or written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".gtcompress-write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {directory} ({e.strerror or e})", "choose a writable directory") from None
+
+
+class Exporter:
+    """One `gtcompress export`: the artefacts of one model, verified against its PyTorch self."""
+
+    def __init__(self, cfg: ExportConfig, say: Callable[[str], None]):
+        self.cfg, self.say = cfg, say
+        self.source = resolve_source(cfg)
+        self.model, self.spec, _ = load_model(self.source.checkpoint)
+        self.export_dir = self.source.base / "export"
+        for directory in (*([cfg.triton] if cfg.triton else []), self.source.base, self.export_dir):
+            _writable(Path(directory))
+        self.data = load_eval_data(self.source.data, self.spec)
+        self.records: list[dict[str, Any]] = []
+        self.reference: np.ndarray | None = None
+        self.reference_top1 = 0.0
+
+    def path(self, precision: str, fmt: str) -> Path:
+        return self.export_dir / artefact_name(self.source.name, precision, fmt)
+
+    def export_all(self) -> list[dict[str, Any]]:
+        """ONNX artefacts, then (with --trt) engines; the Triton repository gets whatever was verified."""
+        try:
+            self.onnx_artefacts()
+            if self.cfg.trt:
+                self.engines()
+        finally:
+            if self.cfg.triton is not None and self.records:
+                write_triton_repository(Path(self.cfg.triton), self.records, self.source.base,
+                                        read_sidecar(self.path("fp32", "onnx")), self.cfg.max_batch)
+                self.say(f"Triton model repository: {self.cfg.triton}")
+        return self.records
+
+    def onnx_artefacts(self) -> None:
+        fp32 = self.path("fp32", "onnx")
+        with atomic_path(fp32) as tmp:
+            start = time.perf_counter()
+            opset = export_onnx(self.model, self.spec.img_size, tmp, self.cfg.opset)
+            seconds = time.perf_counter() - start
+            self.reference = predict(TorchBackend(self.model, "cpu", "fp32"), self.data, self.cfg.batch_size)
+            self.reference_top1 = float(100 * (self.reference.argmax(1) == self.data.labels).mean())
+            record = self.verify(OnnxRuntimeBackend(tmp, "cpu", "fp32"), fp32, tmp, "fp32", seconds, opset=opset)
+        self.keep(record)
+        write_json(sidecar_path(fp32), sidecar(self.spec, self.data.transform, opset, self.source.checkpoint))
+        convert = {"fp16": convert_fp16, "int8": self.quantize}
+        for precision in self.cfg.precisions[1:]:
+            path = self.path(precision, "onnx")
+            with atomic_path(path) as tmp:
+                start = time.perf_counter()
+                convert[precision](fp32, tmp)
+                seconds = time.perf_counter() - start
+                extra = ({"calibration_images": min(self.cfg.calibration_images, len(self.data.train)),
+                          "calibration_method": self.cfg.calibration_method} if precision == "int8" else {})
+                record = self.verify(OnnxRuntimeBackend(tmp, "cpu", precision), path, tmp, precision, seconds,
+                                     opset=graph_opset(tmp), **extra)
+            self.keep(record)
+
+    def quantize(self, src: Path, dst: Path) -> None:
+        indices = calibration_indices(len(self.data.train), self.cfg.calibration_images).tolist()
+        subset = Subset(self.data.train, indices)
+        quantize_int8(src, dst, lambda: batches(subset, 32, self.data.workers), self.cfg.calibration_method)
+
+    def engines(self) -> None:
+        from ..backends import TensorRTBackend
+        from ..tensorrt import EngineConfig, build_engine, require_tensorrt
+
+        require_tensorrt()
+        engine_cfg = EngineConfig(max_batch=self.cfg.max_batch, workspace_gib=self.cfg.workspace_gib)
+        for precision in self.cfg.precisions:
+            path = self.path(precision, "engine")
+            with atomic_path(path) as tmp:
+                start = time.perf_counter()
+                version = build_engine(self.path(precision, "onnx"), tmp, engine_cfg,
+                                       timing_cache=self.export_dir / "timing.cache")
+                seconds = time.perf_counter() - start
+                record = self.verify(TensorRTBackend(tmp, precision), path, tmp, precision, seconds,
+                                     max_batch=self.cfg.max_batch, tensorrt=version, gpu=torch.cuda.get_device_name())
+            self.keep(record)
+
+    def verify(self, backend: Backend, final: Path, tmp: Path, precision: str, seconds: float,
+               **extra: Any) -> dict[str, Any]:
+        """Compare `backend` (running `tmp`) with PyTorch: the record of `final`, or a UserError."""
+        stats = agreement(predict(backend, self.data, self.cfg.batch_size), self.reference, self.data.labels)
+        failure = tolerance_failure(stats, self.cfg.tolerances[precision])
+        if failure:
+            key = "max_abs_diff" if "delta" in failure else "min_agreement"
+            fix = ("try more --calibration-images or --calibration-method entropy" if precision == "int8"
+                   else "try another --opset")
+            raise UserError(f"{final.name} failed verification against PyTorch on {self.data.description}: {failure}",
+                            f"{fix}, or accept it with --tolerance {precision}.{key}=VALUE")
+        fmt = "onnx" if final.suffix == ".onnx" else "engine"
+        record = {
+            "model": self.source.name, "format": fmt, "backend": backend.name, "precision": precision,
+            "path": os.path.relpath(final, self.source.base), "bytes": tmp.stat().st_size, "top1": stats["top1"],
+            "reference_top1": self.reference_top1, "top1_agreement": stats["top1_agreement"],
+            "max_abs_diff": stats["max_abs_diff"], "export_seconds": seconds, "test_images": len(self.data.labels),
+            **extra,
+        }
+        return record
+
+    def keep(self, record: dict[str, Any]) -> None:
+        """The artefact is in place and verified: record it in metrics.json (replacing its earlier record)."""
+        self.records.append(record)
+        run = RunDir(self.source.base)
+        others = [r for r in run.metrics().get("export", []) if r.get("path") != record["path"]]
+        run.update_metrics("export", others + [record])
+        self.say(f"verified {record['path']}: top-1 {record['top1']:.2f}% (PyTorch {record['reference_top1']:.2f}%), "
+                 f"agreement {record['top1_agreement']:.2f}%, max |delta| {record['max_abs_diff']:.2g}, "
+                 f"{record['bytes'] / 1e6:.2f} MB")
+
+
+def is_up_to_date(cfg: ExportConfig) -> bool:
+    """Whether every artefact `cfg` asks for is verified in metrics.json and newer than its checkpoint."""
+    source = resolve_source(cfg)
+    recorded = {r["path"] for r in RunDir(source.base).metrics().get("export", [])}
+    fmts = ("onnx", "engine") if cfg.trt else ("onnx",)
+    paths = [Path("export") / artefact_name(source.name, p, f) for p in cfg.precisions for f in fmts]
+    return all(str(p) in recorded and (source.base / p).is_file()
+               and (source.base / p).stat().st_mtime >= source.checkpoint.stat().st_mtime for p in paths)
+
+
+def run_export(cfg: ExportConfig, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Export, verify and record the configured artefacts; returns their metrics records."""
+    return Exporter(cfg, say).export_all()
+
+
+def artefact_table(records: list[dict[str, Any]]) -> Table:
+    """The verified artefacts: size, accuracy, agreement with PyTorch, export time."""
+    table = Table(title="gtcompress export (verified against PyTorch on the test split)", title_justify="left")
+    for col in ("artefact", "backend", "precision", "MB", "top-1 %", "PyTorch %", "agree %", "max |Δ|", "export s"):
+        table.add_column(col, justify="left" if col in ("artefact", "backend", "precision") else "right")
+    for r in records:
+        table.add_row(r["path"], r["backend"], r["precision"], f"{r['bytes'] / 1e6:.2f}", f"{r['top1']:.2f}",
+                      f"{r['reference_top1']:.2f}", f"{r['top1_agreement']:.2f}", f"{r['max_abs_diff']:.2g}",
+                      f"{r['export_seconds']:.1f}")
+    return table

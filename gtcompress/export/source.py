@@ -1,0 +1,110 @@
+"""Where an export comes from: the checkpoint, the run it belongs to, and that run's test data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import ValidationError
+from torch.utils.data import Dataset, Subset
+
+from ..config import DataConfig, RunConfig
+from ..data import Splits, Transformed, build_transform, load_splits, loader_workers
+from ..errors import UserError, first_line
+from ..models import ModelSpec
+from ..rundir import resolve_run
+from .config import ExportConfig
+
+
+@dataclass(frozen=True)
+class Source:
+    """The model to export, the data to verify it on, and where the results go."""
+
+    name: str  # artefact stem: student, generous_teacher, ... (or the checkpoint's file stem)
+    checkpoint: Path
+    base: Path  # export/ and metrics.json live here
+    data: DataConfig
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The test split (and training split, for calibration) under the model's eval transform."""
+
+    test: Dataset
+    train: Dataset
+    labels: np.ndarray
+    transform: Callable
+    description: str
+    workers: int
+
+
+def _run_of(path: Path) -> Path | None:
+    """The run directory holding `path` (a checkpoint in it, or an artefact in its export/), if any."""
+    for parent in (path.parent, path.parent.parent):
+        if (parent / "config.yaml").is_file():
+            return parent
+    return None
+
+
+def _run_data(run: Path) -> DataConfig:
+    try:
+        return RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text())).data
+    except (yaml.YAMLError, ValidationError) as e:  # a hand-edited or foreign config.yaml
+        reason = first_line(e)
+        raise UserError(f"{run / 'config.yaml'} is not a gtcompress run configuration ({reason})",
+                        "pass --dataset NAME to name the data set instead") from None
+
+
+def _data_config(run: Path | None, dataset: str | None, data_root: Path | None, what: str) -> DataConfig:
+    """The run's data configuration with --dataset/--data-root applied; --dataset is needed without a run."""
+    if run is None and dataset is None:
+        raise UserError(f"{what} is not inside a gtcompress run, so the data set is unknown",
+                        "pass --dataset NAME (and --data-root DIR) to verify on its test split")
+    data = _run_data(run) if run is not None else DataConfig()
+    updates = {k: v for k, v in {"name": dataset, "root": data_root}.items() if v is not None}
+    return data.model_copy(update=updates) if updates else data
+
+
+def resolve_source(cfg: ExportConfig) -> Source:
+    """Which checkpoint to export and where: a run's `<model>.pt`, or `--checkpoint FILE`."""
+    if cfg.checkpoint is not None:
+        ckpt = Path(cfg.checkpoint)
+        if not ckpt.is_file():
+            raise UserError(f"checkpoint {ckpt} not found", "pass the path of a .pt file written by gtcompress")
+        run = ckpt.parent if (ckpt.parent / "config.yaml").is_file() else None
+        data = _data_config(run, cfg.dataset, cfg.data_root, str(ckpt))
+        # dots would read as a precision in the artefact names (`my.model.onnx`)
+        return Source(ckpt.stem.replace(".", "_"), ckpt.resolve(), Path(cfg.out or ckpt.parent).resolve(), data)
+    run = resolve_run(cfg.run)
+    ckpt = run.checkpoint(cfg.stage)
+    if not ckpt.is_file():
+        hint = ("finish it with `gtcompress distill --resume --out RUN`" if cfg.stage == "student"
+                else "pick another --model")
+        raise UserError(f"{run.path} has no {ckpt.name} (the {cfg.stage} stage did not finish)", hint)
+    data = _data_config(run.path, cfg.dataset, cfg.data_root, str(run.path))
+    return Source(cfg.stage, ckpt, Path(cfg.out or run.path).resolve(), data)
+
+
+def load_eval_data(data_cfg: DataConfig, spec: ModelSpec) -> EvalData:
+    """The data set's splits under the checkpoint's eval transform (its img_size, mean, std)."""
+    splits: Splits = load_splits(data_cfg)
+    if splits.num_classes != spec.num_classes:
+        raise UserError(f"the model has {spec.num_classes} classes but {data_cfg.name} has {splits.num_classes}",
+                        "pass the --dataset the model was trained on")
+    transform = build_transform(data_cfg, splits, spec.img_size, spec.mean, spec.std, training=False)
+    labels = np.asarray(_targets(splits.val), dtype=np.int64)
+    workers = loader_workers(data_cfg, splits)
+    return EvalData(Transformed(splits.val, transform), Transformed(splits.train, transform), labels, transform,
+                    f"{len(labels)} {data_cfg.name} test images", workers)
+
+
+def _targets(dataset: Dataset) -> list[int]:
+    """Labels of a data set without decoding its images (where it keeps them apart)."""
+    if isinstance(dataset, Subset):
+        inner = _targets(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    targets = getattr(dataset, "targets", None)
+    return list(targets) if targets is not None else [dataset[i][1] for i in range(len(dataset))]
