@@ -59,15 +59,16 @@ class EngineConfig:
     """The engine's optimization profile over the batch dimension and its builder workspace."""
 
     max_batch: int = 32
-    opt_batch: int | None = None  # the batch TensorRT tunes tactics for; None: max_batch
     workspace_gib: float = 2.0
 
 
-def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineConfig, timing_cache: Path | None = None) -> str:
+def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineConfig,
+                 timing_cache: Path | None = None) -> tuple[str, str]:
     """Build a serialized engine for `onnx_path` (dynamic batch 1..max_batch) into `engine_path`.
 
     The timing cache at `timing_cache` is read if present and rewritten with this build's timings,
-    so later builds on the same GPU and TensorRT version skip tactic timing. Returns TensorRT's version.
+    so later builds on the same GPU and TensorRT version skip tactic timing. Returns TensorRT's version
+    and what became of the cache: "reused", "new" or "replaced" (another GPU or version).
     """
     trt = require_tensorrt()
     logger = make_logger(trt)
@@ -92,10 +93,9 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineConfig, timing_c
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
     config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
-    opt = min(cfg.opt_batch or cfg.max_batch, cfg.max_batch)
-    profile.set_shape(tensor.name, (1, *rest), (opt, *rest), (cfg.max_batch, *rest))
+    profile.set_shape(tensor.name, (1, *rest), (cfg.max_batch, *rest), (cfg.max_batch, *rest))
     config.add_optimization_profile(profile)
-    _use_timing_cache(config, timing_cache)
+    cache_status = _use_timing_cache(config, timing_cache)
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -107,13 +107,15 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineConfig, timing_c
     if timing_cache is not None:
         with atomic_path(timing_cache) as tmp, open(tmp, "wb") as f:
             f.write(config.get_timing_cache().serialize())
-    return trt.__version__
+    return trt.__version__, cache_status
 
 
-def _use_timing_cache(config: Any, path: Path | None) -> None:
+def _use_timing_cache(config: Any, path: Path | None) -> str:
     """Start from the saved timing cache; one from another GPU or TensorRT version is replaced, not used."""
     data = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(data)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         log.warning("TensorRT: ignoring the timing cache %s (another GPU or TensorRT version)", path)
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        return "replaced"
+    return "reused" if data else "new"

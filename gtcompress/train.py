@@ -11,7 +11,8 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad
+from timm.utils import ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -163,157 +164,213 @@ def _progress(ctx: Context) -> Progress:
     )
 
 
-def fit(stage: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Train `stage` for its epochs, resuming from its last completed epoch; returns final metrics.
+@dataclass
+class Parts:
+    """What training a job builds: the model in its training layout, data loaders, optimizer and friends."""
 
-    `on_epoch` gets each epoch's history record (rank 0 only) after its checkpoint is safely written.
-    """
-    cfg = stage.train
-    model = stage.model.to(ctx.device)
-    if ctx.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    teacher = stage.teacher
-    if teacher is not None:
-        teacher = teacher.to(ctx.device).eval().requires_grad_(False)
-        if ctx.channels_last:
-            teacher = teacher.to(memory_format=torch.channels_last)
-    val_loader = create_loader(ctx.val_data, cfg.batch_size * 2, training=False, workers=ctx.workers,
-                               rank=ctx.dist.rank, world_size=ctx.dist.world_size)
-    if cfg.epochs == 0:
-        return {**evaluate(model, val_loader, ctx, num_classes), "epochs": 0, "train_seconds": 0.0}
-    if cfg.batch_size % ctx.dist.world_size:
-        raise UserError(f"batch size {cfg.batch_size} is not divisible by the world size {ctx.dist.world_size}",
-                        "pick a batch size that is a multiple of the number of processes")
+    model: nn.Module
+    teacher: nn.Module | None
+    loader: DataLoader
+    val_loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: NativeScaler | None  # fp16 only: bf16 and fp32 need no loss scaling
+    ema: ModelEmaV3 | None
 
+    def stateful(self) -> dict[str, Any]:
+        """The objects whose state a checkpoint keeps, by checkpoint key."""
+        return {"model": unwrap(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "scaler": self.scaler, "ema": self.ema}
+
+
+@dataclass
+class TrainState:
+    """How far a job has got: written after every epoch (with the parts' state), read to resume."""
+
+    epoch: int = 0
+    train_seconds: float = 0.0
+    train_images: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def save(self, path: Path, parts: Parts) -> None:
+        state = {key: obj.state_dict() if obj is not None else None for key, obj in parts.stateful().items()}
+        torch_save({**state, **asdict(self)}, path)
+
+    @classmethod
+    def load(cls, path: Path, parts: Parts, device: torch.device) -> TrainState:
+        state = torch.load(path, map_location=device, weights_only=True)
+        for key, obj in parts.stateful().items():
+            if obj is not None and state.get(key) is not None:
+                obj.load_state_dict(state[key])
+        return cls(**{f.name: state[f.name] for f in fields(cls)})
+
+
+def _place(model: nn.Module, ctx: Context) -> nn.Module:
+    model = model.to(ctx.device)
+    return model.to(memory_format=torch.channels_last) if ctx.channels_last else model
+
+
+def build(job: Job, ctx: Context) -> Parts:
+    """The model, teacher, loaders, optimizer, scheduler, scaler and EMA of a job, on its device."""
+    cfg = job.train
+    teacher = _place(job.teacher, ctx).eval().requires_grad_(False) if job.teacher is not None else None
     loader = create_loader(Indexed(ctx.train_data), cfg.batch_size, training=True, workers=ctx.workers,
-                           seed=ctx.seed + stage.seed_offset, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
+                           seed=ctx.seed + job.seed_offset, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
                            pin_memory=ctx.device.type == "cuda")
+    model = _place(job.model, ctx)
     optimizer = make_optimizer(model, cfg)
     scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr,
                                        warmup_epochs=cfg.warmup_epochs, step_on_epochs=False,
                                        updates_per_epoch=len(loader))
-    scaler = torch.amp.GradScaler("cuda") if ctx.precision == "fp16" else None
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
-    start_epoch, train_seconds, train_images, last_metrics = 0, 0.0, 0.0, {}
-
-    progress_path = ctx.run.progress(stage.name)
-    if progress_path.exists():
-        state = torch.load(progress_path, map_location=ctx.device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        start_epoch, train_seconds, last_metrics = state["epoch"], state["train_seconds"], state["metrics"]
-        train_images = state["train_images"]
-        if ctx.dist.is_main:
-            ctx.console.print(f"{stage.name}: resuming after epoch {start_epoch}/{cfg.epochs}")
-
-    ddp = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
-        if ctx.dist.enabled else model
-    if ctx.compile:
-        ddp = torch.compile(ddp)
-    eval_model = ema.module if ema is not None else model
-    cache = None
-    if teacher is not None and ctx.cache_data is not None and start_epoch < cfg.epochs:
-        cache = teacher_logits(teacher, ctx.cache_data, ctx, cfg.batch_size * 2)
-
-    with _progress(ctx) as bar:
-        for epoch in range(start_epoch, cfg.epochs):
-            seed_everything(ctx.seed, stage.seed_offset, epoch, ctx.dist.rank)
-            loader.sampler.set_epoch(epoch)
-            task = bar.add_task(f"{stage.name} {epoch + 1}/{cfg.epochs}", total=len(loader), status="")
-            terms, seconds, images = _train_epoch(stage, ddp, teacher, cache, loader, optimizer, scheduler, scaler,
-                                                  ema, epoch, ctx, lambda s: bar.update(task, advance=1, **({"status": s} if s else {})))
-            bar.remove_task(task)
-            train_seconds += seconds
-            train_images += images
-            last_metrics = evaluate(eval_model, val_loader, ctx, num_classes)
-            record = {
-                "stage": stage.name, "epoch": epoch + 1, "train_loss": terms.pop("loss"),
-                **{f"train_{k}": v for k, v in terms.items()}, **last_metrics,
-                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-                "images_per_second": images / seconds,
-            }
-            if ctx.dist.is_main:
-                torch_save({
-                    "epoch": epoch + 1, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                    "ema": ema.state_dict() if ema else None, "train_seconds": train_seconds,
-                    "train_images": train_images, "metrics": last_metrics,
-                }, progress_path)
-                on_epoch(record)
-                ctx.console.print(
-                    f"{stage.name} epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}  "
-                    f"top1 {last_metrics['top1']:.2f}%  {record['images_per_second']:.0f} img/s  {seconds:.1f}s"
-                )
-            barrier(ctx.dist)
-    if ema is not None:
-        stage.model = ema.module
-    return {**last_metrics, "epochs": cfg.epochs, "train_seconds": train_seconds,
-            "images_per_second": train_images / max(train_seconds, 1e-9)}
+    return Parts(model, teacher, loader, _val_loader(job, ctx), optimizer, scheduler,
+                 NativeScaler(ctx.device.type) if ctx.precision == "fp16" else None,
+                 ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None)
 
 
-def _train_epoch(stage, model, teacher, cache, loader, optimizer, scheduler, scaler, ema, epoch, ctx, tick):
-    """One pass over the loader; returns mean loss terms, seconds and images seen (all ranks).
+def _val_loader(job: Job, ctx: Context) -> DataLoader:
+    return create_loader(ctx.val_data, job.train.batch_size * 2, training=False, workers=ctx.workers,
+                         rank=ctx.dist.rank, world_size=ctx.dist.world_size)
 
-    The teacher's logits come from `cache` (indexed by sample) when given, else from a forward pass.
+
+def _check_batch(job: Job, ctx: Context) -> None:
+    if job.train.batch_size % ctx.dist.world_size:
+        raise UserError(f"batch size {job.train.batch_size} is not divisible by the world size "
+                        f"{ctx.dist.world_size}", "pick a batch size that is a multiple of the number of processes")
+
+
+def _wrap(model: nn.Module, ctx: Context) -> nn.Module:
+    """DDP under torchrun, then torch.compile if asked: the module the training steps call."""
+    if ctx.dist.enabled:
+        model = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+    return torch.compile(model) if ctx.compile else model
+
+
+def fit(job: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Train `job` for its epochs, resuming from its last completed epoch; returns final metrics.
+
+    `on_epoch` gets each epoch's history record (rank 0 only) after its checkpoint is safely written.
     """
-    model.train()
-    steps = len(loader)
-    sums: dict[str, torch.Tensor] = {}
-    images = 0
-    start = time.perf_counter()
-    for step, (x, y, idx) in enumerate(loader):
-        x, y = ctx.to_device(x), y.to(ctx.device, non_blocking=True)
-        with ctx.autocast():
-            logits = model(x)
-            if cache is not None:
-                t_logits = cache[idx].to(ctx.device, non_blocking=True)
-            elif teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-            else:
-                t_logits = None
-        terms = stage.objective(logits, t_logits, y, epoch + step / steps)
-        loss = terms["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if stage.train.clip_grad:
-                scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if stage.train.clip_grad:
-            dispatch_clip_grad(model.parameters(), stage.train.clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        updates = epoch * steps + step + 1
-        scheduler.step_update(num_updates=updates)
-        if ema is not None:
-            ema.update(unwrap(model), step=updates)
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0) + value.detach().float()
-        images += y.shape[0]
-        if step % 10 == 9 or step == steps - 1:
-            mean_loss = sums["loss"].item() / (step + 1)
-            if not math.isfinite(mean_loss):
-                fix = "lower --lr" + (", or train with --precision fp32" if ctx.precision != "fp32" else "")
-                raise UserError(f"{stage.name}: the loss became {mean_loss} in epoch {epoch + 1}", fix)
-            tick(f"loss {mean_loss:.3f}  {images / (time.perf_counter() - start):.0f} img/s")
-        else:
-            tick(None)
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
-    seconds = time.perf_counter() - start
-    names = sorted(sums)
-    totals = torch.stack([sums[n] for n in names] + [torch.tensor(float(images), device=ctx.device)]).double()
-    totals = all_reduce_sum(totals, ctx.dist) / torch.tensor([steps * ctx.dist.world_size] * len(names) + [1.0],
-                                                             device=ctx.device, dtype=torch.float64)
-    *means, total_images = totals.tolist()
-    return dict(zip(names, means)), seconds, total_images
+    if job.train.epochs == 0:
+        model = _place(job.model, ctx)
+        return {**evaluate(model, _val_loader(job, ctx), ctx, num_classes), "epochs": 0, "train_seconds": 0.0}
+    _check_batch(job, ctx)
+    parts = build(job, ctx)
+    state, progress = TrainState(), ctx.run.progress(job.name)
+    if progress.exists():
+        state = TrainState.load(progress, parts, ctx.device)
+        if ctx.dist.is_main:
+            ctx.console.print(f"{job.name}: resuming after epoch {state.epoch}/{job.train.epochs}")
+    cache = None
+    if parts.teacher is not None and ctx.cache_data is not None and state.epoch < job.train.epochs:
+        cache = teacher_logits(parts.teacher, ctx.cache_data, ctx, job.train.batch_size * 2)
+    epoch = Epoch(job, parts, _wrap(parts.model, ctx), cache, ctx)
+    with _progress(ctx) as bar:
+        for index in range(state.epoch, job.train.epochs):
+            record = epoch.run(index, bar, num_classes, state)
+            if ctx.dist.is_main:
+                state.save(progress, parts)
+                on_epoch(record)
+                _say_epoch(job, record, ctx)
+            barrier(ctx.dist)
+    if parts.ema is not None:
+        job.model = parts.ema.module
+    return {**state.metrics, "epochs": job.train.epochs, "train_seconds": state.train_seconds,
+            "images_per_second": state.train_images / max(state.train_seconds, 1e-9)}
+
+
+def _say_epoch(job: Job, record: dict[str, Any], ctx: Context) -> None:
+    ctx.console.print(f"{job.name} epoch {record['epoch']}/{job.train.epochs}: loss {record['train_loss']:.4f}  "
+                      f"top1 {record['top1']:.2f}%  {record['images_per_second']:.0f} img/s  {record['seconds']:.1f}s")
+
+
+@dataclass
+class Epoch:
+    """One training pass and its evaluation, for a built job."""
+
+    job: Job
+    parts: Parts
+    step_model: nn.Module  # the (DDP-wrapped, compiled) module the steps call
+    cache: torch.Tensor | None  # the teacher's logits by sample index, or None: a forward pass per step
+    ctx: Context
+
+    def run(self, index: int, bar: Progress, num_classes: int, state: TrainState) -> dict[str, Any]:
+        """Train epoch `index`, evaluate, advance `state`; returns the epoch's history record."""
+        ctx, parts = self.ctx, self.parts
+        seed_everything(ctx.seed, self.job.seed_offset, index, ctx.dist.rank)
+        parts.loader.sampler.set_epoch(index)
+        task = bar.add_task(f"{self.job.name} {index + 1}/{self.job.train.epochs}", total=len(parts.loader),
+                            status="")
+        terms, seconds, images = self.train(index, lambda s: bar.update(task, advance=1, **({"status": s} if s
+                                                                                              else {})))
+        bar.remove_task(task)
+        state.epoch, state.train_seconds, state.train_images = index + 1, state.train_seconds + seconds, \
+            state.train_images + images
+        state.metrics = evaluate(parts.ema.module if parts.ema is not None else parts.model, parts.val_loader, ctx,
+                                 num_classes)
+        return {"stage": self.job.name, "epoch": index + 1, "train_loss": terms.pop("loss"),
+                **{f"train_{k}": v for k, v in terms.items()}, **state.metrics,
+                "lr": parts.optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_second": images / seconds}
+
+    def teacher_logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+        if self.cache is not None:
+            return self.cache[idx].to(self.ctx.device, non_blocking=True)
+        if self.parts.teacher is None:
+            return None
+        with torch.no_grad():
+            return self.parts.teacher(x)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward, clip and update: timm's NativeScaler on fp16, a plain step otherwise."""
+        parts, clip = self.parts, self.job.train.clip_grad
+        parts.optimizer.zero_grad(set_to_none=True)
+        if parts.scaler is not None:
+            parts.scaler(loss, parts.optimizer, clip_grad=clip, parameters=self.step_model.parameters())
+            return
+        loss.backward()
+        if clip:
+            dispatch_clip_grad(self.step_model.parameters(), clip)
+        parts.optimizer.step()
+
+    def train(self, epoch: int, tick: Callable[[str | None], None]) -> tuple[dict[str, float], float, float]:
+        """One pass over the loader; returns mean loss terms, seconds and images seen (all ranks)."""
+        ctx, parts = self.ctx, self.parts
+        self.step_model.train()
+        steps, sums, images, start = len(parts.loader), {}, 0, time.perf_counter()
+        for i, (x, y, idx) in enumerate(parts.loader):
+            x, y = ctx.to_device(x), y.to(ctx.device, non_blocking=True)
+            with ctx.autocast():
+                logits = self.step_model(x)
+                t_logits = self.teacher_logits(x, idx)
+            terms = self.job.objective(logits, t_logits, y, epoch + i / steps)
+            self.step(terms["loss"])
+            updates = epoch * steps + i + 1
+            parts.scheduler.step_update(num_updates=updates)
+            if parts.ema is not None:
+                parts.ema.update(unwrap(self.step_model), step=updates)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+            images += y.shape[0]
+            tick(self._status(sums, i, steps, epoch, images / (time.perf_counter() - start)))
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        return self._totals(sums, steps, images, time.perf_counter() - start)
+
+    def _status(self, sums: dict[str, torch.Tensor], i: int, steps: int, epoch: int, rate: float) -> str | None:
+        """The progress bar's text every 10 steps, after checking that the loss is still finite."""
+        if i % 10 != 9 and i != steps - 1:
+            return None
+        mean_loss = sums["loss"].item() / (i + 1)
+        if not math.isfinite(mean_loss):
+            fix = "lower --lr" + (", or train with --precision fp32" if self.ctx.precision != "fp32" else "")
+            raise UserError(f"{self.job.name}: the loss became {mean_loss} in epoch {epoch + 1}", fix)
+        return f"loss {mean_loss:.3f}  {rate:.0f} img/s"
+
+    def _totals(self, sums: dict[str, torch.Tensor], steps: int, images: int,
+                seconds: float) -> tuple[dict[str, float], float, float]:
+        """Mean loss terms over every rank's steps, the epoch's seconds and all ranks' images."""
+        ctx, names = self.ctx, sorted(sums)
+        totals = torch.stack([sums[n] for n in names] + [torch.tensor(float(images), device=ctx.device)]).double()
+        divisors = torch.tensor([steps * ctx.dist.world_size] * len(names) + [1.0], device=ctx.device,
+                                dtype=torch.float64)
+        *means, total_images = (all_reduce_sum(totals, ctx.dist) / divisors).tolist()
+        return dict(zip(names, means)), seconds, total_images

@@ -50,8 +50,11 @@ def test_resume_without_a_run(tmp_path, monkeypatch):
     assert_one_line_error(invoke("distill", "--resume", "--out", tmp_path / "x"), "no gtcompress run")
 
 
-def test_resume_refuses_new_options(pipeline_run):
-    assert_one_line_error(invoke("distill", "--resume", "--out", pipeline_run, "--epochs", 3), "saved configuration")
+def test_resume_refuses_options_that_differ_and_names_both_values(pipeline_run):
+    result = invoke("distill", "--resume", "--out", pipeline_run, "--epochs", 3, "--teacher", TEACHER)
+    assert_one_line_error(result, "saved configuration", "teacher.train.epochs: 3 here, 2 saved",
+                          "student.train.epochs: 3 here, 2 saved")
+    assert "teacher.arch" not in result.stderr, "an option that agrees is accepted"
 
 
 def test_pretrained_without_network(tmp_path, monkeypatch):
@@ -68,8 +71,12 @@ def test_a_new_run_never_overwrites_an_old_one(pipeline_run):
 
 
 def test_debug_shows_the_traceback(tmp_path):
+    from gtcompress.errors import UserError
+
     result = invoke("--debug", "distill", "--student", "nonsense_model_xyz", "--out", tmp_path / "r")
-    assert result.exit_code != 0 and result.exception is not None
+    assert isinstance(result.exception, UserError), result.exception
+    assert "unknown timm model 'nonsense_model_xyz'" in str(result.exception)
+    assert result.exc_info[2].tb_next is not None, "the traceback reaches into gtcompress"
 
 
 @pytest.mark.parametrize("arg", ["--set", "--set=novalue"])

@@ -137,6 +137,31 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert "student" in json.loads((out / "metrics.json").read_text())
 
 
+def test_rerunning_the_starting_command_with_resume_finishes_it_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    import gtcompress.pipeline as pipeline
+
+    args = ["distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 2, "--set", "data.train_fraction=0.2"]
+    assert invoke(*args, "--out", tmp_path / "whole").exit_code == 0
+    real = pipeline._append_history
+
+    def stop_in_the_generous_teacher(run, record):
+        real(run, record)
+        if record["stage"] == "generous_teacher":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_append_history", stop_in_the_generous_teacher)
+    assert invoke(*args, "--out", tmp_path / "cut").exit_code == 130
+    monkeypatch.setattr(pipeline, "_append_history", real)
+    result = invoke(*args, "--out", tmp_path / "cut", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "generous_teacher: resuming after epoch 1/2" in result.output
+    assert "generous_teacher epoch 1/2" not in result.output and "standard_teacher epoch" not in result.output
+    for stage in ("standard_teacher", "generous_teacher", "student"):
+        whole = torch.load(tmp_path / "whole" / f"{stage}.pt", weights_only=True)["state_dict"]
+        cut = torch.load(tmp_path / "cut" / f"{stage}.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(whole[k], cut[k]) for k in whole), stage
+
+
 def test_generous_teacher_can_start_from_the_standard_teacher(tmp_path):
     out = tmp_path / "run"
     result = invoke("distill", "--teacher", TEACHER, "--student", "test_efficientnet", "--epochs", 1,

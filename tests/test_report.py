@@ -112,7 +112,12 @@ def test_report_cli_picks_the_batch_size_of_the_latency_columns(workflow_run, tm
     run = copy_run(workflow_run, tmp_path / "run")
     result = invoke("report", run, "--batch-size", max(BENCH_BATCHES))
     assert result.exit_code == 0, result.output
-    assert build_report(RunDir(run), max(BENCH_BATCHES))["batch_size"] == max(BENCH_BATCHES)
+    content = json.loads((run / "report.json").read_text())
+    assert content["batch_size"] == max(BENCH_BATCHES)
+    student = next(r for r in content["rows"] if (r["model"], r["precision"]) == ("student", "fp32"))
+    measured = {r["batch_size"]: r["p50_ms"] for r in bench(run)["results"]
+                if (r["model"], r["backend"], r["precision"]) == ("student", "onnxruntime", "fp32")}
+    assert student["p50_ms"]["onnxruntime"] == measured[max(BENCH_BATCHES)] != measured[min(BENCH_BATCHES)]
     assert f"(b{max(BENCH_BATCHES)})" in (run / "report.md").read_text()
 
 

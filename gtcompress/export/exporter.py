@@ -111,11 +111,12 @@ class Exporter:
             path = self.path(precision, "engine")
             with atomic_path(path) as tmp:
                 start = time.perf_counter()
-                version = build_engine(self.path(precision, "onnx"), tmp, engine_cfg,
-                                       timing_cache=self.export_dir / "timing.cache")
+                version, cache = build_engine(self.path(precision, "onnx"), tmp, engine_cfg,
+                                              timing_cache=self.export_dir / "timing.cache")
                 seconds = time.perf_counter() - start
                 record = self.verify(TensorRTBackend(tmp, precision), path, tmp, precision, seconds,
-                                     max_batch=self.cfg.max_batch, tensorrt=version, gpu=torch.cuda.get_device_name())
+                                     max_batch=self.cfg.max_batch, tensorrt=version, timing_cache=cache,
+                                     gpu=torch.cuda.get_device_name())
             self.keep(record)
 
     def verify(self, backend: Backend, final: Path, tmp: Path, precision: str, seconds: float,
