@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test clean
+.PHONY: venv demo lint test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gtcompress distill --recipe recipes/digits.yaml --teacher resnet50 --student mobilenetv3_small
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

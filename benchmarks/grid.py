@@ -66,8 +66,13 @@ def log_path(run: Run) -> Path:
 def execute(run: Run, command: list[str], threads: int = 1) -> dict[str, float]:
     """Run `command` for `run` (log in <out>.log), add its CPU and wall seconds to <out>/benchmark_cost.json."""
     run.out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     start = time.perf_counter()
     with open(log_path(run), "a") as log:
         log.write(f"$ {' '.join(command)}\n")
@@ -75,8 +80,11 @@ def execute(run: Run, command: list[str], threads: int = 1) -> dict[str, float]:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU time, exact under parallel jobs
         proc.returncode = os.waitstatus_to_exitcode(status)
-    attempt = {"cpu_seconds": usage.ru_utime + usage.ru_stime, "wall_seconds": time.perf_counter() - start,
-               "returncode": proc.returncode}
+    attempt = {
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "wall_seconds": time.perf_counter() - start,
+        "returncode": proc.returncode,
+    }
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed with exit code {proc.returncode}; see {log_path(run)}")
     cost_path = run.out / COST_FILE
@@ -92,8 +100,13 @@ def run_cost(run: Run) -> dict[str, float]:
     return {key: sum(a[key] for a in attempts) for key in ("cpu_seconds", "wall_seconds")}
 
 
-def run_groups(groups: Sequence[Sequence[Run]], jobs: int = 1, threads: int = 1,
-               say: Callable[[str], None] = print, after: Callable[[int], Any] | None = None) -> None:
+def run_groups(
+    groups: Sequence[Sequence[Run]],
+    jobs: int = 1,
+    threads: int = 1,
+    say: Callable[[str], None] = print,
+    after: Callable[[int], Any] | None = None,
+) -> None:
     """Run each group's runs in order, `jobs` groups at a time; finished runs are skipped, started ones resumed.
 
     `after(i)` runs in the worker once group i is done (e.g. evaluations to cache while the next runs train)."""
@@ -136,8 +149,13 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
 def summarize(values: Sequence[float]) -> dict[str, Any]:
     """Every value, their mean, sample std (n-1) and 95% t-interval of the mean."""
     values = [float(v) for v in values]
-    return {"n": len(values), "values": values, "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None, "ci95": t_interval(values)}
+    return {
+        "n": len(values),
+        "values": values,
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "ci95": t_interval(values),
+    }
 
 
 def fmt_mean_std(s: dict[str, Any], digits: int = 2) -> str:

@@ -60,32 +60,63 @@ def sweep_cells(seeds: Sequence[int]) -> list[SweepCell]:
 def cell_run(cell: SweepCell, root: Path, gt_epochs: int, device: str = "cpu") -> grid.Run:
     """The distill run of one cell; all but the base cell load the base cell's Standard Teacher."""
     out = root / f"seed{cell.seed}" / f"k{cell.k:g}-b{cell.beta:g}-{cell.init}"
-    overrides = {"data.synthetic.seed": DATA_SEED, "generous.k": cell.k, "generous.beta": cell.beta,
-                 "generous.init": cell.init, "generous.warmup": WARMUP,
-                 "generous.train.epochs": gt_epochs if cell.init == "scratch" else gt_epochs // 2}
-    common = ("--recipe", RECIPE, "--teacher", TEACHER, "--student", STUDENT, "--seed", str(cell.seed),
-              "--device", device, "--method", "kd", *grid.sets(overrides))
+    overrides = {
+        "data.synthetic.seed": DATA_SEED,
+        "generous.k": cell.k,
+        "generous.beta": cell.beta,
+        "generous.init": cell.init,
+        "generous.warmup": WARMUP,
+        "generous.train.epochs": gt_epochs if cell.init == "scratch" else gt_epochs // 2,
+    }
+    common = (
+        "--recipe",
+        RECIPE,
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--seed",
+        str(cell.seed),
+        "--device",
+        device,
+        "--method",
+        "kd",
+        *grid.sets(overrides),
+    )
     if cell.is_base:
         return grid.Run(out, (*common, "--compare"))
     base = cell_run(SweepCell(*BASE, cell.seed), root, gt_epochs, device)
-    return grid.Run(out, (*common, "--teacher-checkpoint", str(base.out / "standard_teacher.pt")),
-                    stages=("standard_teacher", "generous_teacher", "student"))
+    return grid.Run(
+        out,
+        (*common, "--teacher-checkpoint", str(base.out / "standard_teacher.pt")),
+        stages=("standard_teacher", "generous_teacher", "student"),
+    )
 
 
 def cell_record(cell: SweepCell, run: grid.Run, base: grid.Run) -> dict[str, Any]:
     m, b = grid.metrics(run), grid.metrics(base)
     gt = m["generous_teacher"]
-    return {**asdict(cell), "gt_epochs": gt["epochs"], "gt_top1": gt["top1"], "student_top1": m["student"]["top1"],
-            "gt_seconds": gt["train_seconds"], "gt_over_st_time": gt["train_seconds"] / b["standard_teacher"][
-                "train_seconds"], "cpu_seconds": grid.run_cost(run)["cpu_seconds"]}
+    return {
+        **asdict(cell),
+        "gt_epochs": gt["epochs"],
+        "gt_top1": gt["top1"],
+        "student_top1": m["student"]["top1"],
+        "gt_seconds": gt["train_seconds"],
+        "gt_over_st_time": gt["train_seconds"] / b["standard_teacher"]["train_seconds"],
+        "cpu_seconds": grid.run_cost(run)["cpu_seconds"],
+    }
 
 
 def references(base: grid.Run, seed: int) -> dict[str, Any]:
     """What every GT is measured against: the ST, the student distilled from it, the CE-only student."""
     m = grid.metrics(base)
-    return {"seed": seed, "st_top1": m["standard_teacher"]["top1"], "st_seconds": m["standard_teacher"][
-        "train_seconds"], "student_from_st_top1": m["student_from_standard"]["top1"],
-        "student_ce_top1": m["student_ce"]["top1"]}
+    return {
+        "seed": seed,
+        "st_top1": m["standard_teacher"]["top1"],
+        "st_seconds": m["standard_teacher"]["train_seconds"],
+        "student_from_st_top1": m["student_from_standard"]["top1"],
+        "student_ce_top1": m["student_ce"]["top1"],
+    }
 
 
 def choose_defaults(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -100,23 +131,31 @@ def choose_defaults(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     k, beta = max(means, key=means.get)
     init_means = {i: statistics.fmean(v) for i, v in by_init.items()}
     init = "standard" if init_means.get("standard", float("-inf")) > init_means["scratch"] else "scratch"
-    return {"k": k, "beta": beta, "init": init,
-            "mean_student_top1_by_k_beta": [{"k": kb[0], "beta": kb[1], "mean": v} for kb, v in means.items()],
-            "mean_student_top1_by_init": init_means}
+    return {
+        "k": k,
+        "beta": beta,
+        "init": init,
+        "mean_student_top1_by_k_beta": [{"k": kb[0], "beta": kb[1], "mean": v} for kb, v in means.items()],
+        "mean_student_top1_by_init": init_means,
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
     cells, refs, choice = result["cells"], result["references"], result["choice"]
     seeds = result["seeds"]
     lines = [
-        "# Generous Teacher sweep", "",
+        "# Generous Teacher sweep",
+        "",
         f"Setting: `{RECIPE}` with data seed {DATA_SEED} (held out from benchmarks/method.py), "
         f"{TEACHER} -> {STUDENT}, KD students, run seed(s) {', '.join(map(str, seeds))}"
         f"{' (one seed: differences below the seed-to-seed spread are noise)' if len(seeds) == 1 else ''}. "
-        f"GT warm-up {WARMUP}; `standard` = fine-tuned from the ST for half the epochs.", "",
+        f"GT warm-up {WARMUP}; `standard` = fine-tuned from the ST for half the epochs.",
+        "",
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (shared), 1 thread per run, "
-        f"{result['cost']['cpu_seconds'] / 3600:.2f} CPU-hours in all.", "",
-        f"Command: `{result['command']}`", "",
+        f"{result['cost']['cpu_seconds'] / 3600:.2f} CPU-hours in all.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
     ]
     for init in INITS:
         for key, title in (("student_top1", "student <- GT top-1 %"), ("gt_top1", "GT top-1 %")):
@@ -128,20 +167,37 @@ def markdown(result: dict[str, Any]) -> str:
                     row.append(f"{statistics.fmean(vals):.2f}" if vals else "-")
                 rows.append(row)
             lines += [f"## {title}, init {init}", "", grid.markdown_table(["", *(f"β={b:g}" for b in BETAS)], rows)]
-    ref_rows = [[r["seed"], f"{r['st_top1']:.2f}", f"{r['student_from_st_top1']:.2f}", f"{r['student_ce_top1']:.2f}"]
-                for r in refs]
-    lines += ["## References (base run)", "",
-              grid.markdown_table(["seed", "ST top-1 %", "student <- ST %", "CE-only student %"], ref_rows)]
+    ref_rows = [
+        [r["seed"], f"{r['st_top1']:.2f}", f"{r['student_from_st_top1']:.2f}", f"{r['student_ce_top1']:.2f}"]
+        for r in refs
+    ]
+    lines += [
+        "## References (base run)",
+        "",
+        grid.markdown_table(["seed", "ST top-1 %", "student <- ST %", "CE-only student %"], ref_rows),
+    ]
     times = defaultdict(list)
     for c in cells:
         times[c["init"]].append(c["gt_over_st_time"])
-    lines += ["## Cost", "", grid.markdown_table(
-        ["GT init", "GT epochs", "GT train time / ST train time (mean)"],
-        [[i, next(c["gt_epochs"] for c in cells if c["init"] == i), f"{statistics.fmean(times[i]):.2f}"]
-         for i in INITS if times[i]])]
-    lines += ["## Chosen defaults", "",
-              f"k = {choice['k']:g}, beta = {choice['beta']:g}, init = {choice['init']} "
-              "(rule: best mean student top-1 over both inits; `standard` only if its mean beats scratch's).", ""]
+    lines += [
+        "## Cost",
+        "",
+        grid.markdown_table(
+            ["GT init", "GT epochs", "GT train time / ST train time (mean)"],
+            [
+                [i, next(c["gt_epochs"] for c in cells if c["init"] == i), f"{statistics.fmean(times[i]):.2f}"]
+                for i in INITS
+                if times[i]
+            ],
+        ),
+    ]
+    lines += [
+        "## Chosen defaults",
+        "",
+        f"k = {choice['k']:g}, beta = {choice['beta']:g}, init = {choice['init']} "
+        "(rule: best mean student top-1 over both inits; `standard` only if its mean beats scratch's).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -175,11 +231,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = [cell_record(c, runs[c], base_of[c.seed]) for c in cells]
     costs = [grid.run_cost(r) for r in runs.values()]
     result = {
-        "benchmark": "gt_sweep", "command": grid.command_line(), "machine": grid.machine(),
-        "setting": {"recipe": RECIPE, "data_seed": DATA_SEED, "teacher": TEACHER, "student": STUDENT,
-                    "method": "kd", "gt_epochs": {"scratch": gt_epochs, "standard": gt_epochs // 2},
-                    "warmup": WARMUP},
-        "seeds": args.seeds, "cells": records, "references": [references(base_of[s], s) for s in args.seeds],
+        "benchmark": "gt_sweep",
+        "command": grid.command_line(),
+        "machine": grid.machine(),
+        "setting": {
+            "recipe": RECIPE,
+            "data_seed": DATA_SEED,
+            "teacher": TEACHER,
+            "student": STUDENT,
+            "method": "kd",
+            "gt_epochs": {"scratch": gt_epochs, "standard": gt_epochs // 2},
+            "warmup": WARMUP,
+        },
+        "seeds": args.seeds,
+        "cells": records,
+        "references": [references(base_of[s], s) for s in args.seeds],
         "choice": choose_defaults(records),
         "cost": {key: sum(c[key] for c in costs) for key in ("cpu_seconds", "wall_seconds")},
     }

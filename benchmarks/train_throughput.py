@@ -6,7 +6,8 @@
 3. The GT stage with the frozen teacher's logits cached vs a live teacher forward (no augmentation, so exact).
 4. bf16 vs fp32 on CUDA, where there is a GPU.
 
-    python benchmarks/train_throughput.py [--arch resnet18] [--rounds 3] [--out benchmarks/results/train_throughput.json]
+    python benchmarks/train_throughput.py [--arch resnet18] [--rounds 3] \
+        [--out benchmarks/results/train_throughput.json]
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from gtcompress.environment import cpu_name
 from gtcompress.config import DataConfig, GenerousConfig, TrainConfig
 from gtcompress.data import Transformed, build_transform, load_splits
-from gtcompress.objectives import generous_objective
+from gtcompress.environment import cpu_name
 from gtcompress.models import ModelSpec, create_model, default_normalization, save_checkpoint
+from gtcompress.objectives import generous_objective
 from gtcompress.rundir import RunDir
 from gtcompress.train import Context, Job, fit, make_optimizer, seed_everything
 
@@ -80,8 +81,11 @@ def plain(arch: str, teacher, train, device, batch: int) -> float:
 
 def cli_gt_rate(args: list[str], out: Path, env: dict[str, str], torchrun: int = 0) -> float:
     """Mean images/s over the GT stage's epochs after the first, from a real `gtcompress distill` run."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(torchrun)] if torchrun else \
-        [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(torchrun)]
+        if torchrun
+        else [sys.executable]
+    )
     cmd = [*launcher, "-m", "gtcompress", "distill", *args, "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **env})
     rates = [r["images_per_second"] for r in RunDir(out).history() if r["stage"] == "generous_teacher"]
@@ -101,10 +105,16 @@ def main() -> None:
     threads = torch.get_num_threads()
     load_before = os.getloadavg()
     result: dict = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": threads, "device": str(device),
-                    "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-                    "torch": torch.__version__, "python": platform.python_version(),
-                    "load_average_before": load_before},
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "torch_threads": threads,
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "load_average_before": load_before,
+        },
         "setup": {"stage": "generous_teacher", "arch": args.arch, "data": "digits 32x32", "batch": args.batch},
     }
 
@@ -117,10 +127,17 @@ def main() -> None:
         ours_rates.append(ours(args.arch, teacher, train, val, device, args.batch))
         plain_rates.append(plain(args.arch, teacher, train, device, args.batch))
     ratio = statistics.median(ours_rates) / statistics.median(plain_rates)
-    result["loop_vs_plain"] = {"ours_images_per_second": ours_rates, "plain_images_per_second": plain_rates,
-                               "ratio_of_medians": ratio, "goal": 0.9, "met": ratio >= 0.9}
-    print(f"1. our loop vs plain PyTorch: {statistics.median(ours_rates):.0f} vs "
-          f"{statistics.median(plain_rates):.0f} img/s -> {ratio:.2f} (goal >= 0.9)")
+    result["loop_vs_plain"] = {
+        "ours_images_per_second": ours_rates,
+        "plain_images_per_second": plain_rates,
+        "ratio_of_medians": ratio,
+        "goal": 0.9,
+        "met": ratio >= 0.9,
+    }
+    print(
+        f"1. our loop vs plain PyTorch: {statistics.median(ours_rates):.0f} vs "
+        f"{statistics.median(plain_rates):.0f} img/s -> {ratio:.2f} (goal >= 0.9)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -128,8 +145,18 @@ def main() -> None:
         mean, std = default_normalization(args.arch)
         spec = ModelSpec(args.arch, 10, 32, mean, std, tuple(str(i) for i in range(10)))
         save_checkpoint(st, teacher, spec, "standard_teacher", {})
-        common = ["--teacher", args.arch, "--teacher-checkpoint", str(st), "--set",
-                  f"generous.train.epochs={args.epochs}", "--set", "student.train.epochs=0", "--student", args.arch]
+        common = [
+            "--teacher",
+            args.arch,
+            "--teacher-checkpoint",
+            str(st),
+            "--set",
+            f"generous.train.epochs={args.epochs}",
+            "--set",
+            "student.train.epochs=0",
+            "--student",
+            args.arch,
+        ]
         env1 = {"OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
         env2 = {"OMP_NUM_THREADS": str(max(1, threads // 2)), "HF_HUB_OFFLINE": "1"}
         one, two, live, cached, fp32, bf16 = [], [], [], [], [], []
@@ -143,19 +170,29 @@ def main() -> None:
                 fp32.append(cli_gt_rate(common + ["--precision", "fp32"], tmp / f"fp32{r}", env1))
                 bf16.append(cli_gt_rate(common + ["--precision", "bf16"], tmp / f"bf16{r}", env1))
     ddp = statistics.median(two) / statistics.median(one)
-    result["processes_1_vs_2"] = {"one_process_images_per_second": one, "two_processes_images_per_second": two,
-                                  "threads_per_process": [threads, max(1, threads // 2)], "ratio_two_over_one": ddp}
-    print(f"2. GT stage, 2 gloo processes vs 1 process: {statistics.median(two):.0f} vs "
-          f"{statistics.median(one):.0f} img/s -> {ddp:.2f}x")
+    result["processes_1_vs_2"] = {
+        "one_process_images_per_second": one,
+        "two_processes_images_per_second": two,
+        "threads_per_process": [threads, max(1, threads // 2)],
+        "ratio_two_over_one": ddp,
+    }
+    print(
+        f"2. GT stage, 2 gloo processes vs 1 process: {statistics.median(two):.0f} vs "
+        f"{statistics.median(one):.0f} img/s -> {ddp:.2f}x"
+    )
     saving = statistics.median(cached) / statistics.median(live)
-    result["teacher_logit_cache"] = {"live_images_per_second": live, "cached_images_per_second": cached,
-                                     "speedup": saving}
-    print(f"3. GT stage with cached teacher logits vs live teacher: {statistics.median(cached):.0f} vs "
-          f"{statistics.median(live):.0f} img/s -> {saving:.2f}x")
+    result["teacher_logit_cache"] = {
+        "live_images_per_second": live,
+        "cached_images_per_second": cached,
+        "speedup": saving,
+    }
+    print(
+        f"3. GT stage with cached teacher logits vs live teacher: {statistics.median(cached):.0f} vs "
+        f"{statistics.median(live):.0f} img/s -> {saving:.2f}x"
+    )
     if device.type == "cuda":
         amp = statistics.median(bf16) / statistics.median(fp32)
-        result["cuda_bf16_vs_fp32"] = {"fp32_images_per_second": fp32, "bf16_images_per_second": bf16,
-                                       "speedup": amp}
+        result["cuda_bf16_vs_fp32"] = {"fp32_images_per_second": fp32, "bf16_images_per_second": bf16, "speedup": amp}
         print(f"4. GT stage on CUDA, bf16 vs fp32: {amp:.2f}x")
     else:
         result["cuda_bf16_vs_fp32"] = "skipped: no CUDA device on this machine"

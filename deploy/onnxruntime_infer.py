@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
 from preprocess import load_meta, preprocess, report
 
 

@@ -12,8 +12,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-                 "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+INTERPOLATION = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 def load_meta(artefact: Path) -> dict:
@@ -53,11 +57,15 @@ def report(paths: list[Path], logits: np.ndarray, meta: dict, top_k: int, as_jso
     results = []
     for path, p in zip(paths, probs, strict=True):
         order = np.argsort(-p)[:top_k]
-        results.append({
-            "image": str(path), "class_index": int(order[0]), "class_name": meta["class_names"][order[0]],
-            "probability": float(p[order[0]]),
-            "top_k": [{"class_name": meta["class_names"][i], "probability": float(p[i])} for i in order],
-        })
+        results.append(
+            {
+                "image": str(path),
+                "class_index": int(order[0]),
+                "class_name": meta["class_names"][order[0]],
+                "probability": float(p[order[0]]),
+                "top_k": [{"class_name": meta["class_names"][i], "probability": float(p[i])} for i in order],
+            }
+        )
     if as_json:
         print(json.dumps(results, indent=2))
         return

@@ -48,24 +48,32 @@ class Engine:
         self.stream = check(cudart.cudaStreamCreate())
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.run(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)])
+        return np.concatenate([self.run(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)])
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=trt.nptype(self.engine.get_tensor_dtype(self.input)))
         if not self.context.set_input_shape(self.input, x.shape):
             raise SystemExit(f"error: the engine does not accept input shape {x.shape}")
-        out = np.empty(tuple(self.context.get_tensor_shape(self.output)),
-                       dtype=trt.nptype(self.engine.get_tensor_dtype(self.output)))
+        out = np.empty(
+            tuple(self.context.get_tensor_shape(self.output)),
+            dtype=trt.nptype(self.engine.get_tensor_dtype(self.output)),
+        )
         d_in, d_out = check(cudart.cudaMalloc(x.nbytes)), check(cudart.cudaMalloc(out.nbytes))
         try:
             self.context.set_tensor_address(self.input, int(d_in))
             self.context.set_tensor_address(self.output, int(d_out))
-            check(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes,
-                                         cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+            check(
+                cudart.cudaMemcpyAsync(
+                    d_in, x.ctypes.data, x.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream
+                )
+            )
             if not self.context.execute_async_v3(int(self.stream)):
                 raise RuntimeError("TensorRT execution failed")
-            check(cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes,
-                                         cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+            check(
+                cudart.cudaMemcpyAsync(
+                    out.ctypes.data, d_out, out.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream
+                )
+            )
             check(cudart.cudaStreamSynchronize(self.stream))
         finally:
             check(cudart.cudaFree(d_in))

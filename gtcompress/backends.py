@@ -63,8 +63,10 @@ class OnnxRuntimeBackend:
 
         providers = self.PROVIDERS[device]
         if providers[0] not in ort.get_available_providers():
-            raise UserError(f"onnxruntime has no {providers[0]} here",
-                            "install onnxruntime-gpu on a CUDA machine, or use device cpu")
+            raise UserError(
+                f"onnxruntime has no {providers[0]} here",
+                "install onnxruntime-gpu on a CUDA machine, or use device cpu",
+            )
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -77,7 +79,8 @@ class OnnxRuntimeBackend:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(
-            np.float32, copy=False)
+            np.float32, copy=False
+        )
 
 
 class TensorRTBackend:
@@ -99,17 +102,26 @@ class TensorRTBackend:
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise UserError(f"TensorRT cannot load {path.name} (built by another TensorRT version or for another GPU)",
-                            "rebuild it here with gtcompress export --trt")
+            raise UserError(
+                f"TensorRT cannot load {path.name} (built by another TensorRT version or for another GPU)",
+                "rebuild it here with gtcompress export --trt",
+            )
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise UserError(f"{path.name} has {len(inputs)} inputs and {len(outputs)} outputs",
-                            "use an engine of a classifier built by gtcompress export --trt")
+            raise UserError(
+                f"{path.name} has {len(inputs)} inputs and {len(outputs)} outputs",
+                "use an engine of a classifier built by gtcompress export --trt",
+            )
         self.input_name, self.output_name = inputs[0], outputs[0]
-        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
-                  trt.int32: torch.int32, trt.int8: torch.int8}
+        dtypes = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.bfloat16: torch.bfloat16,
+            trt.int32: torch.int32,
+            trt.int8: torch.int8,
+        }
         self.input_dtype = dtypes[self.engine.get_tensor_dtype(self.input_name)]
         self.output_dtype = dtypes[self.engine.get_tensor_dtype(self.output_name)]
         self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
@@ -117,16 +129,18 @@ class TensorRTBackend:
         self.stream = torch.cuda.Stream()
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([self._infer(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
+        return np.concatenate([self._infer(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         with torch.cuda.stream(self.stream):
             inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to("cuda").to(self.input_dtype)
             if not self.context.set_input_shape(self.input_name, tuple(inp.shape)):
-                raise UserError(f"the engine does not accept input shape {tuple(inp.shape)}",
-                                "rebuild it for this image size")
-            out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype,
-                              device="cuda")
+                raise UserError(
+                    f"the engine does not accept input shape {tuple(inp.shape)}", "rebuild it for this image size"
+                )
+            out = torch.empty(
+                tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device="cuda"
+            )
             self.context.set_tensor_address(self.input_name, inp.data_ptr())
             self.context.set_tensor_address(self.output_name, out.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):

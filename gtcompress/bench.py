@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .backends import Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
-from .errors import UserError
-from .models import count_macs, count_params, load_model
 from .benchfile import BENCH_FILE
 from .environment import command_line, machine_info, versions
+from .errors import UserError
+from .models import count_macs, count_params, load_model
 from .rundir import PRECISIONS, artefact_name, resolve_run, write_json
 from .stages import STAGE_NAMES
 
@@ -44,18 +44,20 @@ class BenchConfig(BaseModel):
 
     run: Path | None = Field(None, description="Run directory (default runs/latest).")
     backends: tuple[str, ...] | None = Field(
-        None, description="torch | onnxruntime | tensorrt, repeatable or comma-separated (default: every installed "
-        "one).")
+        None,
+        description="torch | onnxruntime | tensorrt, repeatable or comma-separated (default: every installed one).",
+    )
     precisions: tuple[str, ...] | None = Field(
-        None, description="fp32 | fp16 | int8 | bf16 (torch), repeatable or comma-separated (default: every "
-        "exported one).")
-    stages: tuple[str, ...] = Field(("student", "generous_teacher"),
-                                    description="The run's models to time, repeatable: student | generous_teacher | "
-                                    "standard_teacher | ...")
+        None,
+        description="fp32 | fp16 | int8 | bf16 (torch), repeatable or comma-separated (default: every exported one).",
+    )
+    stages: tuple[str, ...] = Field(
+        ("student", "generous_teacher"),
+        description="The run's models to time, repeatable: student | generous_teacher | standard_teacher | ...",
+    )
     batch_sizes: tuple[int, ...] = Field((1, 8, 32), description="Comma-separated batch sizes.")
     warmup: int = Field(10, description="Untimed calls before each measurement.")
-    iters: int | None = Field(None, description=f"Timed calls per measurement (default {DEFAULT_ITERS}, or "
-                                                "--seconds).")
+    iters: int | None = Field(None, description=f"Timed calls per measurement (default {DEFAULT_ITERS}, or --seconds).")
     seconds: float | None = Field(None, description=f"Time budget per measurement (default {DEFAULT_SECONDS:g} s).")
     threads: int | None = Field(None, description="CPU threads of torch and onnxruntime.")
     device: str = Field("auto", description="auto | cpu | cuda (torch and onnxruntime).")
@@ -63,6 +65,7 @@ class BenchConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> BenchConfig:
         """User mistakes as UserError (pydantic passes them through unchanged); iters/seconds defaulted."""
+
         def check(values: tuple[str, ...] | None, known: tuple[str, ...], what: str) -> None:
             for v in values or ():
                 if v not in known:
@@ -73,8 +76,9 @@ class BenchConfig(BaseModel):
         check(self.stages, STAGE_NAMES, "model")
         check((self.device,), ("auto", "cpu", "cuda"), "device")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise UserError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}",
-                            "e.g. --batch-sizes 1,8,32")
+            raise UserError(
+                f"batch sizes must be positive integers, got {list(self.batch_sizes)}", "e.g. --batch-sizes 1,8,32"
+            )
         for name in ("iters", "seconds", "threads"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -103,9 +107,18 @@ def latency_stats(samples_ms: np.ndarray | list[float], batch_size: int) -> dict
     a = np.asarray(samples_ms, dtype=np.float64)
     p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
     mean = float(a.mean())
-    return {"min_ms": float(a.min()), "mean_ms": mean, "std_ms": float(a.std()), "p50_ms": float(p50),
-            "p90_ms": float(p90), "p95_ms": float(p95), "p99_ms": float(p99), "max_ms": float(a.max()),
-            "throughput": batch_size * 1000.0 / mean, "iters": int(a.size)}
+    return {
+        "min_ms": float(a.min()),
+        "mean_ms": mean,
+        "std_ms": float(a.std()),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "max_ms": float(a.max()),
+        "throughput": batch_size * 1000.0 / mean,
+        "iters": int(a.size),
+    }
 
 
 def _call_ms(backend: Backend, x: np.ndarray) -> float:
@@ -137,10 +150,18 @@ def backend_availability(cuda: bool) -> dict[str, str | None]:
     """None for an installed backend, else the reason it cannot run here."""
     import onnxruntime
 
-    ort_missing = None if "CPUExecutionProvider" in onnxruntime.get_available_providers() else \
-        "onnxruntime has no CPU execution provider"
-    trt_missing = ("tensorrt is not installed (pip install 'gtcompress[trt]' on a CUDA machine)"
-                   if importlib.util.find_spec("tensorrt") is None else None if cuda else "no CUDA device")
+    ort_missing = (
+        None
+        if "CPUExecutionProvider" in onnxruntime.get_available_providers()
+        else "onnxruntime has no CPU execution provider"
+    )
+    trt_missing = (
+        "tensorrt is not installed (pip install 'gtcompress[trt]' on a CUDA machine)"
+        if importlib.util.find_spec("tensorrt") is None
+        else None
+        if cuda
+        else "no CUDA device"
+    )
     return {"torch": None, "onnxruntime": ort_missing, "tensorrt": trt_missing}
 
 
@@ -154,6 +175,17 @@ class Target:
     path: Path
     make: Callable[[], Backend] = field(repr=False)
     max_batch: int | None = None
+
+
+def _too_large(target: Target, batch: int) -> dict[str, str]:
+    return {
+        "model": target.model,
+        "backend": target.backend,
+        "precision": target.precision,
+        "batch_size": str(batch),
+        "reason": f"the engine's largest batch is {target.max_batch} "
+        "(rebuild with gtcompress export --trt --max-batch N)",
+    }
 
 
 class Bench:
@@ -183,8 +215,10 @@ class Bench:
             if reason is None:
                 chosen.append(name)
             elif self.cfg.backends is not None:
-                raise UserError(f"backend {name} was asked for but cannot run here: {reason}",
-                                "install it, or leave it out of --backend")
+                raise UserError(
+                    f"backend {name} was asked for but cannot run here: {reason}",
+                    "install it, or leave it out of --backend",
+                )
             else:
                 self.skipped.append({"backend": name, "reason": reason})
         return chosen
@@ -201,15 +235,27 @@ class Bench:
                 self.missing.append(f"{ckpt.name} (the {model} stage has not finished: gtcompress distill --resume)")
                 continue
             net, spec, _ = load_model(ckpt)
-            self.models[model] = {"arch": spec.arch, "img_size": spec.img_size, "num_classes": spec.num_classes,
-                                  "params": count_params(net), "macs": count_macs(net, spec.img_size),
-                                  "checkpoint_bytes": ckpt.stat().st_size}
+            self.models[model] = {
+                "arch": spec.arch,
+                "img_size": spec.img_size,
+                "num_classes": spec.num_classes,
+                "params": count_params(net),
+                "macs": count_macs(net, spec.img_size),
+                "checkpoint_bytes": ckpt.stat().st_size,
+            }
             if "torch" in backends:
                 torch_default = ("fp32", "fp16") if self.cuda else ("fp32",)
                 for precision in TORCH_PRECISIONS:
                     if self._wanted(precision, torch_default) and (precision != "fp16" or self.cuda):
-                        out.append(Target(model, "torch", precision, ckpt,
-                                          lambda n=net, p=precision: TorchBackend(n, self.device, p)))
+                        out.append(
+                            Target(
+                                model,
+                                "torch",
+                                precision,
+                                ckpt,
+                                lambda n=net, p=precision: TorchBackend(n, self.device, p),
+                            )
+                        )
             for precision in PRECISIONS:
                 if not self._wanted(precision, PRECISIONS):
                     continue
@@ -220,16 +266,19 @@ class Bench:
         if self.cfg.precisions is not None:
             for precision in self.cfg.precisions:
                 if not any(t.precision == precision for t in out):
-                    raise UserError(f"nothing in {self.run.path} can run at precision {precision}",
-                                    f"export it first: gtcompress export --precision {precision}")
+                    raise UserError(
+                        f"nothing in {self.run.path} can run at precision {precision}",
+                        f"export it first: gtcompress export --precision {precision}",
+                    )
         if self.cfg.backends is not None:
             for backend in self.cfg.backends:
                 if not any(t.backend == backend for t in out):
                     fix = "gtcompress export --trt" if backend == "tensorrt" else "gtcompress export"
                     raise UserError(f"nothing in {self.run.path} can run on {backend}", f"make it with {fix}")
         if not out:
-            raise UserError(f"nothing to benchmark in {self.run.path}",
-                            "finish the run with gtcompress distill --resume")
+            raise UserError(
+                f"nothing to benchmark in {self.run.path}", "finish the run with gtcompress distill --resume"
+            )
         return out
 
     def _artefact(self, model: str, backend: str, precision: str, fmt: str) -> list[Target]:
@@ -241,16 +290,34 @@ class Bench:
                 self.missing.append(f"export/{path.name} (make it with gtcompress export --model {model}{prec}{trt})")
             return []
         if fmt == "onnx":
-            return [Target(model, backend, precision, path,
-                           lambda: OnnxRuntimeBackend(path, self.device if self._ort_cuda() else "cpu", precision,
-                                                      self.threads))]
+            return [
+                Target(
+                    model,
+                    backend,
+                    precision,
+                    path,
+                    lambda: OnnxRuntimeBackend(
+                        path, self.device if self._ort_cuda() else "cpu", precision, self.threads
+                    ),
+                )
+            ]
         record = next((r for r in self.metrics.get("export", []) if r.get("path") == f"export/{path.name}"), {})
         built_on, here = record.get("gpu"), torch.cuda.get_device_name()
         if built_on and built_on != here:
-            raise UserError(f"export/{path.name} was built for {built_on}, but this GPU is {here}",
-                            f"rebuild it here with gtcompress export --model {model} --trt")
-        return [Target(model, backend, precision, path, lambda: TensorRTBackend(path, precision),
-                       max_batch=record.get("max_batch"))]
+            raise UserError(
+                f"export/{path.name} was built for {built_on}, but this GPU is {here}",
+                f"rebuild it here with gtcompress export --model {model} --trt",
+            )
+        return [
+            Target(
+                model,
+                backend,
+                precision,
+                path,
+                lambda: TensorRTBackend(path, precision),
+                max_batch=record.get("max_batch"),
+            )
+        ]
 
     def _ort_cuda(self) -> bool:
         import onnxruntime
@@ -259,51 +326,70 @@ class Bench:
 
     # -- timing -------------------------------------------------------------------------------------------------
     def measure(self) -> dict[str, Any]:
+        """Time every target at every batch size (batch sizes outermost: teacher and student side by side)."""
         targets = self.targets()
         torch.set_num_threads(self.threads)
         rng = np.random.default_rng(0)
         jobs = [(b, t) for b in self.cfg.batch_sizes for t in targets]
-        results = []
-        loaded: dict[int, Backend] = {}
+        results, loaded = [], {}
         with self._progress() as progress:
             task = progress.add_task("bench", total=len(jobs))
             for batch, target in jobs:
                 progress.update(task, description=f"{target.model} {target.backend} {target.precision} b{batch}")
                 if target.max_batch is not None and batch > target.max_batch:
-                    self.skipped.append({"model": target.model, "backend": target.backend,
-                                         "precision": target.precision, "batch_size": str(batch),
-                                         "reason": f"the engine's largest batch is {target.max_batch} "
-                                                   "(rebuild with gtcompress export --trt --max-batch N)"})
-                    progress.advance(task)
-                    continue
-                if id(target) not in loaded:
-                    loaded[id(target)] = target.make()
-                backend = loaded[id(target)]
-                size = self.models[target.model]["img_size"]
-                x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
-                samples = time_backend(backend, x, self.cfg.warmup, self.cfg.iters, self.cfg.seconds)
-                record = {"model": target.model, "arch": self.models[target.model]["arch"],
-                          "backend": target.backend, "device": backend.device, "precision": target.precision,
-                          "batch_size": batch, "artefact": os.path.relpath(target.path, self.run.path),
-                          "bytes": target.path.stat().st_size, **latency_stats(samples, batch),
-                          "samples_ms": [round(s, 5) for s in samples]}
-                results.append(record)
-                if not progress.live.is_started:
-                    self.say(f"{target.model:>16} {target.backend:>11} {target.precision} b{batch:<3} "
-                             f"p50 {record['p50_ms']:.3f} ms  {record['throughput']:.0f}/s")
+                    self.skipped.append(_too_large(target, batch))
+                else:
+                    if id(target) not in loaded:
+                        loaded[id(target)] = target.make()
+                    results.append(self._time(target, loaded[id(target)], batch, rng))
+                    if not progress.live.is_started:
+                        r = results[-1]
+                        self.say(
+                            f"{target.model:>16} {target.backend:>11} {target.precision} b{batch:<3} "
+                            f"p50 {r['p50_ms']:.3f} ms  {r['throughput']:.0f}/s"
+                        )
                 progress.advance(task)
         return {
-            "run": str(self.run.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "run": str(self.run.path),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": command_line(),
-            "device": machine_info(self.threads, self.cuda), "versions": versions(),
+            "device": machine_info(self.threads, self.cuda),
+            "versions": versions(),
             "settings": self.cfg.model_dump(mode="json", exclude={"run"}) | {"threads": self.threads},
-            "models": self.models, "results": results, "skipped": self.skipped, "missing": self.missing,
+            "models": self.models,
+            "results": results,
+            "skipped": self.skipped,
+            "missing": self.missing,
+        }
+
+    def _time(self, target: Target, backend: Backend, batch: int, rng: np.random.Generator) -> dict[str, Any]:
+        """One bench.json result: a target's latencies at one batch size on random input."""
+        size = self.models[target.model]["img_size"]
+        x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+        samples = time_backend(backend, x, self.cfg.warmup, self.cfg.iters, self.cfg.seconds)
+        return {
+            "model": target.model,
+            "arch": self.models[target.model]["arch"],
+            "backend": target.backend,
+            "device": backend.device,
+            "precision": target.precision,
+            "batch_size": batch,
+            "artefact": os.path.relpath(target.path, self.run.path),
+            "bytes": target.path.stat().st_size,
+            **latency_stats(samples, batch),
+            "samples_ms": [round(s, 5) for s in samples],
         }
 
     def _progress(self) -> Progress:
-        return Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=self.console, transient=True,
-                        disable=self.console is None or not self.console.is_terminal)
+        return Progress(
+            TextColumn("{task.description:<40}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=self.console is None or not self.console.is_terminal,
+        )
 
 
 def run_bench(cfg: BenchConfig, say: Callable[[str], None] = print, console: Console | None = None) -> dict[str, Any]:

@@ -38,17 +38,40 @@ def bench_table(bench: dict[str, Any]) -> Table:
     """Every measurement: latency percentiles, throughput and speed-up vs the teacher."""
     teacher = reference_teacher(bench["results"]) or "teacher"
     dev = bench["device"]
-    table = Table(title=f"gtcompress bench on {dev['gpu'] if dev['cuda'] else dev['cpu']} ({dev['threads']} threads)",
-                  caption=f"× faster: the {teacher}'s fp32 p50 on the same backend and batch over the row's",
-                  box=box.SIMPLE_HEAVY, title_justify="left", caption_justify="left")
-    for col in ("model", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s",
-                "× faster"):
+    table = Table(
+        title=f"gtcompress bench on {dev['gpu'] if dev['cuda'] else dev['cpu']} ({dev['threads']} threads)",
+        caption=f"× faster: the {teacher}'s fp32 p50 on the same backend and batch over the row's",
+        box=box.SIMPLE_HEAVY,
+        title_justify="left",
+        caption_justify="left",
+    )
+    for col in (
+        "model",
+        "backend",
+        "precision",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "mean ms",
+        "samples/s",
+        "× faster",
+    ):
         table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right", no_wrap=True)
     for r in sorted(bench["results"], key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"])):
         ratio = speedup(bench["results"], r)
-        table.add_row(r["model"], r["backend"], r["precision"], str(r["batch_size"]), f"{r['p50_ms']:.3f}",
-                      f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['throughput']:.0f}",
-                      f"{ratio:.1f}×" if ratio else "")
+        table.add_row(
+            r["model"],
+            r["backend"],
+            r["precision"],
+            str(r["batch_size"]),
+            f"{r['p50_ms']:.3f}",
+            f"{r['p90_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['mean_ms']:.3f}",
+            f"{r['throughput']:.0f}",
+            f"{ratio:.1f}×" if ratio else "",
+        )
     return table
 
 

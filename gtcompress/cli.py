@@ -20,7 +20,9 @@ from .errors import UserError
 from .export.config import ExportConfig, parse_tolerances
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Generous Teacher distillation of timm models, exported to ONNX/TensorRT and benchmarked.",
 )
 # Tables keep their layout in logs and pipes, where rich would otherwise assume 80 columns.
@@ -80,13 +82,58 @@ def _split(values: list[str] | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for item in values for v in item.split(",") if v.strip()) if values else None
 
 
+# distill's options that set one configuration key, and those that set a key of every stage's schedule
+OPTION_KEYS = {
+    "teacher": "teacher.arch",
+    "student": "student.arch",
+    "dataset": "data.name",
+    "data_root": "data.root",
+    "download": "data.download",
+    "img_size": "data.img_size",
+    "method": "student.method",
+    "gt_beta": "generous.beta",
+    "gt_k": "generous.k",
+    "gt_init": "generous.init",
+    "teacher_checkpoint": "teacher.checkpoint",
+    "pretrained": "teacher.pretrained",
+    "compare": "compare",
+    "seed": "seed",
+    "device": "device",
+    "precision": "precision",
+    "compile_": "compile",
+    "tensorboard": "tensorboard",
+    "cache_teacher_logits": "cache_teacher_logits",
+}
+PER_STAGE_OPTIONS = ("epochs", "batch_size", "lr")
+
+
+def _distill_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """The dotted configuration keys that distill's given options set (--set last, so it wins)."""
+    given = {name: value for name, value in params.items() if value is not None}
+    overrides = {
+        f"{stage}.train.{name}": given[name]
+        for name in PER_STAGE_OPTIONS
+        if name in given
+        for stage in ("teacher", "generous", "student")
+    }
+    overrides.update(
+        {
+            key: str(given[name]) if isinstance(given[name], Path) else given[name]
+            for name, key in OPTION_KEYS.items()
+            if name in given
+        }
+    )
+    overrides.update(_parse_set(given.get("set_") or []))
+    return overrides
+
+
 @app.command()
 @user_errors
 def distill(
     ctx: typer.Context,
-    teacher: Annotated[Optional[str], typer.Option(help="timm teacher (exact name, unique prefix, or _100 variant).")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="timm teacher: exact name, prefix or _100 variant.")] = None,
     student: Annotated[Optional[str], typer.Option(help="timm student, resolved like --teacher.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="digits | synthetic | cifar10 | cifar100 | imagefolder:PATH")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="digits | synthetic | cifar10/100 | imagefolder:PATH")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
     download: Annotated[Optional[bool], typer.Option("--download", help="Download CIFAR if missing.")] = None,
     recipe: Annotated[Optional[Path], typer.Option(help="YAML recipe; options given here override it.")] = None,
@@ -98,16 +145,26 @@ def distill(
     gt_beta: Annotated[Optional[float], typer.Option(help="Weight of the GT's non-target term.")] = None,
     gt_k: Annotated[Optional[float], typer.Option(help="GT temperature multiple: T = k * std(logits).")] = None,
     gt_init: Annotated[Optional[str], typer.Option(help="GT initialisation: scratch | standard.")] = None,
-    teacher_checkpoint: Annotated[Optional[Path], typer.Option(help="Load the Standard Teacher from this file.")] = None,
-    pretrained: Annotated[Optional[bool], typer.Option("--pretrained", help="Fine-tune timm's pretrained teacher.")] = None,
-    compare: Annotated[Optional[bool], typer.Option("--compare", help="Also train students from the ST and CE-only.")] = None,
+    teacher_checkpoint: Annotated[Optional[Path], typer.Option(help="Load the Standard Teacher.")] = None,
+    pretrained: Annotated[
+        Optional[bool], typer.Option("--pretrained", help="Fine-tune timm's pretrained teacher.")
+    ] = None,
+    compare: Annotated[Optional[bool], typer.Option("--compare", help="Also train the controls.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
     precision: Annotated[Optional[str], typer.Option(help="Training autocast: fp32 | bf16 | fp16 (CUDA).")] = None,
     compile_: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the trained model.")] = None,
-    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Also log scalars to RUN/tensorboard.")] = None,
-    cache_teacher_logits: Annotated[Optional[bool], typer.Option("--cache-teacher-logits/--no-cache-teacher-logits", help="Reuse the frozen teachers' logits across epochs (default: when training has no augmentation).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any recipe key: --set data.train_fraction=0.2")] = None,
+    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard", help="Log to RUN/tensorboard.")] = None,
+    cache_teacher_logits: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--cache-teacher-logits/--no-cache-teacher-logits",
+            help="Reuse the frozen teachers' logits across epochs (default: when training has no augmentation).",
+        ),
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Any recipe key: --set data.train_fraction=0.2")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build data, models and optimizers, then stop.")] = False,
@@ -117,20 +174,7 @@ def distill(
     from .pipeline import run_distill
     from .report import stage_table
 
-    per_stage = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
-    overrides: dict[str, Any] = {
-        f"{s}.train.{k}": v for k, v in per_stage.items() if v is not None for s in ("teacher", "generous", "student")
-    }
-    flat = {
-        "teacher.arch": teacher, "student.arch": student, "data.name": dataset, "data.root": data_root,
-        "data.download": download, "data.img_size": img_size, "student.method": method, "generous.beta": gt_beta,
-        "generous.k": gt_k, "generous.init": gt_init, "teacher.checkpoint": teacher_checkpoint,
-        "teacher.pretrained": pretrained, "compare": compare, "seed": seed, "device": device,
-        "precision": precision, "compile": compile_, "tensorboard": tensorboard,
-        "cache_teacher_logits": cache_teacher_logits,
-    }
-    overrides.update({k: (str(v) if isinstance(v, Path) else v) for k, v in flat.items() if v is not None})
-    overrides.update(_parse_set(set_ or []))
+    overrides = _distill_overrides(ctx.params)
     given = given_keys(recipe, overrides) if resume else None  # re-running the starting command is fine
     cfg = load_config(recipe, overrides) if not resume or given else None
     run = run_distill(cfg, out=out, resume=resume, console=console, dry_run=dry_run, given=given)
@@ -186,10 +230,21 @@ def export(
     from .export.exporter import artefact_table, run_export
 
     cfg = ExportConfig(
-        run=run, checkpoint=checkpoint, stage=model, precisions=_split(precision) or ("fp32",), trt=trt,
-        max_batch=max_batch, workspace_gib=workspace_gib, calibration_images=calibration_images,
-        calibration_method=calibration_method, opset=opset, dataset=dataset, data_root=data_root, out=out,
-        triton=triton, tolerances=parse_tolerances(tolerance or []),
+        run=run,
+        checkpoint=checkpoint,
+        stage=model,
+        precisions=_split(precision) or ("fp32",),
+        trt=trt,
+        max_batch=max_batch,
+        workspace_gib=workspace_gib,
+        calibration_images=calibration_images,
+        calibration_method=calibration_method,
+        opset=opset,
+        dataset=dataset,
+        data_root=data_root,
+        out=out,
+        triton=triton,
+        tolerances=parse_tolerances(tolerance or []),
     )
     console.print(artefact_table(run_export(cfg, say=say)))
 
@@ -208,8 +263,11 @@ def eval_(
 
     result = evaluate_artefact(artefact, dataset=dataset, data_root=data_root, device=device)
     topk = next(k for k in result if k.startswith("top") and k != "top1")
-    console.print(f"{artefact.name} ({result['backend']} {result['precision']}): top-1 {result['top1']:.2f}%  "
-                  f"{topk.replace('top', 'top-')} {result[topk]:.2f}%  on {result['data']}", highlight=False)
+    console.print(
+        f"{artefact.name} ({result['backend']} {result['precision']}): top-1 {result['top1']:.2f}%  "
+        f"{topk.replace('top', 'top-')} {result[topk]:.2f}%  on {result['data']}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -231,10 +289,18 @@ def bench(
     from .bench import run_bench
     from .benchfile import bench_table
 
-    cfg = BenchConfig(run=run, backends=_split(backend), precisions=_split(precision),
-                      stages=_split(model) or BenchConfig.model_fields["stages"].default,
-                      batch_sizes=parse_batch_sizes(batch_sizes), iters=iters, seconds=seconds, warmup=warmup,
-                      threads=threads, device=device)
+    cfg = BenchConfig(
+        run=run,
+        backends=_split(backend),
+        precisions=_split(precision),
+        stages=_split(model) or BenchConfig.model_fields["stages"].default,
+        batch_sizes=parse_batch_sizes(batch_sizes),
+        iters=iters,
+        seconds=seconds,
+        warmup=warmup,
+        threads=threads,
+        device=device,
+    )
     result = run_bench(cfg, say=say, console=console)
     console.print(bench_table(result))
     console.print(f"wrote {Path(result['run']) / 'bench.json'}; next: gtcompress report")
@@ -245,8 +311,9 @@ def bench(
 def report(
     ctx: typer.Context,
     run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(
-        help="Batch size of the latency columns (default: smallest).")] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="Batch size of the latency columns (default: smallest).")
+    ] = None,
 ) -> None:
     """Accuracy, size and latency of every model and artefact -> RUN/report.{md,json,html}."""
     from .workflow import report as write
@@ -260,8 +327,9 @@ def run(
     ctx: typer.Context,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
-    precision: Annotated[Optional[list[str]], typer.Option(
-        help="Student export precisions (the teacher is exported at fp32).")] = None,
+    precision: Annotated[
+        Optional[list[str]], typer.Option(help="Student export precisions (the teacher is exported at fp32).")
+    ] = None,
     trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (CUDA).")] = False,
     tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP)] = None,
     backend: Annotated[Optional[list[str]], typer.Option(help="Bench backends (default: every installed one).")] = None,
@@ -281,12 +349,22 @@ def run(
 
     tolerances = parse_tolerances(tolerance or [])  # bad options fail here, not after the training
     workflow = Workflow(
-        exports=(ExportConfig(stage="student", precisions=_split(precision) or ("fp32", "fp16", "int8"), trt=trt,
-                              tolerances=tolerances),
-                 ExportConfig(stage="generous_teacher", trt=trt, tolerances=tolerances))
-        if not skip_export else (),
-        bench=None if skip_bench else BenchConfig(backends=_split(backend), batch_sizes=parse_batch_sizes(batch_sizes),
-                                                  iters=iters, seconds=seconds),
+        exports=(
+            ExportConfig(
+                stage="student",
+                precisions=_split(precision) or ("fp32", "fp16", "int8"),
+                trt=trt,
+                tolerances=tolerances,
+            ),
+            ExportConfig(stage="generous_teacher", trt=trt, tolerances=tolerances),
+        )
+        if not skip_export
+        else (),
+        bench=None
+        if skip_bench
+        else BenchConfig(
+            backends=_split(backend), batch_sizes=parse_batch_sizes(batch_sizes), iters=iters, seconds=seconds
+        ),
     )
     if skip_distill and ctx.args:
         raise UserError(f"--skip-distill takes no distill options (got {' '.join(ctx.args)})", "drop them")

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from torch import Tensor
 
 from . import losses
-
 from .errors import UserError
 
 
@@ -100,12 +99,16 @@ class GenerousConfig(Strict):
     beta: float = Field(2.0, ge=0, description="weight of the non-target distillation term")
     k: float = Field(1.0, gt=0, description="temperature multiple of each sample's logit std")
     warmup: float = Field(0.2, ge=0, le=1, description="fraction of epochs over which beta ramps up")
-    temperature: float | None = Field(None, gt=0, description="None: T = k * std(logits) per sample; a number: "
-                                      "that fixed T (an ablation)")
-    classes: Literal["non_target", "all"] = Field("non_target", description="distil the ST's non-target classes, "
-                                                  "or all of them (an ablation: plain KD)")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=4, warmup_epochs=1),
-                               description="a fine-tune: half the ST's epochs (from scratch: as many)")
+    temperature: float | None = Field(
+        None, gt=0, description="None: T = k * std(logits) per sample; a number: that fixed T (an ablation)"
+    )
+    classes: Literal["non_target", "all"] = Field(
+        "non_target", description="distil the ST's non-target classes, or all of them (an ablation: plain KD)"
+    )
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=4, warmup_epochs=1),
+        description="a fine-tune: half the ST's epochs (from scratch: as many)",
+    )
 
 
 class MethodConfig(Strict):
@@ -186,8 +189,13 @@ class _StudentBase(Strict):
 
 # One block per registered method (student.kd, student.dkd, ...), as recipes spell them.
 StudentConfig = create_model(
-    "StudentConfig", __base__=_StudentBase, __doc__=_StudentBase.__doc__,
-    **{name: (cls, Field(default_factory=cls, description=cls.__doc__.splitlines()[0])) for name, cls in METHODS.items()},
+    "StudentConfig",
+    __base__=_StudentBase,
+    __doc__=_StudentBase.__doc__,
+    **{
+        name: (cls, Field(default_factory=cls, description=cls.__doc__.splitlines()[0]))
+        for name, cls in METHODS.items()
+    },
 )
 
 
@@ -202,7 +210,8 @@ class RunConfig(Strict):
     compile: bool = Field(False, description="torch.compile the model being trained")
     tensorboard: bool = Field(False, description="also log every epoch's scalars to <run>/tensorboard")
     cache_teacher_logits: bool | None = Field(
-        None, description="reuse the frozen teachers' logits across epochs; None: only without augmentation")
+        None, description="reuse the frozen teachers' logits across epochs; None: only without augmentation"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     generous: GenerousConfig = Field(default_factory=GenerousConfig)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -189,8 +189,10 @@ class RobustImageFolder(Dataset):
         except (FileNotFoundError, RuntimeError) as e:
             raise UserError(f"no images under {root} ({e})", "use one sub-folder of images per class") from None
         if classes is not None and folder.classes != classes:
-            raise UserError(f"{root} has classes {folder.classes[:5]}..., unlike the training split",
-                            "give train/ and val/ the same class sub-folders")
+            raise UserError(
+                f"{root} has classes {folder.classes[:5]}..., unlike the training split",
+                "give train/ and val/ the same class sub-folders",
+            )
         with ThreadPoolExecutor(16) as pool:
             readable = list(pool.map(_readable, (p for p, _ in folder.samples)))
         self.skipped = [p for (p, _), ok in zip(folder.samples, readable) if not ok]
@@ -302,8 +304,15 @@ def loader_workers(cfg: DataConfig, splits: Splits) -> int:
 
 
 def create_loader(
-    dataset: Dataset, batch_size: int, *, training: bool, workers: int, seed: int = 0,
-    rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    training: bool,
+    workers: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """Training: a shuffled shard per rank (call `sampler.set_epoch`). Eval: an exact, unpadded shard."""
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)

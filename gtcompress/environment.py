@@ -35,8 +35,12 @@ def gpu_clocks() -> dict[str, str] | None:
     """SM/memory clocks (current and maximum) from nvidia-smi, where it exists."""
     query = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit"
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader", "-i",
-                              str(torch.cuda.current_device())], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader", "-i", str(torch.cuda.current_device())],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     values = [v.strip() for v in out.stdout.strip().split(",")]
@@ -45,8 +49,13 @@ def gpu_clocks() -> dict[str, str] | None:
 
 def machine_info(threads: int | None = None, cuda: bool = False) -> dict[str, Any]:
     """CPU, cores, threads, OS and (with `cuda`) the GPU, its CUDA version and clocks."""
-    info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
-                            "platform": platform.platform(), "cuda": cuda}
+    info: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "cuda": cuda,
+    }
     if cuda:
         info.update(gpu=torch.cuda.get_device_name(), cuda_version=torch.version.cuda, gpu_clocks=gpu_clocks())
     return info
@@ -58,8 +67,14 @@ def versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    out = {"gtcompress": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "torchvision": torchvision.__version__, "timm": timm.__version__, "onnxruntime": onnxruntime.__version__}
+    out = {
+        "gtcompress": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
     if importlib.util.find_spec("tensorrt") is not None:
         import tensorrt
 

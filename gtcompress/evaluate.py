@@ -15,8 +15,9 @@ from .export.verify import predict
 from .models import ModelSpec, read_checkpoint, spec_of
 
 
-def evaluate_artefact(path: Path, dataset: str | None = None, data_root: Path | None = None, device: str = "cpu",
-                      batch_size: int = 64) -> dict[str, Any]:
+def evaluate_artefact(
+    path: Path, dataset: str | None = None, data_root: Path | None = None, device: str = "cpu", batch_size: int = 64
+) -> dict[str, Any]:
     """Test-split top-1 of a .pt, .onnx or .engine file; the data set is its run's unless given."""
     path = Path(path)
     if not path.is_file():
@@ -27,8 +28,14 @@ def evaluate_artefact(path: Path, dataset: str | None = None, data_root: Path | 
         spec = spec_of(read_checkpoint(path))
     else:
         meta = read_sidecar(path)
-        spec = ModelSpec(meta["arch"], meta["num_classes"], meta["img_size"], tuple(meta["mean"]),
-                         tuple(meta["std"]), tuple(meta["class_names"]))
+        spec = ModelSpec(
+            meta["arch"],
+            meta["num_classes"],
+            meta["img_size"],
+            tuple(meta["mean"]),
+            tuple(meta["std"]),
+            tuple(meta["class_names"]),
+        )
     data = load_eval_data(_data_config(_run_of(path), dataset, data_root, path.name), spec)
     backend = load_backend(path, device=device)
     logits = predict(backend, data, batch_size)
@@ -36,7 +43,11 @@ def evaluate_artefact(path: Path, dataset: str | None = None, data_root: Path | 
     k = min(5, spec.num_classes)
     topk = np.argsort(-logits, axis=1)[:, :k]
     return {
-        "path": str(path), "backend": backend.name, "precision": backend.precision, "images": len(data.labels),
+        "path": str(path),
+        "backend": backend.name,
+        "precision": backend.precision,
+        "images": len(data.labels),
         "top1": float(100 * (top1 == data.labels).mean()),
-        f"top{k}": float(100 * (topk == data.labels[:, None]).any(1).mean()), "data": data.description,
+        f"top{k}": float(100 * (topk == data.labels[:, None]).any(1).mean()),
+        "data": data.description,
     }

@@ -100,7 +100,11 @@ def dist_loss(
 
 
 def generous_term(
-    logits_gt: Tensor, logits_st: Tensor, target: Tensor, k: float = 1.0, temperature: float | None = None,
+    logits_gt: Tensor,
+    logits_st: Tensor,
+    target: Tensor,
+    k: float = 1.0,
+    temperature: float | None = None,
     classes: str = "non_target",
 ) -> Tensor:
     """The GT's distillation term: k^2 * KL(ST || GT) over the non-target classes at T = k * std(z) per sample.
@@ -116,8 +120,14 @@ def generous_term(
 
 
 def generous_teacher_loss(
-    logits_gt: Tensor, logits_st: Tensor, target: Tensor, beta: float = 1.0, k: float = 2.0,
-    label_smoothing: float = 0.0, temperature: float | None = None, classes: str = "non_target",
+    logits_gt: Tensor,
+    logits_st: Tensor,
+    target: Tensor,
+    beta: float = 1.0,
+    k: float = 2.0,
+    label_smoothing: float = 0.0,
+    temperature: float | None = None,
+    classes: str = "non_target",
 ) -> dict[str, Tensor]:
     """L_GT = CE(z_gt, y) + beta * generous_term(ST -> GT). `beta` carries the warm-up factor.
 

@@ -100,7 +100,9 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
         reason = first_line(e)
-        raise UserError(f"{path} is not a readable checkpoint ({reason})", "re-create it; it may be truncated") from None
+        raise UserError(
+            f"{path} is not a readable checkpoint ({reason})", "re-create it; it may be truncated"
+        ) from None
 
 
 def _is_gtcompress(obj: Any) -> bool:
@@ -120,8 +122,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def spec_of(ckpt: dict[str, Any]) -> ModelSpec:
     return ModelSpec(
-        arch=ckpt["arch"], num_classes=ckpt["num_classes"], img_size=ckpt["img_size"], mean=tuple(ckpt["mean"]),
-        std=tuple(ckpt["std"]), class_names=tuple(ckpt["class_names"]),
+        arch=ckpt["arch"],
+        num_classes=ckpt["num_classes"],
+        img_size=ckpt["img_size"],
+        mean=tuple(ckpt["mean"]),
+        std=tuple(ckpt["std"]),
+        class_names=tuple(ckpt["class_names"]),
     )
 
 

@@ -30,8 +30,16 @@ def generous_objective(cfg: GenerousConfig) -> Objective:
 
     def objective(logits: Tensor, teacher: Tensor | None, target: Tensor, progress: float) -> dict[str, Tensor]:
         beta = cfg.beta * warmup_factor(progress, warmup_epochs)
-        return generous_teacher_loss(logits.float(), teacher.float(), target, beta, cfg.k, cfg.train.label_smoothing,
-                                     cfg.temperature, cfg.classes)
+        return generous_teacher_loss(
+            logits.float(),
+            teacher.float(),
+            target,
+            beta,
+            cfg.k,
+            cfg.train.label_smoothing,
+            cfg.temperature,
+            cfg.classes,
+        )
 
     return objective
 

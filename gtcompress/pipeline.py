@@ -15,15 +15,22 @@ from torch import nn
 
 from .config import RunConfig, differences, dump_config
 from .data import Splits, Transformed, build_transform, create_loader, load_splits, loader_workers
-from .environment import command_line, device_name, versions
 from .distributed import DistEnv, agree, barrier, broadcast_object, init_distributed, shutdown
+from .environment import command_line, device_name, versions
 from .errors import UserError
 from .models import (
-    ModelSpec, count_macs, count_params, default_normalization, load_model, resolve_model_name, save_checkpoint,
+    ModelSpec,
+    count_macs,
+    count_params,
+    default_normalization,
+    load_model,
+    resolve_model_name,
+    save_checkpoint,
 )
 from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
 from .stages import STAGES, Models, Stage
 from .train import Context, Job, fit, make_optimizer, seed_everything
+
 
 def resolve_names(cfg: RunConfig) -> list[str]:
     """Replace the configured model names by exact timm names; return how each was resolved."""
@@ -39,9 +46,15 @@ def resolve_names(cfg: RunConfig) -> list[str]:
 
 def environment(env: DistEnv, device: torch.device, requested: dict[str, str]) -> dict[str, Any]:
     """What config.yaml records about where and how the run was started."""
-    return {"requested": requested, "device": str(device), "device_name": device_name(device),
-            "world_size": env.world_size, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": command_line(), "versions": versions()}
+    return {
+        "requested": requested,
+        "device": str(device),
+        "device_name": device_name(device),
+        "world_size": env.world_size,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command_line(),
+        "versions": versions(),
+    }
 
 
 def _load_resumed(out: Path | None, requested: RunConfig | None, keys: set[str]) -> tuple[RunConfig, RunDir]:
@@ -52,8 +65,10 @@ def _load_resumed(out: Path | None, requested: RunConfig | None, keys: set[str])
         resolve_names(requested)
         diffs = differences(saved, requested, keys)
         if diffs:
-            raise UserError(f"--resume: options differ from the run's saved configuration: {'; '.join(diffs)}",
-                            "drop those options, or start a new run without --resume")
+            raise UserError(
+                f"--resume: options differ from the run's saved configuration: {'; '.join(diffs)}",
+                "drop those options, or start a new run without --resume",
+            )
     return saved, run
 
 
@@ -69,13 +84,19 @@ def _check(cfg: RunConfig) -> None:
     if cfg.teacher.pretrained and cfg.teacher.checkpoint:
         raise UserError("--pretrained and --teacher-checkpoint both given", "pick one source of teacher weights")
     if cfg.generous.init == "standard" and (cfg.generous.arch or cfg.teacher.arch) != cfg.teacher.arch:
-        raise UserError("--gt-init standard needs the Generous Teacher to share the teacher's architecture",
-                        "drop generous.arch or use --gt-init scratch")
+        raise UserError(
+            "--gt-init standard needs the Generous Teacher to share the teacher's architecture",
+            "drop generous.arch or use --gt-init scratch",
+        )
 
 
 def run_distill(
-    cfg: RunConfig | None = None, out: Path | None = None, resume: bool = False, console: Console | None = None,
-    dry_run: bool = False, given: set[str] | None = None,
+    cfg: RunConfig | None = None,
+    out: Path | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+    dry_run: bool = False,
+    given: set[str] | None = None,
 ) -> RunDir | None:
     """Run every stage of the pipeline, or resume the run in `out` with its saved configuration.
 
@@ -128,21 +149,31 @@ class _Setup:
         return ModelSpec(arch, s.num_classes, self.img_size, self.mean, self.std, tuple(s.class_names))
 
 
-def _setup(cfg: RunConfig, run: RunDir | None, env: DistEnv, device: torch.device, console: Console,
-           say: Callable[..., None]) -> _Setup:
+def _setup(
+    cfg: RunConfig, run: RunDir | None, env: DistEnv, device: torch.device, console: Console, say: Callable[..., None]
+) -> _Setup:
     splits = agree(env, lambda: load_splits(cfg.data))
     if splits.skipped:
         names = ", ".join(Path(p).name for p in splits.skipped[:10])
-        say(f"[yellow]skipped {len(splits.skipped)} unreadable image(s): {names}"
-            f"{', ...' if len(splits.skipped) > 10 else ''}")
+        say(
+            f"[yellow]skipped {len(splits.skipped)} unreadable image(s): {names}"
+            f"{', ...' if len(splits.skipped) > 10 else ''}"
+        )
     img_size = cfg.data.img_size or splits.img_size
     teacher_mean, teacher_std = default_normalization(cfg.teacher.arch)
     mean, std = tuple(cfg.data.mean or teacher_mean), tuple(cfg.data.std or teacher_std)
     eval_transform = build_transform(cfg.data, splits, img_size, mean, std, training=False)
     cache = cfg.cache_teacher_logits if cfg.cache_teacher_logits is not None else not cfg.data.augment_train
     ctx = Context(
-        run=run, device=device, dist=env, precision=cfg.precision, channels_last=cfg.channels_last, seed=cfg.seed,
-        workers=loader_workers(cfg.data, splits), console=console, compile=cfg.compile,
+        run=run,
+        device=device,
+        dist=env,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        seed=cfg.seed,
+        workers=loader_workers(cfg.data, splits),
+        console=console,
+        compile=cfg.compile,
         train_data=Transformed(splits.train, build_transform(cfg.data, splits, img_size, mean, std, training=True)),
         val_data=Transformed(splits.val, eval_transform),
         # with augmentation, cached logits are the teacher's on the un-augmented image: an approximation
@@ -157,14 +188,17 @@ def _describe(stage: Stage, setup: _Setup, models: Models, say: Callable[..., No
     model = agree(env, lambda: stage.build(cfg, setup.splits.num_classes, models))
     train = stage.train(cfg)
     optimizer = make_optimizer(model, train)
-    say(f"{stage.name}: {stage.arch(cfg)}, {count_params(model) / 1e6:.2f}M params, "
+    say(
+        f"{stage.name}: {stage.arch(cfg)}, {count_params(model) / 1e6:.2f}M params, "
         f"{count_macs(model, setup.img_size) / 1e6:.1f} MMACs at {setup.img_size}px; {train.epochs} epochs of "
-        f"{type(optimizer).__name__} lr {train.lr}, global batch {train.batch_size}")
+        f"{type(optimizer).__name__} lr {train.lr}, global batch {train.batch_size}"
+    )
     return model
 
 
-def _train(stage: Stage, setup: _Setup, models: Models, on_epoch: Callable[[dict[str, Any]], None],
-           say: Callable[..., None]) -> nn.Module:
+def _train(
+    stage: Stage, setup: _Setup, models: Models, on_epoch: Callable[[dict[str, Any]], None], say: Callable[..., None]
+) -> nn.Module:
     """Train one stage (or load it, when a previous attempt finished it) and record its metrics."""
     cfg, run, env = setup.cfg, setup.ctx.run, setup.ctx.dist
     done = run.metrics().get(stage.name)
@@ -173,12 +207,23 @@ def _train(stage: Stage, setup: _Setup, models: Models, on_epoch: Callable[[dict
         return load_model(run.checkpoint(stage.name))[0]
     seed_everything(cfg.seed, stage.seed_offset)
     model = agree(env, lambda: stage.build(cfg, setup.splits.num_classes, models))
-    job = Job(stage.name, model, stage.train(cfg), stage.objective(cfg),
-              models[stage.teacher] if stage.teacher else None, stage.seed_offset)
+    job = Job(
+        stage.name,
+        model,
+        stage.train(cfg),
+        stage.objective(cfg),
+        models[stage.teacher] if stage.teacher else None,
+        stage.seed_offset,
+    )
     metrics = fit(job, setup.ctx, setup.splits.num_classes, on_epoch)
     arch = stage.arch(cfg)
-    metrics = {"arch": arch, **metrics, "params": count_params(job.model),
-               "macs": count_macs(job.model, setup.img_size), **stage.record(cfg)}
+    metrics = {
+        "arch": arch,
+        **metrics,
+        "params": count_params(job.model),
+        "macs": count_macs(job.model, setup.img_size),
+        **stage.record(cfg),
+    }
     if env.is_main:
         save_checkpoint(run.checkpoint(stage.name), job.model, setup.spec(arch), stage.name, metrics)
         run.update_metrics(stage.name, metrics)
@@ -187,8 +232,15 @@ def _train(stage: Stage, setup: _Setup, models: Models, on_epoch: Callable[[dict
     return job.model
 
 
-def _run(cfg: RunConfig, out: Path | None, run: RunDir | None, env: DistEnv, device: torch.device,
-         console: Console, dry_run: bool) -> RunDir | None:
+def _run(
+    cfg: RunConfig,
+    out: Path | None,
+    run: RunDir | None,
+    env: DistEnv,
+    device: torch.device,
+    console: Console,
+    dry_run: bool,
+) -> RunDir | None:
     say = console.print if env.is_main else (lambda *a, **k: None)
     if run is None and not dry_run:
         run = _start(cfg, out, env, device, say)
@@ -199,8 +251,10 @@ def _run(cfg: RunConfig, out: Path | None, run: RunDir | None, env: DistEnv, dev
     setup = _setup(cfg, run, env, device, console, say)
     if dry_run:
         x, _ = next(iter(create_loader(setup.ctx.train_data, cfg.student.train.batch_size, training=True, workers=0)))
-        say(f"data: {cfg.data.name}, {len(setup.splits.train)} train / {len(setup.splits.val)} test images, "
-            f"{setup.splits.num_classes} classes, batches of {tuple(x.shape)}")
+        say(
+            f"data: {cfg.data.name}, {len(setup.splits.train)} train / {len(setup.splits.val)} test images, "
+            f"{setup.splits.num_classes} classes, batches of {tuple(x.shape)}"
+        )
     writer = _tensorboard(run) if cfg.tensorboard and env.is_main and run is not None else None
     models: Models = {}
     noted: set[str] = set()
@@ -212,8 +266,11 @@ def _run(cfg: RunConfig, out: Path | None, run: RunDir | None, env: DistEnv, dev
                     say(f"{stage.name}: skipped ({reason})")
                     noted.add(reason)
                 continue
-            models[stage.name] = (_describe(stage, setup, models, say) if dry_run else
-                                  _train(stage, setup, models, lambda r: _on_epoch(run, writer, r), say))
+            models[stage.name] = (
+                _describe(stage, setup, models, say)
+                if dry_run
+                else _train(stage, setup, models, lambda r: _on_epoch(run, writer, r), say)
+            )
     except KeyboardInterrupt:
         if run is not None:
             say(f"\n[yellow]interrupted: continue with `gtcompress distill --resume --out {run.path}`")

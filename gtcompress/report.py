@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import time
 from pathlib import Path
 from typing import Any
@@ -19,23 +18,20 @@ from rich import box
 from rich.table import Table
 
 from .benchfile import find, load_bench, reference_teacher
+from .plots import PLOTS, make_plots
 from .rundir import RunDir, write_bytes, write_json, write_text
 from .stages import STAGE_NAMES, TITLES
 
 # Students' top-1 differences: key -> the arm subtracted. CE-only asks whether distillation helps; <-ST whether
 # the GT helps; <-continued whether it helps beyond its extra epochs.
 DELTAS = {"delta_vs_st_student": "student_from_standard", "delta_vs_continued_student": "student_from_continued"}
-DELTA_NOTE = ("Δ vs ←ST is top-1 minus the student distilled from the Standard Teacher (does the GT help?); "
-              "Δ vs ←continued minus the student of the continued teacher, the ST fine-tuned with CE alone for the "
-              "GT's epochs (does the GT help beyond its extra training?); the CE-only student shows whether "
-              "distillation helps at all.")
+DELTA_NOTE = (
+    "Δ vs ←ST is top-1 minus the student distilled from the Standard Teacher (does the GT help?); "
+    "Δ vs ←continued minus the student of the continued teacher, the ST fine-tuned with CE alone for the "
+    "GT's epochs (does the GT help beyond its extra training?); the CE-only student shows whether "
+    "distillation helps at all."
+)
 BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")  # the report's headline backend: the first one measured
-PLOTS = {
-    "accuracy_latency": "Top-1 accuracy vs p50 latency",
-    "latency_batch": "p50 latency by batch size",
-    "latency_distribution": "Latency distribution (every timed call)",
-    "training_curves": "Training curves",
-}
 
 
 def stage_table(metrics: dict[str, Any]) -> Table:
@@ -49,8 +45,14 @@ def stage_table(metrics: dict[str, Any]) -> Table:
             continue
         top5 = f"{m['top5']:.2f}" if "top5" in m else "-"
         table.add_row(
-            TITLES[name], m["arch"], f"{m['top1']:.2f}", top5, f"{m['params'] / 1e6:.2f}M",
-            f"{m['macs'] / 1e6:.1f}", str(m["epochs"]), f"{m['train_seconds']:.0f}",
+            TITLES[name],
+            m["arch"],
+            f"{m['top1']:.2f}",
+            top5,
+            f"{m['params'] / 1e6:.2f}M",
+            f"{m['macs'] / 1e6:.1f}",
+            str(m["epochs"]),
+            f"{m['train_seconds']:.0f}",
         )
     return table
 
@@ -60,8 +62,9 @@ def _header(run: RunDir, metrics: dict[str, Any], bench: dict[str, Any] | None) 
     env = cfg.get("environment", {})
     if bench:
         dev = bench["device"]
-        machine = (f"{dev['gpu']} (CUDA {dev.get('cuda_version')}), " if dev.get("cuda") else "") + \
-            f"{dev['cpu']}, {dev['threads']} threads"
+        machine = (
+            f"{dev['gpu']} (CUDA {dev.get('cuda_version')}), " if dev.get("cuda") else ""
+        ) + f"{dev['cpu']}, {dev['threads']} threads"
     else:
         machine = f"{env.get('device_name', '?')} (training device {env.get('device', '?')})"
     student = cfg.get("student", {})
@@ -73,7 +76,7 @@ def _header(run: RunDir, metrics: dict[str, Any], bench: dict[str, Any] | None) 
         "data": cfg.get("data", {}).get("name", "?"),
         "num_classes": next((m.get("num_classes") for m in (bench or {}).get("models", {}).values()), None),
         "method": f"{student.get('method', '?')} from the Generous Teacher (beta {generous.get('beta')}, "
-                  f"k {generous.get('k')}, init {generous.get('init')})",
+        f"k {generous.get('k')}, init {generous.get('init')})",
         "teacher": metrics.get("standard_teacher", {}).get("arch"),
         "student": metrics.get("student", {}).get("arch"),
         "machine": machine,
@@ -85,58 +88,95 @@ def _header(run: RunDir, metrics: dict[str, Any], bench: dict[str, Any] | None) 
 
 def build_report(run: RunDir, batch_size: int | None = None) -> dict[str, Any]:
     """The report's content: header, one row per model x exported precision, bench results, notes."""
-    metrics = run.metrics()
-    bench = load_bench(run)
+    metrics, bench = run.metrics(), load_bench(run)
     results = bench["results"] if bench else []
-    measured = sorted({r["batch_size"] for r in results})
     if batch_size is None:
-        batch_size = measured[0] if measured else 1
+        batch_size = min((r["batch_size"] for r in results), default=1)
     backends = [b for b in BACKEND_ORDER if any(r["backend"] == b for r in results)]
     primary = backends[0] if backends else None
-    teacher = reference_teacher(results) or ("generous_teacher" if "generous_teacher" in metrics else
-                                             "standard_teacher")
-    exports = {(r["model"], r["precision"]): r for r in metrics.get("export", []) if r["format"] == "onnx"}
-    baselines = {key: metrics.get(stage, {}).get("top1") for key, stage in DELTAS.items()}
+    teacher = reference_teacher(results) or (
+        "generous_teacher" if "generous_teacher" in metrics else "standard_teacher"
+    )
+    rows = [
+        _row(run, metrics, stage, precision, [r for r in results if r["batch_size"] == batch_size], backends)
+        for stage in STAGE_NAMES
+        if stage in metrics
+        for precision in _precisions(metrics, stage)
+    ]
+    _add_ratios(rows, teacher, primary)
+    return {
+        "header": _header(run, metrics, bench),
+        "batch_size": batch_size,
+        "primary_backend": primary,
+        "backends": backends,
+        "teacher": teacher,
+        "rows": rows,
+        "bench": [{k: v for k, v in r.items() if k != "samples_ms"} for r in results],
+        "notes": _notes(bench),
+    }
 
-    rows = []
-    for stage in (s for s in STAGE_NAMES if s in metrics):
-        m = metrics[stage]
-        for precision in ("fp32", *(p for p in ("fp16", "int8") if (stage, p) in exports)):
-            onnx = exports.get((stage, precision))
-            ckpt = run.checkpoint(stage)
-            file, size = (onnx["path"], onnx["bytes"]) if onnx else (ckpt.name, ckpt.stat().st_size if ckpt.is_file()
-                                                                     else None)
-            top1 = m["top1"] if precision == "fp32" else onnx["top1"]
-            p50 = {b: r["p50_ms"] for b in backends
-                   if (r := find(results, model=stage, backend=b, precision=precision, batch_size=batch_size))}
-            rows.append({
-                "name": TITLES[stage] + ("" if precision == "fp32" else f" {precision}"),
-                "model": stage, "arch": m["arch"], "precision": precision, "file": file, "bytes": size,
-                "top1": top1, "top5": m.get("top5") if precision == "fp32" else None,
-                **{key: top1 - b if b is not None and stage.startswith("student") else None
-                   for key, b in baselines.items()},
-                "params": m["params"], "macs": m.get("macs"), "p50_ms": p50,
-            })
+
+def _onnx_export(metrics: dict[str, Any], stage: str, precision: str) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in metrics.get("export", [])
+            if (r["model"], r["precision"], r["format"]) == (stage, precision, "onnx")
+        ),
+        None,
+    )
+
+
+def _precisions(metrics: dict[str, Any], stage: str) -> list[str]:
+    """fp32 (the checkpoint's accuracy), then each verified ONNX precision of the stage."""
+    return ["fp32", *(p for p in ("fp16", "int8") if _onnx_export(metrics, stage, p))]
+
+
+def _row(
+    run: RunDir, metrics: dict[str, Any], stage: str, precision: str, results: list[dict[str, Any]], backends: list[str]
+) -> dict[str, Any]:
+    """One model at one precision: its file, size, accuracy, deltas vs the control students and p50s."""
+    m, onnx, ckpt = metrics[stage], _onnx_export(metrics, stage, precision), run.checkpoint(stage)
+    file, size = (onnx["path"], onnx["bytes"]) if onnx else (ckpt.name, ckpt.stat().st_size if ckpt.is_file() else None)
+    top1 = m["top1"] if precision == "fp32" else onnx["top1"]
+    deltas = {
+        key: top1 - metrics[base]["top1"] if base in metrics and stage.startswith("student") else None
+        for key, base in DELTAS.items()
+    }
+    p50 = {b: r["p50_ms"] for b in backends if (r := find(results, model=stage, backend=b, precision=precision))}
+    return {
+        "name": TITLES[stage] + ("" if precision == "fp32" else f" {precision}"),
+        "model": stage,
+        "arch": m["arch"],
+        "precision": precision,
+        "file": file,
+        "bytes": size,
+        "top1": top1,
+        "top5": m.get("top5") if precision == "fp32" else None,
+        **deltas,
+        "params": m["params"],
+        "macs": m.get("macs"),
+        "p50_ms": p50,
+    }
+
+
+def _add_ratios(rows: list[dict[str, Any]], teacher: str, primary: str | None) -> None:
+    """What compression bought, for the students: × faster and × smaller than the teacher at fp32."""
     ref = next((r for r in rows if r["model"] == teacher and r["precision"] == "fp32"), None)
-    for row in rows:  # what compression bought: for the students
+    for row in rows:
         student = ref is not None and row["model"].startswith("student")
         fast = student and primary in ref["p50_ms"] and primary in row["p50_ms"]
         row["speedup"] = ref["p50_ms"][primary] / row["p50_ms"][primary] if fast else None
         row["size_ratio"] = ref["bytes"] / row["bytes"] if student and ref["bytes"] and row["bytes"] else None
-    notes = []
+
+
+def _notes(bench: dict[str, Any] | None) -> list[str]:
     if bench is None:
-        notes.append("no latency yet: run `gtcompress bench` (then `gtcompress report` again)")
-    else:
-        notes += [f"not benchmarked: {m}" for m in bench.get("missing", [])]
-        notes += [f"skipped {' '.join(str(v) for k, v in s.items() if k != 'reason')}: {s['reason']}"
-                  for s in bench.get("skipped", [])]
-    return {
-        "header": _header(run, metrics, bench), "batch_size": batch_size, "primary_backend": primary,
-        "backends": backends,
-        "teacher": teacher, "rows": rows,
-        "bench": [{k: v for k, v in r.items() if k != "samples_ms"} for r in results],
-        "notes": notes,
-    }
+        return ["no latency yet: run `gtcompress bench` (then `gtcompress report` again)"]
+    return [f"not benchmarked: {m}" for m in bench.get("missing", [])] + [
+        f"skipped {' '.join(str(v) for k, v in s.items() if k != 'reason')}: {s['reason']}"
+        for s in bench.get("skipped", [])
+    ]
 
 
 # -- formatting --------------------------------------------------------------------------------------------------
@@ -148,41 +188,72 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of the main table (the same strings in every output format)."""
     b = report["batch_size"]
     continued = any(r["delta_vs_continued_student"] is not None for r in report["rows"])
-    cols = ["model", "arch", "top-1 %", "Δ vs ←ST", *(["Δ vs ←continued"] if continued else []), "params", "MMACs",
-            "file", "MB",
-            *(f"{backend} p50 ms (b{b})" for backend in report["backends"]),
-            f"× faster ({report['primary_backend'] or '–'})", "× smaller"]
+    cols = [
+        "model",
+        "arch",
+        "top-1 %",
+        "Δ vs ←ST",
+        *(["Δ vs ←continued"] if continued else []),
+        "params",
+        "MMACs",
+        "file",
+        "MB",
+        *(f"{backend} p50 ms (b{b})" for backend in report["backends"]),
+        f"× faster ({report['primary_backend'] or '–'})",
+        "× smaller",
+    ]
     cells = []
     for r in report["rows"]:
-        cells.append([
-            r["name"], r["arch"], _fmt(r["top1"], ".2f"), _fmt(r["delta_vs_st_student"], "+.2f"),
-            *([_fmt(r["delta_vs_continued_student"], "+.2f")] if continued else []),
-            f"{r['params'] / 1e6:.2f}M", _fmt(r["macs"] and r["macs"] / 1e6, ".1f"), r["file"],
-            _fmt(r["bytes"] and r["bytes"] / 1e6, ".2f"),
-            *(_fmt(r["p50_ms"].get(backend), ".3f") for backend in report["backends"]),
-            _fmt(r["speedup"], ".1f", "×"), _fmt(r["size_ratio"], ".1f", "×"),
-        ])
+        cells.append(
+            [
+                r["name"],
+                r["arch"],
+                _fmt(r["top1"], ".2f"),
+                _fmt(r["delta_vs_st_student"], "+.2f"),
+                *([_fmt(r["delta_vs_continued_student"], "+.2f")] if continued else []),
+                f"{r['params'] / 1e6:.2f}M",
+                _fmt(r["macs"] and r["macs"] / 1e6, ".1f"),
+                r["file"],
+                _fmt(r["bytes"] and r["bytes"] / 1e6, ".2f"),
+                *(_fmt(r["p50_ms"].get(backend), ".3f") for backend in report["backends"]),
+                _fmt(r["speedup"], ".1f", "×"),
+                _fmt(r["size_ratio"], ".1f", "×"),
+            ]
+        )
     return cols, cells
 
 
 def bench_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cols = ["model", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "iters"]
-    cells = [[r["model"], r["backend"], r["precision"], str(r["batch_size"]), f"{r['p50_ms']:.3f}",
-              f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['throughput']:.1f}",
-              str(r["iters"])]
-             for r in sorted(report["bench"],
-                             key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"]))]
+    cells = [
+        [
+            r["model"],
+            r["backend"],
+            r["precision"],
+            str(r["batch_size"]),
+            f"{r['p50_ms']:.3f}",
+            f"{r['p90_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['mean_ms']:.3f}",
+            f"{r['throughput']:.1f}",
+            str(r["iters"]),
+        ]
+        for r in sorted(report["bench"], key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"]))
+    ]
     return cols, cells
 
 
 def report_table(report: dict[str, Any]) -> Table:
     """The main table for the terminal (the file column left to report.md/html, to fit 120 columns)."""
     h = report["header"]
-    table = Table(title=f"gtcompress report: {h['teacher']} -> {h['student']} on {h['data']} ({h['machine']})",
-                  box=box.SIMPLE_HEAVY,
-                  caption=f"p50 at batch {report['batch_size']}; × faster/smaller: vs the {report['teacher']} "
-                          f"(fp32, {report['primary_backend'] or 'not benchmarked'})", title_justify="left",
-                  caption_justify="left")
+    table = Table(
+        title=f"gtcompress report: {h['teacher']} -> {h['student']} on {h['data']} ({h['machine']})",
+        box=box.SIMPLE_HEAVY,
+        caption=f"p50 at batch {report['batch_size']}; × faster/smaller: vs the {report['teacher']} "
+        f"(fp32, {report['primary_backend'] or 'not benchmarked'})",
+        title_justify="left",
+        caption_justify="left",
+    )
     cols, cells = table_rows(report)
     keep = [i for i, col in enumerate(cols) if col != "file"]
     for i in keep:
@@ -201,21 +272,33 @@ def _markdown_table(cols: list[str], cells: list[list[str]]) -> str:
 
 def _header_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
     h = report["header"]
-    return [("command", h["command"]), ("benchmark", h["bench_command"] or "not run"),
-            ("data", f"{h['data']}" + (f" ({h['num_classes']} classes)" if h["num_classes"] else "")),
-            ("method", h["method"]), ("machine", h["machine"]), ("trained on", h["trained_on"]),
-            ("run started", str(h["run_started"])), ("report generated", h["generated"])]
+    return [
+        ("command", h["command"]),
+        ("benchmark", h["bench_command"] or "not run"),
+        ("data", f"{h['data']}" + (f" ({h['num_classes']} classes)" if h["num_classes"] else "")),
+        ("method", h["method"]),
+        ("machine", h["machine"]),
+        ("trained on", h["trained_on"]),
+        ("run started", str(h["run_started"])),
+        ("report generated", h["generated"]),
+    ]
 
 
 def markdown(report: dict[str, Any], plot_files: dict[str, str]) -> str:
     h = report["header"]
     parts = [f"# gtcompress report: {h['teacher']} -> {h['student']} ({h['run']})", ""]
-    parts += [f"- **{k}**: `{v}`" if k in ("command", "benchmark") else f"- **{k}**: {v}"
-              for k, v in _header_lines(report)]
-    parts += ["", f"Latency: p50 at batch {report['batch_size']}; × faster is the {report['teacher']}'s fp32 p50 "
-              f"on {report['primary_backend'] or 'no backend'} over the row's; × smaller compares file sizes. "
-              f"{DELTA_NOTE}", "",
-              _markdown_table(*table_rows(report)), ""]
+    parts += [
+        f"- **{k}**: `{v}`" if k in ("command", "benchmark") else f"- **{k}**: {v}" for k, v in _header_lines(report)
+    ]
+    parts += [
+        "",
+        f"Latency: p50 at batch {report['batch_size']}; × faster is the {report['teacher']}'s fp32 p50 "
+        f"on {report['primary_backend'] or 'no backend'} over the row's; × smaller compares file sizes. "
+        f"{DELTA_NOTE}",
+        "",
+        _markdown_table(*table_rows(report)),
+        "",
+    ]
     if report["bench"]:
         parts += ["## Every measurement", "", _markdown_table(*bench_rows(report)), ""]
     parts += [f"![{PLOTS[k]}]({v})\n" for k, v in plot_files.items()]
@@ -237,12 +320,13 @@ def html_page(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     figures = "".join(
         f'<figure><img class="plot" id="plot-{k}" alt="{e(PLOTS[k])}" '
         f'src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>{e(PLOTS[k])}</figcaption></figure>'
-        for k, png in plots.items())
+        for k, png in plots.items()
+    )
     notes = "".join(f"<li>{e(n)}</li>" for n in report["notes"])
     bench = f"<h2>Every measurement</h2>{table(*bench_rows(report), 'bench')}" if report["bench"] else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>gtcompress report: {e(h['run'])}</title>
+<title>gtcompress report: {e(h["run"])}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
 dl {{ display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }} dt {{ font-weight: 600; }}
@@ -253,92 +337,19 @@ th:first-child, td:first-child {{ text-align: left; }}
 figure {{ display: inline-block; margin: 1em; }} img.plot {{ max-width: 560px; }}
 img#plot-training_curves {{ max-width: 1100px; }}
 </style></head><body>
-<h1>gtcompress report: {e(h['teacher'] or '?')} → {e(h['student'] or '?')}</h1>
+<h1>gtcompress report: {e(h["teacher"] or "?")} → {e(h["student"] or "?")}</h1>
 <dl>{meta}</dl>
-<p>Latency is p50 at batch {report['batch_size']}; × faster is the {e(report['teacher'])}'s fp32 p50 on
-{e(report['primary_backend'] or 'no backend')} over the row's; × smaller compares file sizes. {e(DELTA_NOTE)}</p>
-{table(*table_rows(report), 'summary')}
+<p>Latency is p50 at batch {report["batch_size"]}; × faster is the {e(report["teacher"])}'s fp32 p50 on
+{e(report["primary_backend"] or "no backend")} over the row's; × smaller compares file sizes. {e(DELTA_NOTE)}</p>
+{table(*table_rows(report), "summary")}
 {figures}
 {bench}
-{f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
+{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 </body></html>
 """
 
 
 # -- plots -------------------------------------------------------------------------------------------------------
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def make_plots(report: dict[str, Any], history: list[dict[str, Any]],
-               samples: list[dict[str, Any]]) -> dict[str, bytes]:
-    """PNG bytes of each plot that has data: accuracy vs latency, latency vs batch, distributions, curves."""
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots: dict[str, bytes] = {}
-    primary, b = report["primary_backend"], report["batch_size"]
-    points = [r for r in report["rows"] if primary in r["p50_ms"]]
-    if points:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for i, r in enumerate(points):  # labels staggered: compressed variants often share an accuracy
-            ax.scatter(r["p50_ms"][primary], r["top1"], s=40)
-            ax.annotate(r["name"], (r["p50_ms"][primary], r["top1"]), fontsize=8, xytext=(5, 4 - 11 * (i % 3)),
-                        textcoords="offset points")
-        ax.set(xscale="log", xlabel=f"p50 latency, ms ({primary}, batch {b})", ylabel="top-1 %",
-               title=PLOTS["accuracy_latency"])
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.margins(x=0.25, y=0.15)
-        ax.grid(alpha=.3)
-        plots["accuracy_latency"] = _png(fig)
-    if report["bench"]:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        series: dict[str, list[tuple[int, float]]] = {}
-        for r in report["bench"]:
-            label = f"{r['model']} {r['backend']} {r['precision']}"
-            series.setdefault(label, []).append((r["batch_size"], r["p50_ms"]))
-        for label, pts in sorted(series.items()):
-            xs, ys = zip(*sorted(pts))
-            ax.plot(xs, ys, marker="o", label=label, linestyle="--" if "teacher" in label else "-")
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency, ms", title=PLOTS["latency_batch"])
-        ax.legend(fontsize=7)
-        ax.grid(alpha=.3)
-        plots["latency_batch"] = _png(fig)
-    at_b = [r for r in samples if r["batch_size"] == b and r.get("samples_ms")]
-    if at_b:
-        fig, ax = plt.subplots(figsize=(6, max(3, .35 * len(at_b) + 1)))
-        ax.boxplot([r["samples_ms"] for r in at_b], orientation="horizontal", showfliers=True,
-                   tick_labels=[f"{r['model']} {r['backend']} {r['precision']}" for r in at_b])
-        ax.set(xscale="log", xlabel=f"latency per call, ms (batch {b})", title=PLOTS["latency_distribution"])
-        ax.tick_params(axis="y", labelsize=7)
-        plots["latency_distribution"] = _png(fig)
-    if history:
-        fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for stage in STAGE_NAMES:
-            recs = [h for h in history if h["stage"] == stage]
-            if recs:
-                acc.plot([h["epoch"] for h in recs], [h["top1"] for h in recs], marker=".", label=TITLES[stage])
-                loss.plot([h["epoch"] for h in recs], [h["train_loss"] for h in recs], marker=".",
-                          label=TITLES[stage])
-        acc.set(xlabel="epoch", ylabel="val top-1 %", title=PLOTS["training_curves"])
-        loss.set(xlabel="epoch", ylabel="train loss", yscale="log")
-        acc.legend(fontsize=7)
-        acc.grid(alpha=.3)
-        loss.grid(alpha=.3)
-        plots["training_curves"] = _png(fig)
-    return plots
-
-
 def write_report(run: RunDir, report: dict[str, Any]) -> list[Path]:
     """report.json, report.md (+ plots/*.png) and the self-contained report.html, each written atomically."""
     bench = load_bench(run)

@@ -93,31 +93,76 @@ def _student_record(teacher: str) -> Callable[[RunConfig], dict[str, Any]]:
 
 
 def _student_stage(name: str, title: str, teacher: str, skip: Callable[[RunConfig], str | None]) -> Stage:
-    return Stage(name, title, 2, lambda cfg: cfg.student.arch, _student, lambda cfg: student_objective(cfg.student),
-                 lambda cfg: cfg.student.train, teacher, skip, _student_record(teacher))
+    return Stage(
+        name,
+        title,
+        2,
+        lambda cfg: cfg.student.arch,
+        _student,
+        lambda cfg: student_objective(cfg.student),
+        lambda cfg: cfg.student.train,
+        teacher,
+        skip,
+        _student_record(teacher),
+    )
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("standard_teacher", "Standard Teacher", 0, lambda cfg: cfg.teacher.arch, _standard,
-          lambda cfg: ce_objective(cfg.teacher.train.label_smoothing),
-          lambda cfg: _loaded(cfg.teacher.train, cfg.teacher.checkpoint),
-          record=lambda cfg: {"source": "checkpoint" if cfg.teacher.checkpoint else
-                              "pretrained" if cfg.teacher.pretrained else "scratch"}),
-    Stage("generous_teacher", "Generous Teacher", 1, _gt_arch, _generous, lambda cfg: generous_objective(cfg.generous),
-          lambda cfg: _loaded(cfg.generous.train, cfg.generous.checkpoint), teacher="standard_teacher",
-          record=lambda cfg: {"source": "checkpoint" if cfg.generous.checkpoint else "trained",
-                              "init": cfg.generous.init, "beta": cfg.generous.beta, "k": cfg.generous.k}),
+    Stage(
+        "standard_teacher",
+        "Standard Teacher",
+        0,
+        lambda cfg: cfg.teacher.arch,
+        _standard,
+        lambda cfg: ce_objective(cfg.teacher.train.label_smoothing),
+        lambda cfg: _loaded(cfg.teacher.train, cfg.teacher.checkpoint),
+        record=lambda cfg: {
+            "source": "checkpoint" if cfg.teacher.checkpoint else "pretrained" if cfg.teacher.pretrained else "scratch"
+        },
+    ),
+    Stage(
+        "generous_teacher",
+        "Generous Teacher",
+        1,
+        _gt_arch,
+        _generous,
+        lambda cfg: generous_objective(cfg.generous),
+        lambda cfg: _loaded(cfg.generous.train, cfg.generous.checkpoint),
+        teacher="standard_teacher",
+        record=lambda cfg: {
+            "source": "checkpoint" if cfg.generous.checkpoint else "trained",
+            "init": cfg.generous.init,
+            "beta": cfg.generous.beta,
+            "k": cfg.generous.k,
+        },
+    ),
     # The GT's own code path and seed with the non-target term's weight at 0: only that term differs.
-    Stage("continued_teacher", "continued teacher", 1, _gt_arch, _continued,
-          lambda cfg: generous_objective(cfg.generous.model_copy(update={"beta": 0.0})),
-          lambda cfg: cfg.generous.train, teacher="standard_teacher", skip=_no_continued,
-          record=lambda cfg: {"init": "standard", "beta": 0.0}),
+    Stage(
+        "continued_teacher",
+        "continued teacher",
+        1,
+        _gt_arch,
+        _continued,
+        lambda cfg: generous_objective(cfg.generous.model_copy(update={"beta": 0.0})),
+        lambda cfg: cfg.generous.train,
+        teacher="standard_teacher",
+        skip=_no_continued,
+        record=lambda cfg: {"init": "standard", "beta": 0.0},
+    ),
     _student_stage("student", "student <- GT", "generous_teacher", lambda cfg: None),
     _student_stage("student_from_standard", "student <- ST", "standard_teacher", _no_compare),
     _student_stage("student_from_continued", "student <- continued", "continued_teacher", _no_continued),
-    Stage("student_ce", "student (CE only)", 2, lambda cfg: cfg.student.arch, _student,
-          lambda cfg: ce_objective(cfg.student.train.label_smoothing), lambda cfg: cfg.student.train,
-          skip=_no_compare, record=lambda cfg: {"method": "ce"}),
+    Stage(
+        "student_ce",
+        "student (CE only)",
+        2,
+        lambda cfg: cfg.student.arch,
+        _student,
+        lambda cfg: ce_objective(cfg.student.train.label_smoothing),
+        lambda cfg: cfg.student.train,
+        skip=_no_compare,
+        record=lambda cfg: {"method": "ce"},
+    ),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 TITLES: dict[str, str] = {s.name: s.title for s in STAGES}

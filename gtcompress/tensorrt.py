@@ -32,8 +32,10 @@ def require_tensorrt() -> ModuleType:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError("TensorRT needs a CUDA GPU and torch sees none here",
-                        "run the TensorRT step on a machine with an NVIDIA GPU and a CUDA build of torch")
+        raise UserError(
+            "TensorRT needs a CUDA GPU and torch sees none here",
+            "run the TensorRT step on a machine with an NVIDIA GPU and a CUDA build of torch",
+        )
     return trt
 
 
@@ -62,8 +64,9 @@ class EngineConfig:
     workspace_gib: float = 2.0
 
 
-def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineConfig,
-                 timing_cache: Path | None = None) -> tuple[str, str]:
+def build_engine(
+    onnx_path: Path, engine_path: Path, cfg: EngineConfig, timing_cache: Path | None = None
+) -> tuple[str, str]:
     """Build a serialized engine for `onnx_path` (dynamic batch 1..max_batch) into `engine_path`.
 
     The timing cache at `timing_cache` is read if present and rewritten with this build's timings,
@@ -78,16 +81,22 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineConfig,
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors or ["unknown error"]
-        raise UserError(f"TensorRT cannot parse {onnx_path.name}: {errors[0].splitlines()[0]}",
-                        "check that the ONNX opset is supported by this TensorRT version (--opset)")
+        raise UserError(
+            f"TensorRT cannot parse {onnx_path.name}: {errors[0].splitlines()[0]}",
+            "check that the ONNX opset is supported by this TensorRT version (--opset)",
+        )
     if network.num_inputs != 1 or network.num_outputs != 1:
-        raise UserError(f"{onnx_path.name} has {network.num_inputs} inputs and {network.num_outputs} outputs",
-                        "export a classifier with one input and one output")
+        raise UserError(
+            f"{onnx_path.name} has {network.num_inputs} inputs and {network.num_outputs} outputs",
+            "export a classifier with one input and one output",
+        )
     tensor = network.get_input(0)
     batch, *rest = tuple(tensor.shape)
     if batch != -1 or any(d < 0 for d in rest):
-        raise UserError(f"{onnx_path.name} has input shape {tuple(tensor.shape)}, not (batch, C, H, W)",
-                        "re-export it with gtcompress export (dynamic batch, fixed image size)")
+        raise UserError(
+            f"{onnx_path.name} has input shape {tuple(tensor.shape)}, not (batch, C, H, W)",
+            "re-export it with gtcompress export (dynamic batch, fixed image size)",
+        )
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
@@ -100,8 +109,10 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineConfig,
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         reason = logger.errors[-1].splitlines()[0] if logger.errors else "see the TensorRT log"
-        raise UserError(f"TensorRT could not build an engine from {onnx_path.name}: {reason}",
-                        "lower --max-batch or raise --workspace-gib")
+        raise UserError(
+            f"TensorRT could not build an engine from {onnx_path.name}: {reason}",
+            "lower --max-batch or raise --workspace-gib",
+        )
     with open(engine_path, "wb") as f:
         f.write(plan)
     if timing_cache is not None:

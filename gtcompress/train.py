@@ -30,8 +30,8 @@ from .config import TrainConfig
 from .data import create_loader
 from .distributed import DistEnv, all_reduce_sum, barrier
 from .errors import UserError
-from .objectives import Objective
 from .models import unwrap
+from .objectives import Objective
 from .rundir import RunDir, torch_save
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -89,8 +89,7 @@ def seed_everything(*parts: int) -> None:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """timm's optimizer factory (weight decay off for biases and norms)."""
     try:
-        return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                   momentum=cfg.momentum)
+        return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     except (AssertionError, ValueError) as e:  # timm asserts on unknown optimizer names
         raise UserError(f"timm has no optimizer '{cfg.opt}' ({e})", "use sgd, adamw, lamb, ... (timm.optim)") from None
 
@@ -112,8 +111,9 @@ class Indexed(Dataset):
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, dataset: Dataset, ctx: Context, batch_size: int) -> torch.Tensor:
     """The teacher's fp32 logits for every image of `dataset`, in order, on CPU (each rank computes a shard)."""
-    loader = create_loader(dataset, batch_size, training=False, workers=ctx.workers, rank=ctx.dist.rank,
-                           world_size=ctx.dist.world_size)
+    loader = create_loader(
+        dataset, batch_size, training=False, workers=ctx.workers, rank=ctx.dist.rank, world_size=ctx.dist.world_size
+    )
     parts = []
     for x, _ in loader:
         with ctx.autocast():
@@ -157,8 +157,13 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, num_classes: in
 
 def _progress(ctx: Context) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"), console=ctx.console, transient=True,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=ctx.console,
+        transient=True,
         # a live bar only on a terminal (logs get the per-epoch lines), and only from rank 0
         disable=not (ctx.dist.is_main and ctx.console.is_terminal),
     )
@@ -179,8 +184,13 @@ class Parts:
 
     def stateful(self) -> dict[str, Any]:
         """The objects whose state a checkpoint keeps, by checkpoint key."""
-        return {"model": unwrap(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler,
-                "scaler": self.scaler, "ema": self.ema}
+        return {
+            "model": unwrap(self.model),
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+            "ema": self.ema,
+        }
 
 
 @dataclass
@@ -214,28 +224,56 @@ def build(job: Job, ctx: Context) -> Parts:
     """The model, teacher, loaders, optimizer, scheduler, scaler and EMA of a job, on its device."""
     cfg = job.train
     teacher = _place(job.teacher, ctx).eval().requires_grad_(False) if job.teacher is not None else None
-    loader = create_loader(Indexed(ctx.train_data), cfg.batch_size, training=True, workers=ctx.workers,
-                           seed=ctx.seed + job.seed_offset, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
-                           pin_memory=ctx.device.type == "cuda")
+    loader = create_loader(
+        Indexed(ctx.train_data),
+        cfg.batch_size,
+        training=True,
+        workers=ctx.workers,
+        seed=ctx.seed + job.seed_offset,
+        rank=ctx.dist.rank,
+        world_size=ctx.dist.world_size,
+        pin_memory=ctx.device.type == "cuda",
+    )
     model = _place(job.model, ctx)
     optimizer = make_optimizer(model, cfg)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr,
-                                       warmup_epochs=cfg.warmup_epochs, step_on_epochs=False,
-                                       updates_per_epoch=len(loader))
-    return Parts(model, teacher, loader, _val_loader(job, ctx), optimizer, scheduler,
-                 NativeScaler(ctx.device.type) if ctx.precision == "fp16" else None,
-                 ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=cfg.epochs,
+        min_lr=cfg.min_lr,
+        warmup_epochs=cfg.warmup_epochs,
+        step_on_epochs=False,
+        updates_per_epoch=len(loader),
+    )
+    return Parts(
+        model,
+        teacher,
+        loader,
+        _val_loader(job, ctx),
+        optimizer,
+        scheduler,
+        NativeScaler(ctx.device.type) if ctx.precision == "fp16" else None,
+        ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None,
+    )
 
 
 def _val_loader(job: Job, ctx: Context) -> DataLoader:
-    return create_loader(ctx.val_data, job.train.batch_size * 2, training=False, workers=ctx.workers,
-                         rank=ctx.dist.rank, world_size=ctx.dist.world_size)
+    return create_loader(
+        ctx.val_data,
+        job.train.batch_size * 2,
+        training=False,
+        workers=ctx.workers,
+        rank=ctx.dist.rank,
+        world_size=ctx.dist.world_size,
+    )
 
 
 def _check_batch(job: Job, ctx: Context) -> None:
     if job.train.batch_size % ctx.dist.world_size:
-        raise UserError(f"batch size {job.train.batch_size} is not divisible by the world size "
-                        f"{ctx.dist.world_size}", "pick a batch size that is a multiple of the number of processes")
+        raise UserError(
+            f"batch size {job.train.batch_size} is not divisible by the world size {ctx.dist.world_size}",
+            "pick a batch size that is a multiple of the number of processes",
+        )
 
 
 def _wrap(model: nn.Module, ctx: Context) -> nn.Module:
@@ -274,13 +312,19 @@ def fit(job: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, 
             barrier(ctx.dist)
     if parts.ema is not None:
         job.model = parts.ema.module
-    return {**state.metrics, "epochs": job.train.epochs, "train_seconds": state.train_seconds,
-            "images_per_second": state.train_images / max(state.train_seconds, 1e-9)}
+    return {
+        **state.metrics,
+        "epochs": job.train.epochs,
+        "train_seconds": state.train_seconds,
+        "images_per_second": state.train_images / max(state.train_seconds, 1e-9),
+    }
 
 
 def _say_epoch(job: Job, record: dict[str, Any], ctx: Context) -> None:
-    ctx.console.print(f"{job.name} epoch {record['epoch']}/{job.train.epochs}: loss {record['train_loss']:.4f}  "
-                      f"top1 {record['top1']:.2f}%  {record['images_per_second']:.0f} img/s  {record['seconds']:.1f}s")
+    ctx.console.print(
+        f"{job.name} epoch {record['epoch']}/{job.train.epochs}: loss {record['train_loss']:.4f}  "
+        f"top1 {record['top1']:.2f}%  {record['images_per_second']:.0f} img/s  {record['seconds']:.1f}s"
+    )
 
 
 @dataclass
@@ -298,18 +342,29 @@ class Epoch:
         ctx, parts = self.ctx, self.parts
         seed_everything(ctx.seed, self.job.seed_offset, index, ctx.dist.rank)
         parts.loader.sampler.set_epoch(index)
-        task = bar.add_task(f"{self.job.name} {index + 1}/{self.job.train.epochs}", total=len(parts.loader),
-                            status="")
-        terms, seconds, images = self.train(index, lambda s: bar.update(task, advance=1, **({"status": s} if s
-                                                                                              else {})))
+        task = bar.add_task(f"{self.job.name} {index + 1}/{self.job.train.epochs}", total=len(parts.loader), status="")
+        terms, seconds, images = self.train(
+            index, lambda s: bar.update(task, advance=1, **({"status": s} if s else {}))
+        )
         bar.remove_task(task)
-        state.epoch, state.train_seconds, state.train_images = index + 1, state.train_seconds + seconds, \
-            state.train_images + images
-        state.metrics = evaluate(parts.ema.module if parts.ema is not None else parts.model, parts.val_loader, ctx,
-                                 num_classes)
-        return {"stage": self.job.name, "epoch": index + 1, "train_loss": terms.pop("loss"),
-                **{f"train_{k}": v for k, v in terms.items()}, **state.metrics,
-                "lr": parts.optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_second": images / seconds}
+        state.epoch, state.train_seconds, state.train_images = (
+            index + 1,
+            state.train_seconds + seconds,
+            state.train_images + images,
+        )
+        state.metrics = evaluate(
+            parts.ema.module if parts.ema is not None else parts.model, parts.val_loader, ctx, num_classes
+        )
+        return {
+            "stage": self.job.name,
+            "epoch": index + 1,
+            "train_loss": terms.pop("loss"),
+            **{f"train_{k}": v for k, v in terms.items()},
+            **state.metrics,
+            "lr": parts.optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_second": images / seconds,
+        }
 
     def teacher_logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
         if self.cache is not None:
@@ -365,12 +420,14 @@ class Epoch:
             raise UserError(f"{self.job.name}: the loss became {mean_loss} in epoch {epoch + 1}", fix)
         return f"loss {mean_loss:.3f}  {rate:.0f} img/s"
 
-    def _totals(self, sums: dict[str, torch.Tensor], steps: int, images: int,
-                seconds: float) -> tuple[dict[str, float], float, float]:
+    def _totals(
+        self, sums: dict[str, torch.Tensor], steps: int, images: int, seconds: float
+    ) -> tuple[dict[str, float], float, float]:
         """Mean loss terms over every rank's steps, the epoch's seconds and all ranks' images."""
         ctx, names = self.ctx, sorted(sums)
         totals = torch.stack([sums[n] for n in names] + [torch.tensor(float(images), device=ctx.device)]).double()
-        divisors = torch.tensor([steps * ctx.dist.world_size] * len(names) + [1.0], device=ctx.device,
-                                dtype=torch.float64)
+        divisors = torch.tensor(
+            [steps * ctx.dist.world_size] * len(names) + [1.0], device=ctx.device, dtype=torch.float64
+        )
         *means, total_images = (all_reduce_sum(totals, ctx.dist) / divisors).tolist()
         return dict(zip(names, means)), seconds, total_images

@@ -23,8 +23,20 @@ def pipeline_run(tmp_path_factory) -> Path:
     """One small `distill --compare` run on digits, shared by every test that reads a run directory."""
     out = tmp_path_factory.mktemp("runs") / "run"
     result = invoke(
-        "distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 2, "--compare", "--out", out,
-        "--set", "data.train_fraction=0.5", "--set", "teacher.train.lr=0.1",
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--epochs",
+        2,
+        "--compare",
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.5",
+        "--set",
+        "teacher.train.lr=0.1",
     )
     assert result.exit_code == 0, result.output
     return out
@@ -44,7 +56,19 @@ BENCH_ITERS, BENCH_BATCHES = 6, (1, 4)
 def workflow_run(pipeline_run, tmp_path_factory) -> Path:
     """The pipeline run taken through `gtcompress run --skip-distill`: exports, bench.json and the report."""
     run = copy_run(pipeline_run, tmp_path_factory.mktemp("workflow") / "run")
-    result = invoke("run", "--skip-distill", "--out", run, "--precision", "fp32,int8", "--tolerance", INT8_TOLERANCE,
-                    "--batch-sizes", ",".join(map(str, BENCH_BATCHES)), "--iters", BENCH_ITERS)
+    result = invoke(
+        "run",
+        "--skip-distill",
+        "--out",
+        run,
+        "--precision",
+        "fp32,int8",
+        "--tolerance",
+        INT8_TOLERANCE,
+        "--batch-sizes",
+        ",".join(map(str, BENCH_BATCHES)),
+        "--iters",
+        BENCH_ITERS,
+    )
     assert result.exit_code == 0, result.output
     return run

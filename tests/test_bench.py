@@ -8,17 +8,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import BENCH_BATCHES, BENCH_ITERS, copy_run, invoke
+from test_cli import assert_one_line_error
+
 from gtcompress.backends import TorchBackend
 from gtcompress.bench import BenchConfig, latency_stats, parse_batch_sizes, time_backend
 from gtcompress.benchfile import speedup
 from gtcompress.errors import UserError
 from gtcompress.models import create_model
-from test_cli import assert_one_line_error
 
-CONTRACT = {"model": str, "backend": str, "precision": str, "batch_size": int, "p50_ms": float, "p90_ms": float,
-            "p99_ms": float, "mean_ms": float, "throughput": float, "iters": int}
+CONTRACT = {
+    "model": str,
+    "backend": str,
+    "precision": str,
+    "batch_size": int,
+    "p50_ms": float,
+    "p90_ms": float,
+    "p99_ms": float,
+    "mean_ms": float,
+    "throughput": float,
+    "iters": int,
+}
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
@@ -35,7 +45,9 @@ def test_latency_stats_match_numpy():
     assert stats["mean_ms"] == pytest.approx(samples.mean()) and stats["std_ms"] == pytest.approx(samples.std())
     assert stats["throughput"] == pytest.approx(8 * 1000 / samples.mean())
     assert stats["iters"] == 997
-    assert stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p95_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+    assert (
+        stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p95_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+    )
 
 
 def test_latency_stats_of_known_values():
@@ -124,23 +136,52 @@ def test_an_unavailable_backend_is_listed_as_skipped_with_its_reason(workflow_ru
 
 def test_speedup_is_the_teachers_p50_over_the_students(workflow_run):
     results = bench_json(workflow_run)["results"]
-    student = next(r for r in results if r["model"] == "student" and r["backend"] == "onnxruntime"
-                   and r["precision"] == "int8" and r["batch_size"] == 4)
-    teacher = next(r for r in results if r["model"] == "generous_teacher" and r["backend"] == "onnxruntime"
-                   and r["precision"] == "fp32" and r["batch_size"] == 4)
+    student = next(
+        r
+        for r in results
+        if r["model"] == "student"
+        and r["backend"] == "onnxruntime"
+        and r["precision"] == "int8"
+        and r["batch_size"] == 4
+    )
+    teacher = next(
+        r
+        for r in results
+        if r["model"] == "generous_teacher"
+        and r["backend"] == "onnxruntime"
+        and r["precision"] == "fp32"
+        and r["batch_size"] == 4
+    )
     assert speedup(results, student) == pytest.approx(teacher["p50_ms"] / student["p50_ms"])
     assert speedup(results, teacher) is None
 
 
 def test_bench_cli_prints_the_table_and_rewrites_bench_json(workflow_run, tmp_path):
     run = copy_run(workflow_run, tmp_path / "run")
-    result = invoke("bench", run, "--backend", "onnxruntime", "--precision", "int8", "--model", "student",
-                    "--batch-sizes", "2", "--iters", 3, "--warmup", 1, "--threads", 1)
+    result = invoke(
+        "bench",
+        run,
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "int8",
+        "--model",
+        "student",
+        "--batch-sizes",
+        "2",
+        "--iters",
+        3,
+        "--warmup",
+        1,
+        "--threads",
+        1,
+    )
     assert result.exit_code == 0, result.output
     assert "gtcompress bench" in result.stdout and "int8" in result.stdout
     bench = bench_json(run)
     assert [(r["model"], r["backend"], r["precision"], r["batch_size"], r["iters"]) for r in bench["results"]] == [
-        ("student", "onnxruntime", "int8", 2, 3)]
+        ("student", "onnxruntime", "int8", 2, 3)
+    ]
     assert bench["device"]["threads"] == 1 and bench["settings"]["warmup"] == 1
 
 
@@ -152,28 +193,39 @@ def test_a_run_without_exports_benches_what_exists_and_says_what_is_missing(pipe
     assert {r["backend"] for r in bench_json(run)["results"]} == {"torch"}
     if not HAS_TRT:  # printed as it is: rich would take `[trt]` for markup
         assert "skipped tensorrt: tensorrt is not installed (pip install 'gtcompress[trt]'" in result.stdout
-    assert_one_line_error(invoke("bench", run, "--backend", "onnxruntime", "--iters", 2),
-                          "nothing in", "can run on onnxruntime", "gtcompress export")
-    assert_one_line_error(invoke("bench", run, "--precision", "int8", "--iters", 2),
-                          "precision int8", "gtcompress export --precision int8")
+    assert_one_line_error(
+        invoke("bench", run, "--backend", "onnxruntime", "--iters", 2),
+        "nothing in",
+        "can run on onnxruntime",
+        "gtcompress export",
+    )
+    assert_one_line_error(
+        invoke("bench", run, "--precision", "int8", "--iters", 2),
+        "precision int8",
+        "gtcompress export --precision int8",
+    )
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--backend", "tensorflow"], ["unknown backend 'tensorflow'", "torch, onnxruntime, tensorrt"]),
-    (["--precision", "int4"], ["unknown precision 'int4'"]),
-    (["--model", "teacher"], ["unknown model 'teacher'", "generous_teacher"]),
-    (["--batch-sizes", "0,8"], ["positive integers"]),
-    (["--batch-sizes", "eight"], ["positive integers"]),
-    (["--iters", "0"], ["--iters must be positive"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--backend", "tensorflow"], ["unknown backend 'tensorflow'", "torch, onnxruntime, tensorrt"]),
+        (["--precision", "int4"], ["unknown precision 'int4'"]),
+        (["--model", "teacher"], ["unknown model 'teacher'", "generous_teacher"]),
+        (["--batch-sizes", "0,8"], ["positive integers"]),
+        (["--batch-sizes", "eight"], ["positive integers"]),
+        (["--iters", "0"], ["--iters must be positive"]),
+    ],
+)
 def test_bad_bench_options_are_one_line_errors(workflow_run, args, fragments):
     assert_one_line_error(invoke("bench", workflow_run, *args), *fragments)
 
 
 @pytest.mark.skipif(HAS_TRT and torch.cuda.is_available(), reason="TensorRT can run here")
 def test_asking_for_tensorrt_where_it_cannot_run_is_an_error(workflow_run):
-    assert_one_line_error(invoke("bench", workflow_run, "--backend", "tensorrt"),
-                          "backend tensorrt was asked for but cannot run here")
+    assert_one_line_error(
+        invoke("bench", workflow_run, "--backend", "tensorrt"), "backend tensorrt was asked for but cannot run here"
+    )
 
 
 def test_bench_of_a_directory_that_is_no_run_is_an_error(tmp_path):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 import yaml
-
 from conftest import STUDENT, TEACHER, invoke
+
 from gtcompress.models import create_model
 
 
@@ -24,8 +24,17 @@ def test_unknown_model_suggests(tmp_path):
 
 
 def test_missing_data_path(tmp_path):
-    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--dataset", f"imagefolder:{tmp_path}/nope",
-                    "--out", tmp_path / "r")
+    result = invoke(
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--dataset",
+        f"imagefolder:{tmp_path}/nope",
+        "--out",
+        tmp_path / "r",
+    )
     assert_one_line_error(result, "does not exist")
 
 
@@ -39,8 +48,17 @@ def test_recipe_with_unknown_and_ill_typed_keys(tmp_path):
 
 def test_teacher_checkpoint_with_the_wrong_class_count(tmp_path):
     torch.save(create_model(TEACHER, 1000).state_dict(), tmp_path / "in1k.pth")
-    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--teacher-checkpoint",
-                    tmp_path / "in1k.pth", "--out", tmp_path / "r")
+    result = invoke(
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--teacher-checkpoint",
+        tmp_path / "in1k.pth",
+        "--out",
+        tmp_path / "r",
+    )
     assert_one_line_error(result, "1000 classes but the data set has 10", "--pretrained")
 
 
@@ -52,8 +70,9 @@ def test_resume_without_a_run(tmp_path, monkeypatch):
 
 def test_resume_refuses_options_that_differ_and_names_both_values(pipeline_run):
     result = invoke("distill", "--resume", "--out", pipeline_run, "--epochs", 3, "--teacher", TEACHER)
-    assert_one_line_error(result, "saved configuration", "teacher.train.epochs: 3 here, 2 saved",
-                          "student.train.epochs: 3 here, 2 saved")
+    assert_one_line_error(
+        result, "saved configuration", "teacher.train.epochs: 3 here, 2 saved", "student.train.epochs: 3 here, 2 saved"
+    )
     assert "teacher.arch" not in result.stderr, "an option that agrees is accepted"
 
 

@@ -72,8 +72,20 @@ def test_every_recipe_builds_its_models_and_optimizers(recipe, tmp_path, monkeyp
 
     monkeypatch.chdir(tmp_path)
     # The recipes' own data (CIFAR download, an ImageNet folder) and hub weights are not available here.
-    result = invoke("distill", "--recipe", recipe, "--dry-run", "--dataset", "synthetic", "--img-size", 32,
-                    "--set", "teacher.pretrained=false", "--set", "data.workers=0")
+    result = invoke(
+        "distill",
+        "--recipe",
+        recipe,
+        "--dry-run",
+        "--dataset",
+        "synthetic",
+        "--img-size",
+        32,
+        "--set",
+        "teacher.pretrained=false",
+        "--set",
+        "data.workers=0",
+    )
     assert result.exit_code == 0, result.output
     cfg = load_config(recipe)
     for stage in ("standard_teacher", "generous_teacher", "student"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-
 from conftest import STUDENT, TEACHER
+
 from gtcompress.config import DataConfig, RunConfig, SyntheticConfig
 from gtcompress.data import Transformed, build_transform, load_splits
 from gtcompress.distributed import DistEnv, resolve_device
@@ -25,8 +25,18 @@ TIMEOUT = 240
 
 def torchrun(*args, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(free_port()), "-m", "gtcompress", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "gtcompress",
+        *map(str, args),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
 
 
@@ -39,8 +49,20 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "run"
-    result = torchrun("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 2, "--out", out,
-                      "--set", "data.train_fraction=0.3", "--cache-teacher-logits")
+    result = torchrun(
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--epochs",
+        2,
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.3",
+        "--cache-teacher-logits",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return out, result
 
@@ -69,22 +91,44 @@ def test_two_process_resume_of_a_finished_run_redoes_nothing(ddp_run):
 
 
 def test_a_batch_the_world_size_does_not_divide_fails_on_every_rank(tmp_path):
-    result = torchrun("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 1, "--batch-size", 63,
-                      "--out", tmp_path / "run", "--set", "data.train_fraction=0.3")
+    result = torchrun(
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--epochs",
+        1,
+        "--batch-size",
+        63,
+        "--out",
+        tmp_path / "run",
+        "--set",
+        "data.train_fraction=0.3",
+    )
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: batch size 63 is not divisible by the world size 2 (pick a batch size that is a "
-                      "multiple of the number of processes)"]
+    assert errors == [
+        "error: batch size 63 is not divisible by the world size 2 (pick a batch size that is a "
+        "multiple of the number of processes)"
+    ]
 
 
 def _rank_main(rank, port, root, results):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     from gtcompress.pipeline import run_distill
 
     name = "digits" if rank == 0 else f"imagefolder:{root}/missing-on-rank-1"
-    cfg = RunConfig.model_validate({"teacher": {"arch": TEACHER, "train": {"epochs": 1}},
-                                    "student": {"arch": STUDENT}, "data": {"name": name}})
+    cfg = RunConfig.model_validate(
+        {"teacher": {"arch": TEACHER, "train": {"epochs": 1}}, "student": {"arch": STUDENT}, "data": {"name": name}}
+    )
     try:
         run_distill(cfg, out=root / "run")
         results[rank] = "finished"
@@ -94,8 +138,7 @@ def _rank_main(rank, port, root, results):
 
 def test_data_missing_on_one_rank_stops_every_rank_with_that_rank_named(tmp_path):
     results = mp.Manager().dict()
-    mp.start_processes(_rank_main, args=(free_port(), tmp_path, results), nprocs=2, start_method="spawn",
-                       join=True)
+    mp.start_processes(_rank_main, args=(free_port(), tmp_path, results), nprocs=2, start_method="spawn", join=True)
     assert results[0].startswith("rank 1: image folder") and results[1] == results[0]
     assert not (tmp_path / "run" / "metrics.json").exists()
 
@@ -104,7 +147,9 @@ def _logits_main(rank, port, path):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo")
     data, teacher = _data_and_teacher()
-    ctx = Context(run=RunDir(path), train_data=data, val_data=data, device=torch.device("cpu"), dist=DistEnv(rank, rank, 2))
+    ctx = Context(
+        run=RunDir(path), train_data=data, val_data=data, device=torch.device("cpu"), dist=DistEnv(rank, rank, 2)
+    )
     logits = teacher_logits(teacher, data, ctx, batch_size=4)
     if rank == 0:
         torch.save(logits, path / "ddp.pt")

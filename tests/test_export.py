@@ -13,8 +13,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import copy_run, invoke
+from test_cli import assert_one_line_error
+
 from gtcompress.backends import OnnxRuntimeBackend, TorchBackend, load_backend
 from gtcompress.config import DataConfig
 from gtcompress.errors import UserError
@@ -26,11 +27,22 @@ from gtcompress.export.triton import triton_config
 from gtcompress.export.verify import agreement, tolerance_failure
 from gtcompress.models import load_model
 from gtcompress.rundir import artefact_name, parse_artefact_name
-from test_cli import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
-RECORD_KEYS = {"model", "format", "backend", "precision", "path", "bytes", "top1", "reference_top1",
-               "top1_agreement", "max_abs_diff", "export_seconds", "opset"}
+RECORD_KEYS = {
+    "model",
+    "format",
+    "backend",
+    "precision",
+    "path",
+    "bytes",
+    "top1",
+    "reference_top1",
+    "top1_agreement",
+    "max_abs_diff",
+    "export_seconds",
+    "opset",
+}
 ARTEFACTS = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"}
 
 
@@ -44,8 +56,18 @@ INT8_AGREEMENT = 50.0
 def exported_run(pipeline_run, tmp_path_factory) -> Path:
     """A copy of the pipeline run with its student exported to fp32, fp16 and int8 and a Triton repository."""
     run = copy_run(pipeline_run, tmp_path_factory.mktemp("exported") / "run")
-    result = invoke("export", run, "--precision", "fp16,int8", "--triton", run.parent / "triton",
-                    "--calibration-images", 64, "--tolerance", f"int8.min_agreement={INT8_AGREEMENT}")
+    result = invoke(
+        "export",
+        run,
+        "--precision",
+        "fp16,int8",
+        "--triton",
+        run.parent / "triton",
+        "--calibration-images",
+        64,
+        "--tolerance",
+        f"int8.min_agreement={INT8_AGREEMENT}",
+    )
     assert result.exit_code == 0, result.output
     return run
 
@@ -98,12 +120,16 @@ def test_graphs_follow_the_onnx_contract(exported_run):
     int8_weights = [t for t in weights.values() if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
     assert int8_weights, "no int8 convolution weights"
     # what TensorRT's explicit quantization parses: no DequantizeLinear of int32 (quantized biases)
-    dequantized = [weights[n.input[0]].data_type for n in int8.graph.node
-                   if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+    dequantized = [
+        weights[n.input[0]].data_type
+        for n in int8.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in weights
+    ]
     assert dequantized and set(dequantized) == {onnx.TensorProto.INT8}
     # ... and symmetric int8 activations: every zero point is 0
-    assert not any(onnx.numpy_helper.to_array(weights[n.input[2]]).any() for n in int8.graph.node
-                   if n.op_type == "QuantizeLinear")
+    assert not any(
+        onnx.numpy_helper.to_array(weights[n.input[2]]).any() for n in int8.graph.node if n.op_type == "QuantizeLinear"
+    )
     # per-channel: each quantized conv weight has one scale per output channel; symmetric: zero points are 0
     for node in int8.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in {t.name for t in int8_weights}:
@@ -120,9 +146,10 @@ def test_onnx_files_take_any_batch_size(exported_run):
         backend = OnnxRuntimeBackend(exported_run / "export" / name)
         whole = backend.infer(x)
         assert whole.shape == (7, 10)
-        np.testing.assert_allclose(np.concatenate([backend.infer(x[i:i + 1]) for i in range(7)]), whole, atol=1e-5)
-    np.testing.assert_allclose(OnnxRuntimeBackend(exported_run / "export" / ARTEFACTS["fp32"]).infer(x), reference,
-                               atol=1e-4)
+        np.testing.assert_allclose(np.concatenate([backend.infer(x[i : i + 1]) for i in range(7)]), whole, atol=1e-5)
+    np.testing.assert_allclose(
+        OnnxRuntimeBackend(exported_run / "export" / ARTEFACTS["fp32"]).infer(x), reference, atol=1e-4
+    )
 
 
 def test_sidecar_describes_the_graph(exported_run):
@@ -159,9 +186,22 @@ def test_onnxruntime_deploy_script_matches_the_exported_model(exported_run, tmp_
     indices = [0, 123]
     images = [digits_png(tmp_path, i) for i in indices]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the script must not need gtcompress
-    proc = subprocess.run([sys.executable, str(REPO / "deploy" / "onnxruntime_infer.py"), str(artefact),
-                           *map(str, images), "--json", "--top-k", "3"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "deploy" / "onnxruntime_infer.py"),
+            str(artefact),
+            *map(str, images),
+            "--json",
+            "--top-k",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     _, spec, _ = load_model(exported_run / "student.pt")
@@ -188,8 +228,9 @@ def test_triton_repository_serves_every_verified_artefact(exported_run):
         assert re.search(r'^platform: "onnxruntime_onnx"$', config, re.M)
         assert re.search(r"^max_batch_size: 32$", config, re.M)
         assert re.search(r'name: "input"\s+data_type: TYPE_FP32\s+dims: \[ 3, 32, 32 \]', config)
-        assert re.search(r'name: "logits"\s+data_type: TYPE_FP32\s+dims: \[ 10 \]\s+label_filename: "labels.txt"',
-                         config)
+        assert re.search(
+            r'name: "logits"\s+data_type: TYPE_FP32\s+dims: \[ 10 \]\s+label_filename: "labels.txt"', config
+        )
         assert re.search(r"dynamic_batching \{\s+max_queue_delay_microseconds: \d+\s+\}", config)
         assert config.count("{") == config.count("}") and config.count("[") == config.count("]")
 
@@ -224,8 +265,14 @@ def test_failed_verification_keeps_nothing_under_its_name(pipeline_run, tmp_path
     """The barely trained student's int8 graph disagrees with it on many images: an error, not a warning."""
     run = copy_run(pipeline_run, tmp_path / "run")
     result = invoke("export", run, "--precision", "int8", "--calibration-images", 8)
-    assert_one_line_error(result, "student.int8.onnx failed verification", "top-1 agreement", "< 95%",
-                          "--calibration-images", "--tolerance int8.min_agreement")
+    assert_one_line_error(
+        result,
+        "student.int8.onnx failed verification",
+        "top-1 agreement",
+        "< 95%",
+        "--calibration-images",
+        "--tolerance int8.min_agreement",
+    )
     assert sorted(p.name for p in (run / "export").iterdir()) == ["student.json", "student.onnx"]
     assert [r["precision"] for r in records(run)] == ["fp32"]
 
@@ -262,8 +309,9 @@ def test_export_bad_input(pipeline_run, tmp_path):
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    assert_one_line_error(invoke("export", pipeline_run, "--triton", blocker / "repo"), "cannot write to",
-                          "writable directory")
+    assert_one_line_error(
+        invoke("export", pipeline_run, "--triton", blocker / "repo"), "cannot write to", "writable directory"
+    )
     assert_one_line_error(invoke("export", pipeline_run, "--out", blocker / "out"), "cannot write to")
     assert not (pipeline_run / "export").exists()
 
@@ -337,8 +385,7 @@ def test_transform_description_replays_timms_eval_transform():
 
 
 def test_triton_config_for_an_engine_pins_a_gpu():
-    meta = {"input_name": "input", "output_name": "logits", "input_shape": ["batch", 3, 224, 224],
-            "num_classes": 1000}
+    meta = {"input_name": "input", "output_name": "logits", "input_shape": ["batch", 3, 224, 224], "num_classes": 1000}
     config = triton_config("student_trt_fp16", "tensorrt_plan", meta, 8)
     assert 'platform: "tensorrt_plan"' in config and "max_batch_size: 8" in config and "KIND_GPU" in config
     assert "dims: [ 3, 224, 224 ]" in config and "dims: [ 1000 ]" in config

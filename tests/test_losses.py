@@ -35,8 +35,9 @@ def std_list(values):
 
 
 def ref_kd(s, t, temp):
-    return sum(temp**2 * kl_list(log_softmax_list(ti, temp), log_softmax_list(si, temp))
-               for si, ti in zip(s, t)) / len(s)
+    return sum(temp**2 * kl_list(log_softmax_list(ti, temp), log_softmax_list(si, temp)) for si, ti in zip(s, t)) / len(
+        s
+    )
 
 
 def ref_nckd(s, t, y, temp_s, temp_t, scale):
@@ -51,6 +52,7 @@ def ref_nckd(s, t, y, temp_s, temp_t, scale):
 def ref_tckd(s, t, y, temp):
     total = 0.0
     for i, (si, ti) in enumerate(zip(s, t)):
+
         def binary(row):
             logs = log_softmax_list(row, temp)
             return [logs[y[i]], logsumexp_list([v for j, v in enumerate(logs) if j != y[i]])]
@@ -116,8 +118,10 @@ def test_lskd_uses_per_sample_std_temperature(batch):
     s, t, y = batch
     k = 2.0
     ls, lt = as_lists(s, t)
-    ref = sum(k**2 * kl_list(log_softmax_list(ti, k * std_list(ti)), log_softmax_list(si, k * std_list(si)))
-              for si, ti in zip(ls, lt)) / len(ls)
+    ref = sum(
+        k**2 * kl_list(log_softmax_list(ti, k * std_list(ti)), log_softmax_list(si, k * std_list(si)))
+        for si, ti in zip(ls, lt)
+    ) / len(ls)
     assert losses.lskd_loss(s, t, k).item() == pytest.approx(ref, rel=1e-5, abs=1e-7)
 
 
@@ -240,7 +244,8 @@ def test_huge_logits_match_reference_in_float64():
     y = torch.tensor([0, 2])
     ls, lt, ly = as_lists(s, t, y)
     assert losses.nckd_loss(s, t, y).item() == pytest.approx(
-        ref_nckd(ls, lt, ly, lambda _: 4.0, lambda _: 4.0, 16.0), rel=1e-4)
+        ref_nckd(ls, lt, ly, lambda _: 4.0, lambda _: 4.0, 16.0), rel=1e-4
+    )
     assert losses.tckd_loss(s, t, y).item() == pytest.approx(ref_tckd(ls, lt, ly, 4.0), rel=1e-4)
     assert losses.kd_loss(s, t).item() == pytest.approx(ref_kd(ls, lt, 4.0), rel=1e-4)
 
@@ -282,8 +287,10 @@ def test_generous_ablations_change_only_their_ingredient(batch):
     fixed = losses.generous_term(s, t, y, k=k, temperature=4.0)
     assert fixed.item() == pytest.approx(ref_nckd(ls, lt, ly, lambda _: 4.0, lambda _: 4.0, 16.0), rel=1e-5, abs=1e-7)
     full = losses.generous_term(s, t, y, k=k, classes="all")
-    ref_full = sum(k**2 * kl_list(log_softmax_list(ti, k * std_list(ti)), log_softmax_list(si, k * std_list(si)))
-                   for si, ti in zip(ls, lt)) / len(ls)
+    ref_full = sum(
+        k**2 * kl_list(log_softmax_list(ti, k * std_list(ti)), log_softmax_list(si, k * std_list(si)))
+        for si, ti in zip(ls, lt)
+    ) / len(ls)
     assert full.item() == pytest.approx(ref_full, rel=1e-5, abs=1e-7)
 
 

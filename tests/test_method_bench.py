@@ -132,8 +132,9 @@ def test_run_groups_skips_finished_runs_and_keeps_order(tmp_path, monkeypatch):
     (done.out / "metrics.json").write_text(json.dumps({s: {} for s in STAGE_NAMES}))
     first, second = grid.Run(tmp_path / "a", ("1",)), grid.Run(tmp_path / "b", ("2",))
     calls = []
-    monkeypatch.setattr(grid, "execute", lambda run, cmd, threads: calls.append(run) or {
-        "cpu_seconds": 1.0, "wall_seconds": 1.0})
+    monkeypatch.setattr(
+        grid, "execute", lambda run, cmd, threads: calls.append(run) or {"cpu_seconds": 1.0, "wall_seconds": 1.0}
+    )
     grid.run_groups([[done, first, second], [done]], jobs=2, say=lambda s: None)
     assert calls == [first, second]
 
@@ -162,8 +163,11 @@ def _fake_cell(root: Path, cell: method.Cell, top1: dict[str, float]) -> dict[st
                 stages[stage]["top1"] = top1[key]
         run.out.mkdir(parents=True)
         (run.out / "metrics.json").write_text(json.dumps(stages))
-        (run.out / "config.yaml").write_text(yaml.safe_dump({"generous": {
-            "k": 1.0, "beta": 2.0, "warmup": 0.2, "init": "standard", "train": {"epochs": 5}}}))
+        (run.out / "config.yaml").write_text(
+            yaml.safe_dump(
+                {"generous": {"k": 1.0, "beta": 2.0, "warmup": 0.2, "init": "standard", "train": {"epochs": 5}}}
+            )
+        )
     return runs
 
 
@@ -182,9 +186,14 @@ def test_primary_unit_is_the_mean_over_student_seeds_paired_per_teacher_seed(tmp
     assert gain["mean"] == pytest.approx(0.875)
     assert gain["wilcoxon_p"] == pytest.approx(0.25)  # exact: 3 non-zero positive differences
     assert summary["gains"]["kd_gt_minus_st"]["values"] == [1.0, 0.5, 0.0, 2.0]
-    text = method.markdown({**{"summary": [{**summary, "holm_p": None}], "cells": records},
-                            "machine": {"cpu": "cpu", "cores": 2}, "cost": {"cpu_seconds": 3600.0},
-                            "command": "python x"})
+    text = method.markdown(
+        {
+            **{"summary": [{**summary, "holm_p": None}], "cells": records},
+            "machine": {"cpu": "cpu", "cores": 2},
+            "cost": {"cpu_seconds": 3600.0},
+            "command": "python x",
+        }
+    )
     assert "+0.88 [" in text and "| digits-20% | resnet18 → mobilenetv3_small_100 | 0 |" in text
 
 
@@ -247,11 +256,17 @@ def test_defaults_rule_averages_both_inits():
 
 def test_gt_epochs_may_differ_by_setting_but_not_within_one():
     def record(setting, epochs, beta=2.0):
-        return {"setting": setting, "generous": {"k": 1.0, "beta": beta, "warmup": 0.2, "init": "standard",
-                                                 "epochs": epochs}}
+        return {
+            "setting": setting,
+            "generous": {"k": 1.0, "beta": beta, "warmup": 0.2, "init": "standard", "epochs": epochs},
+        }
 
     assert method.shared_knobs([record("digits", 4), record("digits", 4), record("synthetic", 5)]) == {
-        "k": 1.0, "beta": 2.0, "warmup": 0.2, "init": "standard"}
+        "k": 1.0,
+        "beta": 2.0,
+        "warmup": 0.2,
+        "init": "standard",
+    }
     with pytest.raises(UserError, match="different GT knobs"):
         method.shared_knobs([record("digits", 4), record("digits", 6)])
     with pytest.raises(UserError, match="different GT knobs"):

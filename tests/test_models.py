@@ -6,7 +6,14 @@ import torch
 
 from gtcompress.errors import UserError
 from gtcompress.models import (
-    ModelSpec, count_macs, count_params, create_model, load_model, load_weights, resolve_model_name, save_checkpoint,
+    ModelSpec,
+    count_macs,
+    count_params,
+    create_model,
+    load_model,
+    load_weights,
+    resolve_model_name,
+    save_checkpoint,
 )
 
 

@@ -7,13 +7,13 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import STUDENT, TEACHER, invoke
 
-from gtcompress.data import load_splits
 from gtcompress.config import DataConfig
+from gtcompress.data import load_splits
 from gtcompress.models import load_model
 from gtcompress.rundir import RunDir
 from gtcompress.stages import STAGE_NAMES
-from conftest import STUDENT, TEACHER, invoke
 
 STAGES = list(STAGE_NAMES)
 
@@ -74,8 +74,20 @@ def test_latest_points_at_the_run(pipeline_run):
 
 def test_every_student_arm_starts_from_the_same_weights(tmp_path):
     out = tmp_path / "run"
-    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 0, "--compare", "--out", out,
-                    "--gt-init", "scratch")
+    result = invoke(
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--epochs",
+        0,
+        "--compare",
+        "--out",
+        out,
+        "--gt-init",
+        "scratch",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     losses = {stage: m["val_loss"] for stage, m in metrics.items()}
@@ -88,8 +100,22 @@ def test_every_student_arm_starts_from_the_same_weights(tmp_path):
 def test_continued_teacher_is_the_generous_teacher_without_its_term(tmp_path):
     # With beta = 0 the GT's path is CE alone from the ST: the control must then be the GT, bit for bit.
     out = tmp_path / "run"
-    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 1, "--compare", "--gt-beta", 0,
-                    "--out", out, "--set", "data.train_fraction=0.2")
+    result = invoke(
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--epochs",
+        1,
+        "--compare",
+        "--gt-beta",
+        0,
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.2",
+    )
     assert result.exit_code == 0, result.output
     gt = torch.load(out / "generous_teacher.pt", weights_only=True)["state_dict"]
     ct = torch.load(out / "continued_teacher.pt", weights_only=True)["state_dict"]
@@ -118,8 +144,19 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     out = tmp_path / "run"
-    args = ["distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 2, "--out", out,
-            "--set", "data.train_fraction=0.2"]
+    args = [
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--epochs",
+        2,
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.2",
+    ]
     monkeypatch.setattr(pipeline, "_append_history", interrupt_in_student)
     result = invoke(*args)
     assert result.exit_code == 130
@@ -164,11 +201,30 @@ def test_rerunning_the_starting_command_with_resume_finishes_it_like_an_uninterr
 
 def test_generous_teacher_can_start_from_the_standard_teacher(tmp_path):
     out = tmp_path / "run"
-    result = invoke("distill", "--teacher", TEACHER, "--student", "test_efficientnet", "--epochs", 1,
-                    "--gt-init", "standard", "--method", "dkd", "--out", out, "--set", "data.train_fraction=0.2")
+    result = invoke(
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        "test_efficientnet",
+        "--epochs",
+        1,
+        "--gt-init",
+        "standard",
+        "--method",
+        "dkd",
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.2",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["generous_teacher"]["init"] == "standard" and metrics["generous_teacher"]["source"] == "trained" and metrics["student"]["method"] == "dkd"
+    assert (
+        metrics["generous_teacher"]["init"] == "standard"
+        and metrics["generous_teacher"]["source"] == "trained"
+        and metrics["student"]["method"] == "dkd"
+    )
     assert "Generous Teacher" in result.output and "student <- GT" in result.output
 
 
@@ -179,10 +235,25 @@ def test_python_dash_m_runs_the_cli():
 
 def test_teachers_of_one_run_teach_the_students_of_another(pipeline_run, tmp_path):
     out = tmp_path / "run"
-    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 1, "--method", "dist",
-                    "--teacher-checkpoint", pipeline_run / "standard_teacher.pt",
-                    "--set", f"generous.checkpoint={pipeline_run / 'generous_teacher.pt'}", "--out", out,
-                    "--set", "data.train_fraction=0.5")
+    result = invoke(
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--epochs",
+        1,
+        "--method",
+        "dist",
+        "--teacher-checkpoint",
+        pipeline_run / "standard_teacher.pt",
+        "--set",
+        f"generous.checkpoint={pipeline_run / 'generous_teacher.pt'}",
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.5",
+    )
     assert result.exit_code == 0, result.output
     old = json.loads((pipeline_run / "metrics.json").read_text())
     new = json.loads((out / "metrics.json").read_text())
@@ -196,14 +267,34 @@ def test_tensorboard_logs_every_stage_and_loss_term(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 2, "--tensorboard",
-                    "--out", out, "--set", "data.train_fraction=0.2")
+    result = invoke(
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--epochs",
+        2,
+        "--tensorboard",
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.2",
+    )
     assert result.exit_code == 0, result.output
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("standard_teacher/train_ce", "generous_teacher/train_nckd", "generous_teacher/train_ce",
-                "student/train_kd", "student/train_ce", "student/top1", "student/lr", "student/images_per_second"):
+    for tag in (
+        "standard_teacher/train_ce",
+        "generous_teacher/train_nckd",
+        "generous_teacher/train_ce",
+        "student/train_kd",
+        "student/train_ce",
+        "student/top1",
+        "student/lr",
+        "student/images_per_second",
+    ):
         assert tag in tags, tag
     history = {(r["stage"], r["epoch"]): r for r in RunDir(out).history()}
     logged = events.Scalars("student/top1")
@@ -231,8 +322,20 @@ def test_dry_run_of_a_recipe_without_its_data_is_a_clear_error(tmp_path):
 
 def test_compiled_training_saves_plain_checkpoints(tmp_path):
     out = tmp_path / "run"
-    result = invoke("distill", "--teacher", "test_efficientnet", "--student", "test_efficientnet", "--epochs", 1,
-                    "--compile", "--out", out, "--set", "data.train_fraction=0.1")
+    result = invoke(
+        "distill",
+        "--teacher",
+        "test_efficientnet",
+        "--student",
+        "test_efficientnet",
+        "--epochs",
+        1,
+        "--compile",
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.1",
+    )
     assert result.exit_code == 0, result.output
     for stage in ("standard_teacher", "generous_teacher", "student"):
         keys = torch.load(out / f"{stage}.pt", weights_only=True)["state_dict"]

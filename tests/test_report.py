@@ -11,12 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import BENCH_BATCHES, copy_run, invoke
 from PIL import Image
 
-from conftest import BENCH_BATCHES, copy_run, invoke
-from gtcompress.report import PLOTS, build_report, table_rows
+from gtcompress.report import PLOTS, table_rows
 from gtcompress.stages import STAGE_NAMES, TITLES
-from gtcompress.rundir import RunDir
 
 
 def metrics(run: Path) -> dict:
@@ -64,8 +63,12 @@ def test_latency_columns_come_from_bench_json_at_the_smallest_batch(workflow_run
     results = bench(workflow_run)["results"]
     for row in report["rows"]:
         for backend, p50 in row["p50_ms"].items():
-            r = next(r for r in results if (r["model"], r["backend"], r["precision"], r["batch_size"]) ==
-                     (row["model"], backend, row["precision"], report["batch_size"]))
+            r = next(
+                r
+                for r in results
+                if (r["model"], r["backend"], r["precision"], r["batch_size"])
+                == (row["model"], backend, row["precision"], report["batch_size"])
+            )
             assert p50 == r["p50_ms"]
     teacher = next(r for r in report["rows"] if r["model"] == "generous_teacher")
     student = next(r for r in report["rows"] if r["model"] == "student" and r["precision"] == "fp32")
@@ -115,8 +118,11 @@ def test_report_cli_picks_the_batch_size_of_the_latency_columns(workflow_run, tm
     content = json.loads((run / "report.json").read_text())
     assert content["batch_size"] == max(BENCH_BATCHES)
     student = next(r for r in content["rows"] if (r["model"], r["precision"]) == ("student", "fp32"))
-    measured = {r["batch_size"]: r["p50_ms"] for r in bench(run)["results"]
-                if (r["model"], r["backend"], r["precision"]) == ("student", "onnxruntime", "fp32")}
+    measured = {
+        r["batch_size"]: r["p50_ms"]
+        for r in bench(run)["results"]
+        if (r["model"], r["backend"], r["precision"]) == ("student", "onnxruntime", "fp32")
+    }
     assert student["p50_ms"]["onnxruntime"] == measured[max(BENCH_BATCHES)] != measured[min(BENCH_BATCHES)]
     assert f"(b{max(BENCH_BATCHES)})" in (run / "report.md").read_text()
 
@@ -150,8 +156,20 @@ def test_a_headless_browser_renders_the_table_and_every_plot(workflow_run, repor
     browser = chromium()
     page = tmp_path / "report.html"
     page.write_text((workflow_run / "report.html").read_text().replace("</body>", PROBE))
-    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rendered = re.search(r'data-rendered="(\d+)"', done.stdout)
     rows = re.search(r'data-rows="(\d+)"', done.stdout)

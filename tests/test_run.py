@@ -9,14 +9,29 @@ from test_cli import assert_one_line_error
 def test_run_does_the_whole_workflow_and_resumes_without_redoing_it(tmp_path):
     out = tmp_path / "run"
     args = ["--precision", "fp32,int8", "--tolerance", INT8_TOLERANCE, "--batch-sizes", "1", "--iters", 3]
-    result = invoke("run", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 1, "--out", out,
-                    "--set", "data.train_fraction=0.25", *args)
+    result = invoke(
+        "run",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--epochs",
+        1,
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.25",
+        *args,
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"standard_teacher", "generous_teacher", "student"} <= metrics.keys()
     assert metrics["student"]["epochs"] == 1  # the distill option reached distill
-    assert {r["path"] for r in metrics["export"]} == {"export/student.onnx", "export/student.int8.onnx",
-                                                      "export/generous_teacher.onnx"}
+    assert {r["path"] for r in metrics["export"]} == {
+        "export/student.onnx",
+        "export/student.int8.onnx",
+        "export/generous_teacher.onnx",
+    }
     assert (out / "bench.json").is_file() and (out / "report.html").is_file()
     assert "gtcompress report" in result.stdout and "wrote" in result.stdout
 
@@ -27,19 +42,23 @@ def test_run_does_the_whole_workflow_and_resumes_without_redoing_it(tmp_path):
     assert "generous_teacher: exports are up to date" in again.stdout
     assert (out / "export" / "student.onnx").stat().st_mtime == onnx_mtime
     assert [json.loads(line)["stage"] for line in (out / "history.jsonl").read_text().splitlines()].count(
-        "student") == 1  # no stage trained twice
+        "student"
+    ) == 1  # no stage trained twice
 
 
 def test_run_checks_its_own_options_before_training(tmp_path):
-    assert_one_line_error(invoke("run", "--teacher", TEACHER, "--batch-sizes", "0", "--out", tmp_path / "r"),
-                          "positive integers")
+    assert_one_line_error(
+        invoke("run", "--teacher", TEACHER, "--batch-sizes", "0", "--out", tmp_path / "r"), "positive integers"
+    )
     assert_one_line_error(invoke("run", "--precision", "int4", "--out", tmp_path / "r"), "unknown precision 'int4'")
     assert not (tmp_path / "r").exists()
 
 
 def test_skip_distill_takes_no_distill_options(pipeline_run):
-    assert_one_line_error(invoke("run", "--skip-distill", "--out", pipeline_run, "--teacher", "resnet50"),
-                          "--skip-distill takes no distill options")
+    assert_one_line_error(
+        invoke("run", "--skip-distill", "--out", pipeline_run, "--teacher", "resnet50"),
+        "--skip-distill takes no distill options",
+    )
 
 
 def test_unknown_options_are_refused_by_distill(tmp_path):

@@ -15,6 +15,7 @@ pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install '
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU")
 
 from conftest import invoke  # noqa: E402
+
 from gtcompress.backends import OnnxRuntimeBackend, TensorRTBackend, load_backend  # noqa: E402
 from gtcompress.config import DataConfig  # noqa: E402
 from gtcompress.export.source import load_eval_data  # noqa: E402
@@ -31,8 +32,19 @@ def trt_run(pipeline_run, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("trt") / "run"
     shutil.copytree(pipeline_run, run, symlinks=True)
     # the 2-epoch student's near-tied logits flip under int8 rounding (see test_export.py)
-    result = invoke("export", run, "--precision", "fp16,int8", "--trt", "--max-batch", MAX_BATCH,
-                    "--tolerance", "int8.min_agreement=50", "--triton", run.parent / "triton")
+    result = invoke(
+        "export",
+        run,
+        "--precision",
+        "fp16,int8",
+        "--trt",
+        "--max-batch",
+        MAX_BATCH,
+        "--tolerance",
+        "int8.min_agreement=50",
+        "--triton",
+        run.parent / "triton",
+    )
     assert result.exit_code == 0, result.output
     return run
 
@@ -107,8 +119,13 @@ def test_tensorrt_deploy_script_matches_the_engine(trt_run, tmp_path):
     png = tmp_path / "digit.png"
     image.save(png)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, str(REPO / "deploy" / "tensorrt_infer.py"), str(engine), str(png), "--json"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "tensorrt_infer.py"), str(engine), str(png), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     (result,) = json.loads(proc.stdout)
     _, spec, _ = load_model(trt_run / "student.pt")
@@ -126,15 +143,26 @@ def _importable(module: str) -> bool:
 
 
 def test_bench_times_every_engine_and_skips_batches_beyond_the_profile(trt_run):
-    result = invoke("bench", trt_run, "--backend", "tensorrt", "--model", "student", "--batch-sizes",
-                    f"1,{MAX_BATCH},{MAX_BATCH * 2}", "--iters", 10)
+    result = invoke(
+        "bench",
+        trt_run,
+        "--backend",
+        "tensorrt",
+        "--model",
+        "student",
+        "--batch-sizes",
+        f"1,{MAX_BATCH},{MAX_BATCH * 2}",
+        "--iters",
+        10,
+    )
     assert result.exit_code == 0, result.output
     bench = json.loads((trt_run / "bench.json").read_text())
     measured = {(r["precision"], r["batch_size"]) for r in bench["results"]}
     assert measured == {(p, b) for p in PRECISIONS for b in (1, MAX_BATCH)}
     assert {r["device"] for r in bench["results"]} == {"cuda"} and bench["device"]["gpu"]
     assert {(s["precision"], s["batch_size"]) for s in bench["skipped"] if s.get("backend") == "tensorrt"} == {
-        (p, str(MAX_BATCH * 2)) for p in PRECISIONS}
+        (p, str(MAX_BATCH * 2)) for p in PRECISIONS
+    }
 
 
 def test_bench_refuses_an_engine_built_for_another_gpu(trt_run, tmp_path):

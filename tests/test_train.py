@@ -2,19 +2,21 @@ import pytest
 import torch
 
 from gtcompress.config import DataConfig, SyntheticConfig, TrainConfig
-from gtcompress.data import Transformed, build_transform, load_splits
+from gtcompress.data import Transformed, build_transform, create_loader, load_splits
 from gtcompress.errors import UserError
-from gtcompress.objectives import ce_objective
 from gtcompress.models import create_model
+from gtcompress.objectives import ce_objective
 from gtcompress.rundir import RunDir
 from gtcompress.train import Context, Job, evaluate, fit, seed_everything
-from gtcompress.data import create_loader
 
 
 @pytest.fixture(scope="module")
 def data():
-    cfg = DataConfig(name="synthetic", img_size=16,
-                     synthetic=SyntheticConfig(num_classes=4, train_per_class=24, val_per_class=8, noise=0.1))
+    cfg = DataConfig(
+        name="synthetic",
+        img_size=16,
+        synthetic=SyntheticConfig(num_classes=4, train_per_class=24, val_per_class=8, noise=0.1),
+    )
     splits = load_splits(cfg)
     tf = lambda training: build_transform(cfg, splits, 16, (0.5,) * 3, (0.5,) * 3, training)  # noqa: E731
     return Transformed(splits.train, tf(True)), Transformed(splits.val, tf(False))
@@ -22,8 +24,7 @@ def data():
 
 def make_stage(name="s", epochs=3, lr=0.05):
     seed_everything(0, 0)
-    return Job(name, create_model("test_resnet", 4), TrainConfig(epochs=epochs, batch_size=16, lr=lr),
-                 ce_objective())
+    return Job(name, create_model("test_resnet", 4), TrainConfig(epochs=epochs, batch_size=16, lr=lr), ce_objective())
 
 
 def context(tmp_path, data):
@@ -91,8 +92,12 @@ def test_cached_teacher_logits_train_exactly_like_a_live_teacher(tmp_path):
     from gtcompress.config import StudentConfig
     from gtcompress.objectives import student_objective
 
-    cfg = DataConfig(name="synthetic", img_size=16, augment_train=False,
-                     synthetic=SyntheticConfig(num_classes=4, train_per_class=24, val_per_class=8, noise=0.1))
+    cfg = DataConfig(
+        name="synthetic",
+        img_size=16,
+        augment_train=False,
+        synthetic=SyntheticConfig(num_classes=4, train_per_class=24, val_per_class=8, noise=0.1),
+    )
     splits = load_splits(cfg)
     train = Transformed(splits.train, build_transform(cfg, splits, 16, (0.5,) * 3, (0.5,) * 3, training=True))
     val = Transformed(splits.val, build_transform(cfg, splits, 16, (0.5,) * 3, (0.5,) * 3, training=False))
@@ -102,10 +107,14 @@ def test_cached_teacher_logits_train_exactly_like_a_live_teacher(tmp_path):
     weights = []
     for cache in (None, train):
         seed_everything(0, 0)
-        stage = Job("s", create_model("test_efficientnet", 4), TrainConfig(epochs=2, batch_size=16), objective,
-                      teacher)
-        ctx = Context(run=RunDir(tmp_path / str(cache is None)), train_data=train, val_data=val,
-                      device=torch.device("cpu"), cache_data=cache)
+        stage = Job("s", create_model("test_efficientnet", 4), TrainConfig(epochs=2, batch_size=16), objective, teacher)
+        ctx = Context(
+            run=RunDir(tmp_path / str(cache is None)),
+            train_data=train,
+            val_data=val,
+            device=torch.device("cpu"),
+            cache_data=cache,
+        )
         fit(stage, ctx, 4, lambda r: None)
         weights.append(stage.model.state_dict())
     for k, v in weights[0].items():

@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..rundir import PRECISIONS
 from ..stages import STAGE_NAMES
 
+
 @dataclass(frozen=True)
 class Tolerance:
     """What an artefact must match against the PyTorch model on the test split to be kept."""
@@ -35,8 +36,10 @@ def parse_tolerances(items: list[str]) -> dict[str, Tolerance]:
         key, eq, value = item.partition("=")
         precision, dot, name = key.strip().partition(".")
         if not eq or not dot or precision not in out or name not in ("max_abs_diff", "min_agreement"):
-            raise UserError(f"--tolerance {item!r} is not PRECISION.FIELD=VALUE",
-                            "e.g. --tolerance int8.min_agreement=90 or --tolerance fp32.max_abs_diff=1e-2")
+            raise UserError(
+                f"--tolerance {item!r} is not PRECISION.FIELD=VALUE",
+                "e.g. --tolerance int8.min_agreement=90 or --tolerance fp32.max_abs_diff=1e-2",
+            )
         try:
             number = None if value.strip().lower() == "none" else float(value)
         except ValueError:
@@ -60,7 +63,8 @@ class ExportConfig(BaseModel):
     checkpoint: Path | None = Field(None, description="Export this gtcompress checkpoint, not a run's.")
     stage: str = Field("student", description=f"Which of the run's models: {' | '.join(STAGE_NAMES)}.")
     precisions: tuple[str, ...] = Field(
-        ("fp32",), description="fp32 | fp16 | int8, repeatable or comma-separated (fp32 is always exported).")
+        ("fp32",), description="fp32 | fp16 | int8, repeatable or comma-separated (fp32 is always exported)."
+    )
     trt: bool = Field(False, description="Also build and verify TensorRT engines (CUDA).")
     max_batch: int = Field(32, description="Largest batch of the engines and of Triton.")
     workspace_gib: float = Field(2.0, description="TensorRT builder workspace (GiB).")
@@ -70,10 +74,12 @@ class ExportConfig(BaseModel):
     dataset: str | None = Field(None, description="Data set to verify on (default: the run's).")
     data_root: Path | None = Field(None, description="Data directory (CIFAR, ImageFolder).")
     out: Path | None = Field(
-        None, description="Where export/ and metrics.json go (default: the run, or the checkpoint's folder).")
+        None, description="Where export/ and metrics.json go (default: the run, or the checkpoint's folder)."
+    )
     triton: Path | None = Field(None, description="Also write a Triton model repository here.")
-    tolerances: dict[str, Tolerance] = Field(default_factory=lambda: dict(DEFAULT_TOLERANCES),
-                                             description="Verification tolerance per precision.")
+    tolerances: dict[str, Tolerance] = Field(
+        default_factory=lambda: dict(DEFAULT_TOLERANCES), description="Verification tolerance per precision."
+    )
     batch_size: int = Field(64, description="Verification batch.")
 
     @model_validator(mode="after")
@@ -85,8 +91,10 @@ class ExportConfig(BaseModel):
         if self.stage not in STAGE_NAMES:
             raise UserError(f"unknown model '{self.stage}'", f"choose from {', '.join(STAGE_NAMES)}")
         if self.calibration_method not in CALIBRATION_METHODS:
-            raise UserError(f"unknown calibration method '{self.calibration_method}'",
-                            f"choose from {', '.join(CALIBRATION_METHODS)}")
+            raise UserError(
+                f"unknown calibration method '{self.calibration_method}'",
+                f"choose from {', '.join(CALIBRATION_METHODS)}",
+            )
         for name in ("max_batch", "calibration_images", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1", "pass a positive number")

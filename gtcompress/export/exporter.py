@@ -67,8 +67,13 @@ class Exporter:
                 self.engines()
         finally:
             if self.cfg.triton is not None and self.records:
-                write_triton_repository(Path(self.cfg.triton), self.records, self.source.base,
-                                        read_sidecar(self.path("fp32", "onnx")), self.cfg.max_batch)
+                write_triton_repository(
+                    Path(self.cfg.triton),
+                    self.records,
+                    self.source.base,
+                    read_sidecar(self.path("fp32", "onnx")),
+                    self.cfg.max_batch,
+                )
                 self.say(f"Triton model repository: {self.cfg.triton}")
         return self.records
 
@@ -90,10 +95,23 @@ class Exporter:
                 start = time.perf_counter()
                 convert[precision](fp32, tmp)
                 seconds = time.perf_counter() - start
-                extra = ({"calibration_images": min(self.cfg.calibration_images, len(self.data.train)),
-                          "calibration_method": self.cfg.calibration_method} if precision == "int8" else {})
-                record = self.verify(OnnxRuntimeBackend(tmp, "cpu", precision), path, tmp, precision, seconds,
-                                     opset=graph_opset(tmp), **extra)
+                extra = (
+                    {
+                        "calibration_images": min(self.cfg.calibration_images, len(self.data.train)),
+                        "calibration_method": self.cfg.calibration_method,
+                    }
+                    if precision == "int8"
+                    else {}
+                )
+                record = self.verify(
+                    OnnxRuntimeBackend(tmp, "cpu", precision),
+                    path,
+                    tmp,
+                    precision,
+                    seconds,
+                    opset=graph_opset(tmp),
+                    **extra,
+                )
             self.keep(record)
 
     def quantize(self, src: Path, dst: Path) -> None:
@@ -111,31 +129,54 @@ class Exporter:
             path = self.path(precision, "engine")
             with atomic_path(path) as tmp:
                 start = time.perf_counter()
-                version, cache = build_engine(self.path(precision, "onnx"), tmp, engine_cfg,
-                                              timing_cache=self.export_dir / "timing.cache")
+                version, cache = build_engine(
+                    self.path(precision, "onnx"), tmp, engine_cfg, timing_cache=self.export_dir / "timing.cache"
+                )
                 seconds = time.perf_counter() - start
-                record = self.verify(TensorRTBackend(tmp, precision), path, tmp, precision, seconds,
-                                     max_batch=self.cfg.max_batch, tensorrt=version, timing_cache=cache,
-                                     gpu=torch.cuda.get_device_name())
+                record = self.verify(
+                    TensorRTBackend(tmp, precision),
+                    path,
+                    tmp,
+                    precision,
+                    seconds,
+                    max_batch=self.cfg.max_batch,
+                    tensorrt=version,
+                    timing_cache=cache,
+                    gpu=torch.cuda.get_device_name(),
+                )
             self.keep(record)
 
-    def verify(self, backend: Backend, final: Path, tmp: Path, precision: str, seconds: float,
-               **extra: Any) -> dict[str, Any]:
+    def verify(
+        self, backend: Backend, final: Path, tmp: Path, precision: str, seconds: float, **extra: Any
+    ) -> dict[str, Any]:
         """Compare `backend` (running `tmp`) with PyTorch: the record of `final`, or a UserError."""
         stats = agreement(predict(backend, self.data, self.cfg.batch_size), self.reference, self.data.labels)
         failure = tolerance_failure(stats, self.cfg.tolerances[precision])
         if failure:
             key = "max_abs_diff" if "delta" in failure else "min_agreement"
-            fix = ("try more --calibration-images or --calibration-method entropy" if precision == "int8"
-                   else "try another --opset")
-            raise UserError(f"{final.name} failed verification against PyTorch on {self.data.description}: {failure}",
-                            f"{fix}, or accept it with --tolerance {precision}.{key}=VALUE")
+            fix = (
+                "try more --calibration-images or --calibration-method entropy"
+                if precision == "int8"
+                else "try another --opset"
+            )
+            raise UserError(
+                f"{final.name} failed verification against PyTorch on {self.data.description}: {failure}",
+                f"{fix}, or accept it with --tolerance {precision}.{key}=VALUE",
+            )
         fmt = "onnx" if final.suffix == ".onnx" else "engine"
         record = {
-            "model": self.source.name, "format": fmt, "backend": backend.name, "precision": precision,
-            "path": os.path.relpath(final, self.source.base), "bytes": tmp.stat().st_size, "top1": stats["top1"],
-            "reference_top1": self.reference_top1, "top1_agreement": stats["top1_agreement"],
-            "max_abs_diff": stats["max_abs_diff"], "export_seconds": seconds, "test_images": len(self.data.labels),
+            "model": self.source.name,
+            "format": fmt,
+            "backend": backend.name,
+            "precision": precision,
+            "path": os.path.relpath(final, self.source.base),
+            "bytes": tmp.stat().st_size,
+            "top1": stats["top1"],
+            "reference_top1": self.reference_top1,
+            "top1_agreement": stats["top1_agreement"],
+            "max_abs_diff": stats["max_abs_diff"],
+            "export_seconds": seconds,
+            "test_images": len(self.data.labels),
             **extra,
         }
         return record
@@ -146,9 +187,11 @@ class Exporter:
         run = RunDir(self.source.base)
         others = [r for r in run.metrics().get("export", []) if r.get("path") != record["path"]]
         run.update_metrics("export", others + [record])
-        self.say(f"verified {record['path']}: top-1 {record['top1']:.2f}% (PyTorch {record['reference_top1']:.2f}%), "
-                 f"agreement {record['top1_agreement']:.2f}%, max |delta| {record['max_abs_diff']:.2g}, "
-                 f"{record['bytes'] / 1e6:.2f} MB")
+        self.say(
+            f"verified {record['path']}: top-1 {record['top1']:.2f}% (PyTorch {record['reference_top1']:.2f}%), "
+            f"agreement {record['top1_agreement']:.2f}%, max |delta| {record['max_abs_diff']:.2g}, "
+            f"{record['bytes'] / 1e6:.2f} MB"
+        )
 
 
 def is_up_to_date(cfg: ExportConfig) -> bool:
@@ -157,8 +200,12 @@ def is_up_to_date(cfg: ExportConfig) -> bool:
     recorded = {r["path"] for r in RunDir(source.base).metrics().get("export", [])}
     fmts = ("onnx", "engine") if cfg.trt else ("onnx",)
     paths = [Path("export") / artefact_name(source.name, p, f) for p in cfg.precisions for f in fmts]
-    return all(str(p) in recorded and (source.base / p).is_file()
-               and (source.base / p).stat().st_mtime >= source.checkpoint.stat().st_mtime for p in paths)
+    return all(
+        str(p) in recorded
+        and (source.base / p).is_file()
+        and (source.base / p).stat().st_mtime >= source.checkpoint.stat().st_mtime
+        for p in paths
+    )
 
 
 def run_export(cfg: ExportConfig, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -172,7 +219,15 @@ def artefact_table(records: list[dict[str, Any]]) -> Table:
     for col in ("artefact", "backend", "precision", "MB", "top-1 %", "PyTorch %", "agree %", "max |Δ|", "export s"):
         table.add_column(col, justify="left" if col in ("artefact", "backend", "precision") else "right")
     for r in records:
-        table.add_row(r["path"], r["backend"], r["precision"], f"{r['bytes'] / 1e6:.2f}", f"{r['top1']:.2f}",
-                      f"{r['reference_top1']:.2f}", f"{r['top1_agreement']:.2f}", f"{r['max_abs_diff']:.2g}",
-                      f"{r['export_seconds']:.1f}")
+        table.add_row(
+            r["path"],
+            r["backend"],
+            r["precision"],
+            f"{r['bytes'] / 1e6:.2f}",
+            f"{r['top1']:.2f}",
+            f"{r['reference_top1']:.2f}",
+            f"{r['top1_agreement']:.2f}",
+            f"{r['max_abs_diff']:.2g}",
+            f"{r['export_seconds']:.1f}",
+        )
     return table

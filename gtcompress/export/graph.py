@@ -16,7 +16,6 @@ from torch import nn
 
 from ..errors import UserError, first_line
 
-
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -30,13 +29,23 @@ def export_onnx(model: nn.Module, img_size: int, path: Path, opset: int | None =
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (example,), str(path), dynamo=True, external_data=False, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
+                model,
+                (example,),
+                str(path),
+                dynamo=True,
+                external_data=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                verbose=False,
             )
     except torch.onnx.errors.OnnxExporterError as e:
         reason = first_line(e)
-        raise UserError(f"torch.onnx could not export the model: {reason}",
-                        "try another --opset; `gtcompress --debug export` shows the exporter's traceback") from None
+        raise UserError(
+            f"torch.onnx could not export the model: {reason}",
+            "try another --opset; `gtcompress --debug export` shows the exporter's traceback",
+        ) from None
     strip_debug_metadata(path)
     onnx.checker.check_model(str(path), full_check=True)
     return graph_opset(path)
@@ -79,8 +88,13 @@ def quantize_int8(src: Path, dst: Path, calibration: Callable[[], Iterator[np.nd
     onnxruntime CPU and builds an int8 engine: symmetric signed int8 activations and weights, and
     float biases (TensorRT rejects a DequantizeLinear of int32; both runtimes fold the bias themselves).
     """
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -91,8 +105,11 @@ def quantize_int8(src: Path, dst: Path, calibration: Callable[[], Iterator[np.nd
             x = next(self.batches, None)
             return None if x is None else {INPUT_NAME: x}
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     with tempfile.TemporaryDirectory(prefix="gtcompress-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference only: onnxruntime's optimiser would split HardSwish into HardSigmoid * x, which
@@ -100,8 +117,14 @@ def quantize_int8(src: Path, dst: Path, calibration: Callable[[], Iterator[np.nd
         quant_pre_process(str(src), str(prepared), skip_optimization=True)
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             quantize_static(
-                str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                str(prepared),
+                str(dst),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
             )
     onnx.checker.check_model(str(dst), full_check=True)

@@ -13,6 +13,7 @@ from .graph import INPUT_NAME, OUTPUT_NAME
 
 SIDECAR_FORMAT = "gtcompress-export/1"
 
+
 def describe_transform(transform: Callable) -> dict[str, Any]:
     """The eval transform's geometry as the deploy scripts replay it: resize the short side, centre-crop.
 
@@ -50,9 +51,19 @@ def read_sidecar(artefact: Path) -> dict[str, Any]:
 def sidecar(spec: ModelSpec, transform: Callable, opset: int, source: Path) -> dict[str, Any]:
     """Everything needed to feed the exported graph without gtcompress (see README, Export)."""
     return {
-        "format": SIDECAR_FORMAT, "arch": spec.arch, "num_classes": spec.num_classes, "img_size": spec.img_size,
-        **describe_transform(transform), "mean": list(spec.mean), "std": list(spec.std),
-        "class_names": list(spec.class_names), "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME, "input_shape": ["batch", 3, spec.img_size, spec.img_size], "layout": "NCHW",
-        "opset": opset, "dynamic_batch": True, "checkpoint": source.name,
+        "format": SIDECAR_FORMAT,
+        "arch": spec.arch,
+        "num_classes": spec.num_classes,
+        "img_size": spec.img_size,
+        **describe_transform(transform),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "class_names": list(spec.class_names),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_shape": ["batch", 3, spec.img_size, spec.img_size],
+        "layout": "NCHW",
+        "opset": opset,
+        "dynamic_batch": True,
+        "checkpoint": source.name,
     }

@@ -54,15 +54,19 @@ def _run_data(run: Path) -> DataConfig:
         return RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text())).data
     except (yaml.YAMLError, ValidationError) as e:  # a hand-edited or foreign config.yaml
         reason = first_line(e)
-        raise UserError(f"{run / 'config.yaml'} is not a gtcompress run configuration ({reason})",
-                        "pass --dataset NAME to name the data set instead") from None
+        raise UserError(
+            f"{run / 'config.yaml'} is not a gtcompress run configuration ({reason})",
+            "pass --dataset NAME to name the data set instead",
+        ) from None
 
 
 def _data_config(run: Path | None, dataset: str | None, data_root: Path | None, what: str) -> DataConfig:
     """The run's data configuration with --dataset/--data-root applied; --dataset is needed without a run."""
     if run is None and dataset is None:
-        raise UserError(f"{what} is not inside a gtcompress run, so the data set is unknown",
-                        "pass --dataset NAME (and --data-root DIR) to verify on its test split")
+        raise UserError(
+            f"{what} is not inside a gtcompress run, so the data set is unknown",
+            "pass --dataset NAME (and --data-root DIR) to verify on its test split",
+        )
     data = _run_data(run) if run is not None else DataConfig()
     updates = {k: v for k, v in {"name": dataset, "root": data_root}.items() if v is not None}
     return data.model_copy(update=updates) if updates else data
@@ -81,8 +85,11 @@ def resolve_source(cfg: ExportConfig) -> Source:
     run = resolve_run(cfg.run)
     ckpt = run.checkpoint(cfg.stage)
     if not ckpt.is_file():
-        hint = ("finish it with `gtcompress distill --resume --out RUN`" if cfg.stage == "student"
-                else "pick another --model")
+        hint = (
+            "finish it with `gtcompress distill --resume --out RUN`"
+            if cfg.stage == "student"
+            else "pick another --model"
+        )
         raise UserError(f"{run.path} has no {ckpt.name} (the {cfg.stage} stage did not finish)", hint)
     data = _data_config(run.path, cfg.dataset, cfg.data_root, str(run.path))
     return Source(cfg.stage, ckpt, Path(cfg.out or run.path).resolve(), data)
@@ -92,13 +99,21 @@ def load_eval_data(data_cfg: DataConfig, spec: ModelSpec) -> EvalData:
     """The data set's splits under the checkpoint's eval transform (its img_size, mean, std)."""
     splits: Splits = load_splits(data_cfg)
     if splits.num_classes != spec.num_classes:
-        raise UserError(f"the model has {spec.num_classes} classes but {data_cfg.name} has {splits.num_classes}",
-                        "pass the --dataset the model was trained on")
+        raise UserError(
+            f"the model has {spec.num_classes} classes but {data_cfg.name} has {splits.num_classes}",
+            "pass the --dataset the model was trained on",
+        )
     transform = build_transform(data_cfg, splits, spec.img_size, spec.mean, spec.std, training=False)
     labels = np.asarray(_targets(splits.val), dtype=np.int64)
     workers = loader_workers(data_cfg, splits)
-    return EvalData(Transformed(splits.val, transform), Transformed(splits.train, transform), labels, transform,
-                    f"{len(labels)} {data_cfg.name} test images", workers)
+    return EvalData(
+        Transformed(splits.val, transform),
+        Transformed(splits.train, transform),
+        labels,
+        transform,
+        f"{len(labels)} {data_cfg.name} test images",
+        workers,
+    )
 
 
 def _targets(dataset: Dataset) -> list[int]:

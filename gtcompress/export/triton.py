@@ -27,8 +27,9 @@ def triton_model_name(record: dict[str, Any]) -> str:
     return f"{record['model']}_{'onnx' if record['format'] == 'onnx' else 'trt'}_{record['precision']}"
 
 
-def write_triton_repository(root: Path, records: list[dict[str, Any]], base: Path, meta: dict[str, Any],
-                            max_batch: int) -> list[str]:
+def write_triton_repository(
+    root: Path, records: list[dict[str, Any]], base: Path, meta: dict[str, Any], max_batch: int
+) -> list[str]:
     """One Triton model per verified artefact: `<root>/<name>/{config.pbtxt, labels.txt, 1/model.onnx|plan}`."""
     names = []
     for record in records:
@@ -38,7 +39,9 @@ def write_triton_repository(root: Path, records: list[dict[str, Any]], base: Pat
         with atomic_path(directory / "1" / ("model.onnx" if onnx_model else "model.plan")) as tmp:
             shutil.copyfile(base / record["path"], tmp)
         write_text(directory / "labels.txt", "".join(f"{c}\n" for c in meta["class_names"]))
-        write_text(directory / "config.pbtxt",
-                   triton_config(name, "onnxruntime_onnx" if onnx_model else "tensorrt_plan", meta, max_batch))
+        write_text(
+            directory / "config.pbtxt",
+            triton_config(name, "onnxruntime_onnx" if onnx_model else "tensorrt_plan", meta, max_batch),
+        )
         names.append(name)
     return names
