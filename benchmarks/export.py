@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime
 import torch
 import yaml
 from rich.console import Console
@@ -30,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gtcompress import __version__  # noqa: E402
 from gtcompress.backends import OnnxRuntimeBackend, TorchBackend  # noqa: E402
-from gtcompress.environment import cpu_name  # noqa: E402
+from gtcompress.environment import cpu_name, machine_info, versions  # noqa: E402
 from gtcompress.export.config import ExportConfig  # noqa: E402
 from gtcompress.export.exporter import run_export  # noqa: E402
 from gtcompress.export.source import load_eval_data, resolve_source  # noqa: E402
@@ -132,14 +130,10 @@ def main() -> None:
         "gtcompress": __version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "os": platform.platform(),
-            "python": platform.python_version(),
+            **machine_info(args.threads),
             "note": "2-core CPU shared with other jobs; latencies interleaved call by call, compare ratios",
         },
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
+        "versions": {**versions(), "onnx": onnx.__version__},
         "run": {
             "path": str(run.path),
             "command": environment.get("command"),

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +29,9 @@ COST_FILE = "benchmark_cost.json"
 
 
 @dataclass(frozen=True)
-class Run:
-    """One `gtcompress distill` run: its directory, its options (all but --out), the stages it must finish."""
+class Task:
+    """A `gtcompress distill` subprocess of the grid: its run directory, options (all but --out), and the
+    stages it must finish."""
 
     out: Path
     args: tuple[str, ...]
@@ -42,7 +43,7 @@ def sets(overrides: dict[str, Any]) -> tuple[str, ...]:
     return tuple(a for key in sorted(overrides) for a in ("--set", f"{key}={overrides[key]}"))
 
 
-def run_state(run: Run) -> str:
+def run_state(run: Task) -> str:
     """'done' when metrics.json holds every stage, 'partial' when the run has started, else 'new'."""
     metrics = run.out / "metrics.json"
     if metrics.exists() and set(run.stages) <= set(json.loads(metrics.read_text())):
@@ -50,7 +51,7 @@ def run_state(run: Run) -> str:
     return "partial" if (run.out / "config.yaml").exists() else "new"
 
 
-def distill_command(run: Run, python: str = sys.executable) -> list[str]:
+def distill_command(run: Task, python: str = sys.executable) -> list[str]:
     """The command that starts `run`, or continues it with the pipeline's own --resume after an interruption."""
     base = [python, "-m", "gtcompress", "distill"]
     if run_state(run) == "partial":
@@ -58,12 +59,12 @@ def distill_command(run: Run, python: str = sys.executable) -> list[str]:
     return [*base, *run.args, "--out", str(run.out)]
 
 
-def log_path(run: Run) -> Path:
+def log_path(run: Task) -> Path:
     """<out>.log beside the run directory (not with_suffix: run names hold dots, as in b0.5)."""
     return run.out.parent / f"{run.out.name}.log"
 
 
-def execute(run: Run, command: list[str], threads: int = 1) -> dict[str, float]:
+def execute(run: Task, command: list[str], threads: int = 1) -> dict[str, float]:
     """Run `command` for `run` (log in <out>.log), add its CPU and wall seconds to <out>/benchmark_cost.json."""
     run.out.parent.mkdir(parents=True, exist_ok=True)
     env = {
@@ -93,7 +94,7 @@ def execute(run: Run, command: list[str], threads: int = 1) -> dict[str, float]:
     return attempt
 
 
-def run_cost(run: Run) -> dict[str, float]:
+def run_cost(run: Task) -> dict[str, float]:
     """CPU and wall seconds spent on `run` over all its attempts (0 if it was never run by a benchmark)."""
     path = run.out / COST_FILE
     attempts = json.loads(path.read_text())["attempts"] if path.exists() else []
@@ -101,7 +102,7 @@ def run_cost(run: Run) -> dict[str, float]:
 
 
 def run_groups(
-    groups: Sequence[Sequence[Run]],
+    groups: Sequence[Sequence[Task]],
     jobs: int = 1,
     threads: int = 1,
     say: Callable[[str], None] = print,
@@ -132,7 +133,7 @@ def run_groups(
             future.result()
 
 
-def metrics(run: Run) -> dict[str, Any]:
+def metrics(run: Task) -> dict[str, Any]:
     return json.loads((run.out / "metrics.json").read_text())
 
 
@@ -167,18 +168,6 @@ def fmt_gain(s: dict[str, Any], digits: int = 2) -> str:
     """'+0.53 [-0.80, +1.86]': a signed mean difference and its 95% interval."""
     text = f"{s['mean']:+.{digits}f}"
     return text + (f" [{s['ci95'][0]:+.{digits}f}, {s['ci95'][1]:+.{digits}f}]" if s["ci95"] else "")
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub Markdown table; numbers right-aligned."""
-    rows = [[str(c) for c in row] for row in rows]
-    align = ["---:" if rows and all(_numeric(r[i]) for r in rows) else "---" for i in range(len(headers))]
-    lines = [headers, align, *rows]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
-
-
-def _numeric(cell: str) -> bool:
-    return bool(cell) and (cell[0].isdigit() or cell[0] in "+-−") and any(c.isdigit() for c in cell)
 
 
 def machine() -> dict[str, Any]:

@@ -28,6 +28,7 @@ import grid  # noqa: E402
 
 from gtcompress.config import load_config  # noqa: E402
 from gtcompress.errors import UserError  # noqa: E402
+from gtcompress.report import markdown_table  # noqa: E402
 
 RECIPE = "recipes/synthetic100.yaml"
 TEACHER, STUDENT = "resnet18", "mobilenetv3_small_100"
@@ -57,7 +58,7 @@ def sweep_cells(seeds: Sequence[int]) -> list[SweepCell]:
     return sorted(cells, key=lambda c: not c.is_base)
 
 
-def cell_run(cell: SweepCell, root: Path, gt_epochs: int, device: str = "cpu") -> grid.Run:
+def cell_run(cell: SweepCell, root: Path, gt_epochs: int, device: str = "cpu") -> grid.Task:
     """The distill run of one cell; all but the base cell load the base cell's Standard Teacher."""
     out = root / f"seed{cell.seed}" / f"k{cell.k:g}-b{cell.beta:g}-{cell.init}"
     overrides = {
@@ -84,16 +85,16 @@ def cell_run(cell: SweepCell, root: Path, gt_epochs: int, device: str = "cpu") -
         *grid.sets(overrides),
     )
     if cell.is_base:
-        return grid.Run(out, (*common, "--compare"))
+        return grid.Task(out, (*common, "--compare"))
     base = cell_run(SweepCell(*BASE, cell.seed), root, gt_epochs, device)
-    return grid.Run(
+    return grid.Task(
         out,
         (*common, "--teacher-checkpoint", str(base.out / "standard_teacher.pt")),
         stages=("standard_teacher", "generous_teacher", "student"),
     )
 
 
-def cell_record(cell: SweepCell, run: grid.Run, base: grid.Run) -> dict[str, Any]:
+def cell_record(cell: SweepCell, run: grid.Task, base: grid.Task) -> dict[str, Any]:
     m, b = grid.metrics(run), grid.metrics(base)
     gt = m["generous_teacher"]
     return {
@@ -107,7 +108,7 @@ def cell_record(cell: SweepCell, run: grid.Run, base: grid.Run) -> dict[str, Any
     }
 
 
-def references(base: grid.Run, seed: int) -> dict[str, Any]:
+def references(base: grid.Task, seed: int) -> dict[str, Any]:
     """What every GT is measured against: the ST, the student distilled from it, the CE-only student."""
     m = grid.metrics(base)
     return {
@@ -166,7 +167,7 @@ def markdown(result: dict[str, Any]) -> str:
                     vals = [c[key] for c in cells if (c["k"], c["beta"], c["init"]) == (k, beta, init)]
                     row.append(f"{statistics.fmean(vals):.2f}" if vals else "-")
                 rows.append(row)
-            lines += [f"## {title}, init {init}", "", grid.markdown_table(["", *(f"β={b:g}" for b in BETAS)], rows)]
+            lines += [f"## {title}, init {init}", "", markdown_table(["", *(f"β={b:g}" for b in BETAS)], rows)]
     ref_rows = [
         [r["seed"], f"{r['st_top1']:.2f}", f"{r['student_from_st_top1']:.2f}", f"{r['student_ce_top1']:.2f}"]
         for r in refs
@@ -174,7 +175,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "## References (base run)",
         "",
-        grid.markdown_table(["seed", "ST top-1 %", "student <- ST %", "CE-only student %"], ref_rows),
+        markdown_table(["seed", "ST top-1 %", "student <- ST %", "CE-only student %"], ref_rows),
     ]
     times = defaultdict(list)
     for c in cells:
@@ -182,7 +183,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "## Cost",
         "",
-        grid.markdown_table(
+        markdown_table(
             ["GT init", "GT epochs", "GT train time / ST train time (mean)"],
             [
                 [i, next(c["gt_epochs"] for c in cells if c["init"] == i), f"{statistics.fmean(times[i]):.2f}"]

@@ -35,6 +35,7 @@ import grid  # noqa: E402
 
 from gtcompress.config import DataConfig  # noqa: E402
 from gtcompress.errors import UserError  # noqa: E402
+from gtcompress.report import markdown_table  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,12 @@ def cell_dir(cell: Cell, root: Path) -> Path:
     return root / cell.setting.replace("%", "pct") / f"{cell.teacher}-{cell.student}" / f"seed{cell.seed}"
 
 
-def cell_runs(cell: Cell, root: Path, device: str = "cpu", extra: dict[str, Any] | None = None) -> dict[str, grid.Run]:
+def cell_runs(cell: Cell, root: Path, device: str = "cpu", extra: dict[str, Any] | None = None) -> dict[str, grid.Task]:
     """Every run of a cell, in the order they must run; later runs load the compare run's teachers."""
     setting, d = SETTINGS[cell.setting], cell_dir(cell, root)
     overrides = {**setting.overrides, **(extra or {})}
     common = ("--recipe", setting.recipe, "--teacher", cell.teacher, "--student", cell.student, "--device", device)
-    compare = grid.Run(
+    compare = grid.Task(
         d / "compare",
         (*common, "--seed", str(cell.seed), "--method", "kd", "--compare", *grid.sets(overrides)),
         COMPARE_STAGES,
@@ -115,8 +116,8 @@ def cell_runs(cell: Cell, root: Path, device: str = "cpu", extra: dict[str, Any]
 
     def loaded(
         name: str, generous: str, seed: int, method: str, stages: tuple[str, ...] = LOADED_STAGES, *args: str
-    ) -> grid.Run:
-        return grid.Run(
+    ) -> grid.Task:
+        return grid.Task(
             d / name,
             (
                 *common,
@@ -132,8 +133,8 @@ def cell_runs(cell: Cell, root: Path, device: str = "cpu", extra: dict[str, Any]
             stages,
         )
 
-    def ablation(name: str, **sets: Any) -> grid.Run:
-        return grid.Run(
+    def ablation(name: str, **sets: Any) -> grid.Task:
+        return grid.Task(
             d / name,
             (
                 *common,
@@ -188,7 +189,7 @@ def _big_test(data_json: str, arch_key: str) -> Any:
 _EVAL_LOCK = threading.Lock()
 
 
-def big_test_top1(run: grid.Run, stage: str) -> float:
+def big_test_top1(run: grid.Task, stage: str) -> float:
     """Top-1 (%) of a run's finished stage on the larger test split, cached in <run>/big_test.json."""
     from gtcompress.backends import TorchBackend
     from gtcompress.export.verify import predict
@@ -235,7 +236,7 @@ def _student_values() -> dict[str, tuple[str, str]]:
     return {f"kd_{arm}{j}": (f"{arm}{j}", "student") for j in range(1, STUDENT_SEEDS) for arm in ("gt", "ct")}
 
 
-def cell_record(cell: Cell, runs: dict[str, grid.Run], big_test: bool) -> dict[str, Any]:
+def cell_record(cell: Cell, runs: dict[str, grid.Task], big_test: bool) -> dict[str, Any]:
     """One teacher seed's numbers (top-1 on the big test split where `big_test`), and what its runs cost."""
     values = {**VALUES, **_student_values()}
     record: dict[str, Any] = {**asdict(cell)}
@@ -436,7 +437,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "## Primary: KD students of the GT minus those of the continued teacher",
             "",
-            grid.markdown_table(
+            markdown_table(
                 [
                     "setting",
                     "pair",
@@ -455,13 +456,13 @@ def markdown(result: dict[str, Any]) -> str:
             "Variance of the unit (points): between teacher seeds and within (student seed and test noise), and the "
             f"teacher seeds a ±{MARGIN:g} interval would need:",
             "",
-            grid.markdown_table(["setting", "pair", "σ between", "σ within", "teacher seeds for ±0.5"], variance),
+            markdown_table(["setting", "pair", "σ between", "σ within", "teacher seeds for ±0.5"], variance),
             "## Secondary",
             "",
-            grid.markdown_table(["setting", "pair", "difference", "mean [95% CI]", "Wilcoxon p", "n"], secondary),
+            markdown_table(["setting", "pair", "difference", "mean [95% CI]", "Wilcoxon p", "n"], secondary),
             "## Every seed",
             "",
-            grid.markdown_table(["setting", "pair", "seed", *keys], seed_rows),
+            markdown_table(["setting", "pair", "seed", *keys], seed_rows),
             "Determinism: the CE-only student is trained twice per secondary cell with the same seed; identical "
             f"everywhere: {all(s['ce_repeat_identical'] is not False for s in result['summary'])}.",
             "",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import torch
 
 from gtcompress.config import DataConfig, GenerousConfig, TrainConfig
 from gtcompress.data import Transformed, build_transform, load_splits
-from gtcompress.environment import cpu_name
+from gtcompress.environment import machine_info, versions
 from gtcompress.models import ModelSpec, create_model, default_normalization, save_checkpoint
 from gtcompress.objectives import generous_objective
 from gtcompress.rundir import RunDir
@@ -106,15 +105,11 @@ def main() -> None:
     load_before = os.getloadavg()
     result: dict = {
         "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "torch_threads": threads,
+            **machine_info(threads, device.type == "cuda"),
             "device": str(device),
-            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
             "load_average_before": load_before,
         },
+        "versions": versions(),
         "setup": {"stage": "generous_teacher", "arch": args.arch, "data": "digits 32x32", "batch": args.batch},
     }
 

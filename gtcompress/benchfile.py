@@ -34,6 +34,26 @@ def speedup(results: list[dict[str, Any]], record: dict[str, Any]) -> float | No
     return ref["p50_ms"] / record["p50_ms"] if ref and record["model"] != teacher else None
 
 
+RESULT_COLUMNS = ("model", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s")
+
+
+def result_cells(r: dict[str, Any]) -> list[str]:
+    """A bench.json result as the cells under RESULT_COLUMNS (the terminal table and the report share them)."""
+    return [
+        r["model"],
+        r["backend"],
+        r["precision"],
+        str(r["batch_size"]),
+        *(f"{r[key]:.3f}" for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")),
+        f"{r['throughput']:.1f}",
+    ]
+
+
+def in_order(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results grouped by batch size, then model, then backend and precision."""
+    return sorted(results, key=lambda r: (r["batch_size"], r["model"], r["backend"], r["precision"]))
+
+
 def bench_table(bench: dict[str, Any]) -> Table:
     """Every measurement: latency percentiles, throughput and speed-up vs the teacher."""
     teacher = reference_teacher(bench["results"]) or "teacher"
@@ -45,33 +65,11 @@ def bench_table(bench: dict[str, Any]) -> Table:
         title_justify="left",
         caption_justify="left",
     )
-    for col in (
-        "model",
-        "backend",
-        "precision",
-        "batch",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "mean ms",
-        "samples/s",
-        "× faster",
-    ):
+    for col in (*RESULT_COLUMNS, "× faster"):
         table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right", no_wrap=True)
-    for r in sorted(bench["results"], key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"])):
+    for r in in_order(bench["results"]):
         ratio = speedup(bench["results"], r)
-        table.add_row(
-            r["model"],
-            r["backend"],
-            r["precision"],
-            str(r["batch_size"]),
-            f"{r['p50_ms']:.3f}",
-            f"{r['p90_ms']:.3f}",
-            f"{r['p99_ms']:.3f}",
-            f"{r['mean_ms']:.3f}",
-            f"{r['throughput']:.0f}",
-            f"{ratio:.1f}×" if ratio else "",
-        )
+        table.add_row(*result_cells(r), f"{ratio:.1f}×" if ratio else "")
     return table
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import yaml
 from rich import box
 from rich.table import Table
 
-from .benchfile import find, load_bench, reference_teacher
+from .benchfile import RESULT_COLUMNS, find, in_order, load_bench, reference_teacher, result_cells
 from .plots import PLOTS, make_plots
 from .rundir import RunDir, write_bytes, write_json, write_text
 from .stages import STAGE_NAMES, TITLES
@@ -224,23 +225,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def bench_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    cols = ["model", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "iters"]
-    cells = [
-        [
-            r["model"],
-            r["backend"],
-            r["precision"],
-            str(r["batch_size"]),
-            f"{r['p50_ms']:.3f}",
-            f"{r['p90_ms']:.3f}",
-            f"{r['p99_ms']:.3f}",
-            f"{r['mean_ms']:.3f}",
-            f"{r['throughput']:.1f}",
-            str(r["iters"]),
-        ]
-        for r in sorted(report["bench"], key=lambda r: (r["batch_size"], r["backend"], r["precision"], r["model"]))
-    ]
-    return cols, cells
+    return [*RESULT_COLUMNS, "iters"], [[*result_cells(r), str(r["iters"])] for r in in_order(report["bench"])]
 
 
 def report_table(report: dict[str, Any]) -> Table:
@@ -265,9 +250,15 @@ def report_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def _markdown_table(cols: list[str], cells: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells])
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub Markdown table: pipes in cells escaped, numeric columns right-aligned; ends with a newline."""
+    rows = [[str(c).replace("|", "\\|") for c in row] for row in rows]
+    align = ["---:" if rows and all(_numeric(r[i]) for r in rows) else "---" for i in range(len(headers))]
+    return "\n".join("| " + " | ".join(line) + " |" for line in [list(headers), align, *rows]) + "\n"
+
+
+def _numeric(cell: str) -> bool:
+    return bool(cell) and (cell[0].isdigit() or cell[0] in "+-−") and any(c.isdigit() for c in cell)
 
 
 def _header_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -296,11 +287,11 @@ def markdown(report: dict[str, Any], plot_files: dict[str, str]) -> str:
         f"on {report['primary_backend'] or 'no backend'} over the row's; × smaller compares file sizes. "
         f"{DELTA_NOTE}",
         "",
-        _markdown_table(*table_rows(report)),
+        markdown_table(*table_rows(report)),
         "",
     ]
     if report["bench"]:
-        parts += ["## Every measurement", "", _markdown_table(*bench_rows(report)), ""]
+        parts += ["## Every measurement", "", markdown_table(*bench_rows(report)), ""]
     parts += [f"![{PLOTS[k]}]({v})\n" for k, v in plot_files.items()]
     if report["notes"]:
         parts += ["## Notes", "", *(f"- {n}" for n in report["notes"]), ""]

@@ -18,25 +18,17 @@ def invoke(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def distill(*args: str):
+    """`gtcompress distill --teacher TEACHER --student STUDENT *args`, in-process."""
+    return invoke("distill", "--teacher", TEACHER, "--student", STUDENT, *args)
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> Path:
     """One small `distill --compare` run on digits, shared by every test that reads a run directory."""
     out = tmp_path_factory.mktemp("runs") / "run"
-    result = invoke(
-        "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
-        "--epochs",
-        2,
-        "--compare",
-        "--out",
-        out,
-        "--set",
-        "data.train_fraction=0.5",
-        "--set",
-        "teacher.train.lr=0.1",
+    result = distill(
+        "--epochs", 2, "--compare", "--out", out, "--set", "data.train_fraction=0.5", "--set", "teacher.train.lr=0.1"
     )
     assert result.exit_code == 0, result.output
     return out

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import yaml
-from conftest import STUDENT, TEACHER, invoke
+from conftest import STUDENT, TEACHER, distill, invoke
 
 from gtcompress.models import create_model
 
@@ -24,17 +24,7 @@ def test_unknown_model_suggests(tmp_path):
 
 
 def test_missing_data_path(tmp_path):
-    result = invoke(
-        "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
-        "--dataset",
-        f"imagefolder:{tmp_path}/nope",
-        "--out",
-        tmp_path / "r",
-    )
+    result = distill("--dataset", f"imagefolder:{tmp_path}/nope", "--out", tmp_path / "r")
     assert_one_line_error(result, "does not exist")
 
 
@@ -48,17 +38,7 @@ def test_recipe_with_unknown_and_ill_typed_keys(tmp_path):
 
 def test_teacher_checkpoint_with_the_wrong_class_count(tmp_path):
     torch.save(create_model(TEACHER, 1000).state_dict(), tmp_path / "in1k.pth")
-    result = invoke(
-        "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
-        "--teacher-checkpoint",
-        tmp_path / "in1k.pth",
-        "--out",
-        tmp_path / "r",
-    )
+    result = distill("--teacher-checkpoint", tmp_path / "in1k.pth", "--out", tmp_path / "r")
     assert_one_line_error(result, "1000 classes but the data set has 10", "--pretrained")
 
 
@@ -84,7 +64,7 @@ def test_pretrained_without_network(tmp_path, monkeypatch):
 
 def test_a_new_run_never_overwrites_an_old_one(pipeline_run):
     before = {p.name: p.read_bytes() for p in pipeline_run.iterdir() if p.is_file()}
-    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--out", pipeline_run)
+    result = distill("--out", pipeline_run)
     assert_one_line_error(result, "already holds a run", "--resume")
     assert {p.name: p.read_bytes() for p in pipeline_run.iterdir() if p.is_file()} == before
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import STUDENT, TEACHER, invoke
+from conftest import TEACHER, distill
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
@@ -13,22 +13,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_a_short_digits_run_trains_in_mixed_precision(precision, tmp_path):
     out = tmp_path / "run"
-    result = invoke(
-        "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
-        "--epochs",
-        3,
-        "--device",
-        "cuda",
-        "--precision",
-        precision,
-        "--out",
-        out,
-        "--set",
-        "teacher.train.lr=0.1",
+    result = distill(
+        "--epochs", 3, "--device", "cuda", "--precision", precision, "--out", out, "--set", "teacher.train.lr=0.1"
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())

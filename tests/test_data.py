@@ -142,10 +142,7 @@ def test_undecodable_image_is_replaced_not_fatal(tmp_path):
 
 @pytest.mark.parametrize(
     "cfg, match",
-    [
-        (DataConfig(name="mnist"), "unknown data set"),
-        (DataConfig(name="imagefolder:/no/such/dir"), "does not exist"),
-    ],
+    [(DataConfig(name="mnist"), "unknown data set"), (DataConfig(name="imagefolder:/no/such/dir"), "does not exist")],
 )
 def test_bad_data_sets_are_clear_errors(cfg, match):
     with pytest.raises(UserError, match=match):

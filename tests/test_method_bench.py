@@ -46,12 +46,6 @@ def test_formatting_of_means_and_gains():
     assert grid.fmt_gain({"mean": -1.0, "ci95": None}) == "-1.00"
 
 
-def test_markdown_table_right_aligns_numbers():
-    text = grid.markdown_table(["name", "top-1"], [["a", "81.00 ± 1.00"], ["b", "+0.50 [-1.00, +2.00]"]])
-    lines = text.splitlines()
-    assert lines[0] == "| name | top-1 |" and lines[1] == "| --- | ---: |" and len(lines) == 4
-
-
 def test_method_grid_runs_whole_primary_teacher_seeds_first():
     got = method.cells([method.PRIMARY, "digits-20%"], method.PAIRS, range(10))
     assert len(set(got)) == len(method.PAIRS) * (10 + len(method.SECONDARY_SEEDS)) == len(got)
@@ -60,7 +54,7 @@ def test_method_grid_runs_whole_primary_teacher_seeds_first():
     assert [c.seed for c in got[:4]] == [0, 0, 1, 1], "both pairs of a seed before the next seed"
 
 
-def _options(run: grid.Run) -> tuple[dict[str, str], dict[str, object]]:
+def _options(run: grid.Task) -> tuple[dict[str, str], dict[str, object]]:
     """A run's options and its --set overrides."""
     args, opts, sets = list(run.args), {}, {}
     while args:
@@ -114,7 +108,7 @@ def test_secondary_runs_only_where_the_plan_puts_them(tmp_path):
 
 
 def test_run_state_drives_start_or_resume(tmp_path):
-    run = grid.Run(tmp_path / "r", ("--recipe", "x.yaml"))
+    run = grid.Task(tmp_path / "r", ("--recipe", "x.yaml"))
     assert grid.run_state(run) == "new"
     assert grid.distill_command(run, "py")[-4:] == ["--recipe", "x.yaml", "--out", str(run.out)]
     run.out.mkdir()
@@ -127,10 +121,10 @@ def test_run_state_drives_start_or_resume(tmp_path):
 
 
 def test_run_groups_skips_finished_runs_and_keeps_order(tmp_path, monkeypatch):
-    done = grid.Run(tmp_path / "done", ())
+    done = grid.Task(tmp_path / "done", ())
     done.out.mkdir()
     (done.out / "metrics.json").write_text(json.dumps({s: {} for s in STAGE_NAMES}))
-    first, second = grid.Run(tmp_path / "a", ("1",)), grid.Run(tmp_path / "b", ("2",))
+    first, second = grid.Task(tmp_path / "a", ("1",)), grid.Task(tmp_path / "b", ("2",))
     calls = []
     monkeypatch.setattr(
         grid, "execute", lambda run, cmd, threads: calls.append(run) or {"cpu_seconds": 1.0, "wall_seconds": 1.0}
@@ -140,7 +134,7 @@ def test_run_groups_skips_finished_runs_and_keeps_order(tmp_path, monkeypatch):
 
 
 def test_execute_records_cost_per_attempt_and_fails_loudly(tmp_path):
-    run = grid.Run(tmp_path / "k1-b0.5", ())
+    run = grid.Task(tmp_path / "k1-b0.5", ())
     run.out.mkdir()
     cost = grid.execute(run, [sys.executable, "-c", "sum(range(10**6))"])
     assert cost["cpu_seconds"] > 0 and cost["wall_seconds"] >= cost["cpu_seconds"] * 0.5
@@ -152,7 +146,7 @@ def test_execute_records_cost_per_attempt_and_fails_loudly(tmp_path):
         grid.execute(run, [sys.executable, "-c", "raise SystemExit(3)"])
 
 
-def _fake_cell(root: Path, cell: method.Cell, top1: dict[str, float]) -> dict[str, grid.Run]:
+def _fake_cell(root: Path, cell: method.Cell, top1: dict[str, float]) -> dict[str, grid.Task]:
     """Write the metrics.json files a cell's runs would leave, with the given values."""
     runs = method.cell_runs(cell, root)
     values = {**method.VALUES, **method._student_values()}

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import STUDENT, TEACHER, invoke
+from conftest import STUDENT, TEACHER, distill, invoke
 
 from gtcompress.config import DataConfig
 from gtcompress.data import load_splits
@@ -74,20 +74,7 @@ def test_latest_points_at_the_run(pipeline_run):
 
 def test_every_student_arm_starts_from_the_same_weights(tmp_path):
     out = tmp_path / "run"
-    result = invoke(
-        "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
-        "--epochs",
-        0,
-        "--compare",
-        "--out",
-        out,
-        "--gt-init",
-        "scratch",
-    )
+    result = distill("--epochs", 0, "--compare", "--out", out, "--gt-init", "scratch")
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     losses = {stage: m["val_loss"] for stage, m in metrics.items()}
@@ -100,22 +87,7 @@ def test_every_student_arm_starts_from_the_same_weights(tmp_path):
 def test_continued_teacher_is_the_generous_teacher_without_its_term(tmp_path):
     # With beta = 0 the GT's path is CE alone from the ST: the control must then be the GT, bit for bit.
     out = tmp_path / "run"
-    result = invoke(
-        "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
-        "--epochs",
-        1,
-        "--compare",
-        "--gt-beta",
-        0,
-        "--out",
-        out,
-        "--set",
-        "data.train_fraction=0.2",
-    )
+    result = distill("--epochs", 1, "--compare", "--gt-beta", 0, "--out", out, "--set", "data.train_fraction=0.2")
     assert result.exit_code == 0, result.output
     gt = torch.load(out / "generous_teacher.pt", weights_only=True)["state_dict"]
     ct = torch.load(out / "continued_teacher.pt", weights_only=True)["state_dict"]
@@ -235,12 +207,7 @@ def test_python_dash_m_runs_the_cli():
 
 def test_teachers_of_one_run_teach_the_students_of_another(pipeline_run, tmp_path):
     out = tmp_path / "run"
-    result = invoke(
-        "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
+    result = distill(
         "--epochs",
         1,
         "--method",
@@ -267,20 +234,7 @@ def test_tensorboard_logs_every_stage_and_loss_term(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    result = invoke(
-        "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
-        "--epochs",
-        2,
-        "--tensorboard",
-        "--out",
-        out,
-        "--set",
-        "data.train_fraction=0.2",
-    )
+    result = distill("--epochs", 2, "--tensorboard", "--out", out, "--set", "data.train_fraction=0.2")
     assert result.exit_code == 0, result.output
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
@@ -304,7 +258,7 @@ def test_tensorboard_logs_every_stage_and_loss_term(tmp_path):
 
 def test_dry_run_builds_everything_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = invoke("distill", "--teacher", TEACHER, "--student", STUDENT, "--compare", "--dry-run")
+    result = distill("--compare", "--dry-run")
     assert result.exit_code == 0, result.output
     for stage in STAGES:
         assert f"{stage}: " in result.output

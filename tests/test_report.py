@@ -14,7 +14,7 @@ import pytest
 from conftest import BENCH_BATCHES, copy_run, invoke
 from PIL import Image
 
-from gtcompress.report import PLOTS, table_rows
+from gtcompress.report import PLOTS, markdown_table, table_rows
 from gtcompress.stages import STAGE_NAMES, TITLES
 
 
@@ -176,3 +176,9 @@ def test_a_headless_browser_renders_the_table_and_every_plot(workflow_run, repor
     assert rendered and rows, done.stdout[:2000]
     assert int(rendered.group(1)) == len(PLOTS)
     assert int(rows.group(1)) == len(report["rows"])
+
+
+def test_markdown_table_right_aligns_numbers():
+    text = markdown_table(["name", "top-1"], [["a", "81.00 ± 1.00"], ["b", "+0.50 [-1.00, +2.00]"]])
+    lines = text.splitlines()
+    assert lines[0] == "| name | top-1 |" and lines[1] == "| --- | ---: |" and len(lines) == 4
