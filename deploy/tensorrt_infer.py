@@ -2,10 +2,14 @@
 
     python deploy/tensorrt_infer.py runs/latest/export/student.fp16.engine cat.png dog.jpg [--top-k 3] [--json]
 
-Needs numpy, Pillow, tensorrt and cuda-python (`pip install tensorrt cuda-python`), no torch: device
+Needs numpy, Pillow, tensorrt and cuda-python of the same CUDA major as the TensorRT wheel, no torch:
+
+    pip install tensorrt-cu12 'cuda-python>=12.9,<13'     # or: tensorrt-cu13 'cuda-python>=13,<14'
+
+(cuda-python 13 needs a driver >= 580.65, so a CUDA 12 machine fails at its first stream with it.) Device
 buffers, copies and the stream come from the CUDA runtime API of cuda-python. Pre-processing,
-normalisation and class names come from `<model>.json` beside the engine. Batches larger than the
-engine's optimization profile are run in slices of its maximum batch.
+normalisation and class names come from `<model>.json` beside the engine. Each batch runs under the
+optimization profile whose range holds it; larger batches run in slices of the engine's maximum batch.
 """
 
 from __future__ import annotations
@@ -15,12 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorrt as trt
-
-try:
-    from cuda.bindings import runtime as cudart
-except ImportError:  # cuda-python < 12.6
-    from cuda import cudart
-
+from cuda.bindings import runtime as cudart
+from cuda.bindings.utils import get_cuda_native_handle
 from preprocess import load_meta, preprocess, report
 
 
@@ -43,15 +43,25 @@ class Engine:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output = next(n for n in names if n != self.input)
-        self.max_batch = self.engine.get_tensor_profile_shape(self.input, 0)[2][0]
+        shapes = [
+            self.engine.get_tensor_profile_shape(self.input, i) for i in range(self.engine.num_optimization_profiles)
+        ]
+        self.profiles = [(low[0], high[0]) for low, _, high in shapes]
+        self.max_batch = max(high for _, high in self.profiles)
         self.context = self.engine.create_execution_context()
         self.stream = check(cudart.cudaStreamCreate())
+        self.stream_handle = get_cuda_native_handle(self.stream)
+        self.profile = 0
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.concatenate([self.run(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)])
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=trt.nptype(self.engine.get_tensor_dtype(self.input)))
+        profile = next(i for i, (low, high) in enumerate(self.profiles) if low <= len(x) <= high)
+        if profile != self.profile:
+            self.context.set_optimization_profile_async(profile, self.stream_handle)
+            self.profile = profile
         if not self.context.set_input_shape(self.input, x.shape):
             raise SystemExit(f"error: the engine does not accept input shape {x.shape}")
         out = np.empty(
@@ -67,7 +77,7 @@ class Engine:
                     d_in, x.ctypes.data, x.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream
                 )
             )
-            if not self.context.execute_async_v3(int(self.stream)):
+            if not self.context.execute_async_v3(self.stream_handle):
                 raise RuntimeError("TensorRT execution failed")
             check(
                 cudart.cudaMemcpyAsync(

@@ -52,6 +52,10 @@ class TorchBackend:
         return out.float().cpu().numpy()
 
 
+# onnxruntime (CPU) and onnxruntime-gpu install the same module: the CPU package must leave first.
+ORT_GPU_INSTALL = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu (the two cannot coexist)"
+
+
 class OnnxRuntimeBackend:
     """ONNX Runtime: CPU by default; CUDA or TensorRT execution providers when installed and asked for."""
 
@@ -63,10 +67,7 @@ class OnnxRuntimeBackend:
 
         providers = self.PROVIDERS[device]
         if providers[0] not in ort.get_available_providers():
-            raise UserError(
-                f"onnxruntime has no {providers[0]} here",
-                "install onnxruntime-gpu on a CUDA machine, or use device cpu",
-            )
+            raise UserError(f"onnxruntime has no {providers[0]} here", f"use device cpu, or {ORT_GPU_INSTALL}")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -74,6 +75,14 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
             raise UserError(f"onnxruntime cannot load {path}: {first_line(e)}", "re-run gtcompress export")
+        # onnxruntime falls back to CPU, with a warning only, when its CUDA provider fails to load
+        if self.session.get_providers()[0] != providers[0]:
+            raise UserError(
+                f"onnxruntime could not start {providers[0]} for {Path(path).name}: it would run on "
+                f"{self.session.get_providers()[0]}",
+                "check that the CUDA and cuDNN versions match "
+                "onnxruntime-gpu's (its log says which library failed), or use device cpu",
+            )
         self.input_name = self.session.get_inputs()[0].name
         self.device, self.precision = device, precision
 
@@ -86,7 +95,8 @@ class OnnxRuntimeBackend:
 class TensorRTBackend:
     """A serialized TensorRT engine, run on torch CUDA tensors through its named I/O tensors.
 
-    Batches larger than the engine's optimization profile allows are run in slices of its maximum batch.
+    Each batch runs under the optimization profile whose range holds it (gtcompress builds one per tuned batch
+    size); batches larger than the engine allows are run in slices of its maximum batch.
     """
 
     name = "tensorrt"
@@ -124,9 +134,23 @@ class TensorRTBackend:
         }
         self.input_dtype = dtypes[self.engine.get_tensor_dtype(self.input_name)]
         self.output_dtype = dtypes[self.engine.get_tensor_dtype(self.output_name)]
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
+        self.profiles = [
+            (int(lo[0]), int(hi[0]))
+            for lo, _, hi in (
+                self.engine.get_tensor_profile_shape(self.input_name, i)
+                for i in range(self.engine.num_optimization_profiles)
+            )
+        ]
+        self.max_batch = max(hi for _, hi in self.profiles)
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
+        self.profile = 0
+
+    def _use_profile(self, batch: int) -> None:
+        index = _profile_for(self.profiles, batch)
+        if index != self.profile:
+            self.context.set_optimization_profile_async(index, self.stream.cuda_stream)
+            self.profile = index
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([self._infer(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
@@ -134,6 +158,7 @@ class TensorRTBackend:
     def _infer(self, x: np.ndarray) -> np.ndarray:
         with torch.cuda.stream(self.stream):
             inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to("cuda").to(self.input_dtype)
+            self._use_profile(len(x))
             if not self.context.set_input_shape(self.input_name, tuple(inp.shape)):
                 raise UserError(
                     f"the engine does not accept input shape {tuple(inp.shape)}", "rebuild it for this image size"
@@ -147,6 +172,11 @@ class TensorRTBackend:
                 raise RuntimeError(f"TensorRT execution failed: {'; '.join(self.logger.errors) or 'no message'}")
         self.stream.synchronize()
         return out.float().cpu().numpy()
+
+
+def _profile_for(profiles: list[tuple[int, int]], batch: int) -> int:
+    """The index of the (min, max) batch range that holds `batch`."""
+    return next(i for i, (low, high) in enumerate(profiles) if low <= batch <= high)
 
 
 def load_backend(path: Path, device: str = "cpu", threads: int | None = None) -> Backend:

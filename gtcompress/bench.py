@@ -91,14 +91,14 @@ class BenchConfig(BaseModel):
         return self
 
 
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """`"1,8,32"` -> (1, 8, 32); a clear error for anything that is not a list of positive integers."""
+def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> tuple[int, ...]:
+    """`"1,8,32"` -> (1, 8, 32); a clear error naming `option` for anything but a list of positive integers."""
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1:
-        raise UserError(f"--batch-sizes '{text}' is not a list of positive integers", "e.g. --batch-sizes 1,8,32")
+        raise UserError(f"{option} '{text}' is not a list of positive integers", f"e.g. {option} 1,8,32")
     return tuple(dict.fromkeys(sizes))
 
 
@@ -175,6 +175,17 @@ class Target:
     path: Path
     make: Callable[[], Backend] = field(repr=False)
     max_batch: int | None = None
+
+
+# torch "fp32" on CUDA would run cuDNN convolutions in TF32, while TensorRT's fp32 engine clears TF32; eager
+# timing also wants cuDNN's autotuner, as TensorRT tunes its tactics.
+CUDA_TIMING = {"tf32": False, "cudnn_benchmark": True}
+
+
+def _like_for_like_cuda() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = CUDA_TIMING["tf32"]
+    torch.backends.cudnn.allow_tf32 = CUDA_TIMING["tf32"]
+    torch.backends.cudnn.benchmark = CUDA_TIMING["cudnn_benchmark"]
 
 
 def _too_large(target: Target, batch: int) -> dict[str, str]:
@@ -289,6 +300,17 @@ class Bench:
                 prec = f" --precision {precision}" if precision != "fp32" else ""
                 self.missing.append(f"export/{path.name} (make it with gtcompress export --model {model}{prec}{trt})")
             return []
+        if fmt == "onnx" and precision == "int8" and self._ort_cuda():
+            self.skipped.append(
+                {
+                    "model": model,
+                    "backend": backend,
+                    "precision": precision,
+                    "reason": "onnxruntime's CUDA provider has no int8 kernels for Q/DQ graphs: it would time "
+                    "dequantized float math, not int8 inference (time int8 on TensorRT or the CPU)",
+                }
+            )
+            return []
         if fmt == "onnx":
             return [
                 Target(
@@ -329,6 +351,8 @@ class Bench:
         """Time every target at every batch size (batch sizes outermost: teacher and student side by side)."""
         targets = self.targets()
         torch.set_num_threads(self.threads)
+        if self.cuda:
+            _like_for_like_cuda()
         rng = np.random.default_rng(0)
         jobs = [(b, t) for b in self.cfg.batch_sizes for t in targets]
         results, loaded = [], {}
@@ -355,7 +379,8 @@ class Bench:
             "command": command_line(),
             "device": machine_info(self.threads, self.cuda),
             "versions": versions(),
-            "settings": self.cfg.model_dump(mode="json", exclude={"run"}) | {"threads": self.threads},
+            "settings": self.cfg.model_dump(mode="json", exclude={"run"})
+            | {"threads": self.threads, **({"torch_cuda": CUDA_TIMING} if self.cuda else {})},
             "models": self.models,
             "results": results,
             "skipped": self.skipped,

@@ -31,12 +31,19 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
+def gpu_id() -> str:
+    """nvidia-smi's id of torch's current GPU: its UUID (torch's index is not NVML's under CUDA_VISIBLE_DEVICES)."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    uuid = getattr(props, "uuid", None)
+    return f"GPU-{uuid}" if uuid is not None else str(torch.cuda.current_device())
+
+
 def gpu_clocks() -> dict[str, str] | None:
     """SM/memory clocks (current and maximum) from nvidia-smi, where it exists."""
     query = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit"
     try:
         out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader", "-i", str(torch.cuda.current_device())],
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader", "-i", gpu_id()],
             capture_output=True,
             text=True,
             timeout=10,

@@ -58,10 +58,22 @@ def make_logger(trt: ModuleType) -> Any:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """The engine's optimization profile over the batch dimension and its builder workspace."""
+    """The engine's optimization profiles over the batch dimension and its builder workspace.
+
+    One profile per batch in `opt_batches`, tuned for that batch and covering the batches above the previous
+    one (the last up to `max_batch`): batch-1 latency gets kernels chosen for batch 1, not for the maximum.
+    """
 
     max_batch: int = 32
     workspace_gib: float = 2.0
+    opt_batches: tuple[int, ...] = (1, 8, 32)
+
+    def profiles(self) -> list[tuple[int, int, int]]:
+        """(min, opt, max) batch of each optimization profile."""
+        opts = sorted({min(b, self.max_batch) for b in self.opt_batches})
+        lows = [1, *(b + 1 for b in opts[:-1])]
+        highs = [*opts[:-1], self.max_batch]
+        return list(zip(lows, opts, highs))
 
 
 def build_engine(
@@ -101,9 +113,10 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * (1 << 30)))
     config.clear_flag(trt.BuilderFlag.TF32)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(tensor.name, (1, *rest), (cfg.max_batch, *rest), (cfg.max_batch, *rest))
-    config.add_optimization_profile(profile)
+    for low, opt, high in cfg.profiles():
+        profile = builder.create_optimization_profile()
+        profile.set_shape(tensor.name, (low, *rest), (opt, *rest), (high, *rest))
+        config.add_optimization_profile(profile)
     cache_status = _use_timing_cache(config, timing_cache)
 
     plan = builder.build_serialized_network(network, config)

@@ -241,3 +241,34 @@ def test_cuda_bench_records_the_gpu_and_times_with_events(workflow_run, tmp_path
     assert bench["device"]["gpu"] == torch.cuda.get_device_name()
     assert {r["device"] for r in bench["results"]} == {"cuda"}
     assert {r["precision"] for r in bench["results"]} == {"fp32", "fp16"}
+    assert bench["settings"]["torch_cuda"] == {"tf32": False, "cudnn_benchmark": True}
+    assert not torch.backends.cudnn.allow_tf32, "torch fp32 timed like TensorRT's fp32, without TF32"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_int8_onnx_on_the_cuda_provider_is_skipped_with_the_reason(workflow_run, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    run = copy_run(workflow_run, tmp_path / "run")
+    result = invoke("bench", run, "--backend", "onnxruntime", "--device", "cuda", "--batch-sizes", "1", "--iters", 5)
+    assert result.exit_code == 0, result.output
+    bench = bench_json(run)
+    assert "int8" not in {r["precision"] for r in bench["results"]}
+    assert any(s.get("precision") == "int8" and "no int8 kernels" in s["reason"] for s in bench["skipped"])
+
+
+def test_an_onnxruntime_cuda_provider_that_falls_back_to_cpu_is_an_error(workflow_run, monkeypatch):
+    import onnxruntime
+
+    from gtcompress.backends import OnnxRuntimeBackend
+    from gtcompress.errors import UserError
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("the CUDA provider is really there")
+    # as when onnxruntime-gpu is installed but its CUDA libraries do not load: the session runs on CPU
+    available = onnxruntime.get_available_providers()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *available])
+    with pytest.raises(UserError, match="could not start CUDAExecutionProvider .* would run on CPUExecutionProvider"):
+        OnnxRuntimeBackend(workflow_run / "export" / "student.onnx", device="cuda")

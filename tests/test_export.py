@@ -395,3 +395,15 @@ def test_load_backend_chooses_by_suffix(exported_run):
     assert load_backend(exported_run / "student.pt").name == "torch"
     backend = load_backend(exported_run / "export" / "student.int8.onnx")
     assert (backend.name, backend.precision) == ("onnxruntime", "int8")
+
+
+def test_engines_get_a_profile_tuned_for_each_benchmarked_batch():
+    from gtcompress.backends import _profile_for
+    from gtcompress.tensorrt import EngineConfig
+
+    profiles = EngineConfig(max_batch=32, opt_batches=(1, 8, 32)).profiles()
+    assert profiles == [(1, 1, 1), (2, 8, 8), (9, 32, 32)], "batch 1 is tuned for batch 1, not for the maximum"
+    assert EngineConfig(max_batch=16, opt_batches=(8, 1, 64)).profiles() == [(1, 1, 1), (2, 8, 8), (9, 16, 16)]
+    ranges = [(low, high) for low, _, high in profiles]
+    assert [_profile_for(ranges, b) for b in (1, 2, 8, 9, 32)] == [0, 1, 1, 2, 2]
+    assert_one_line_error(invoke("export", "--opt-batches", "0,8"), "--opt-batches '0,8'", "positive")

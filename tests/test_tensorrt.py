@@ -90,6 +90,7 @@ def test_eval_of_an_engine_matches_its_record(trt_run):
 def test_rebuild_reuses_the_timing_cache(trt_run, tmp_path):
     first = engine_records(trt_run)
     assert first["fp32"]["timing_cache"] == "new", "the first engine starts the cache"
+    assert first["fp32"]["profiles"] == [[1, 1, 1], [2, MAX_BATCH, MAX_BATCH]]  # opt 32 clipped to the max
     assert first["fp16"]["timing_cache"] == first["int8"]["timing_cache"] == "reused"
     run = tmp_path / "run"
     shutil.copytree(trt_run, run, symlinks=True)

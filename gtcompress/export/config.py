@@ -68,6 +68,9 @@ class ExportConfig(BaseModel):
     trt: bool = Field(False, description="Also build and verify TensorRT engines (CUDA).")
     max_batch: int = Field(32, description="Largest batch of the engines and of Triton.")
     workspace_gib: float = Field(2.0, description="TensorRT builder workspace (GiB).")
+    opt_batches: tuple[int, ...] = Field(
+        (1, 8, 32), description="Batch sizes the engines tune a profile for (the bench's defaults)."
+    )
     calibration_images: int = Field(256, description="Training images for int8 calibration.")
     calibration_method: str = Field("minmax", description="int8 calibration: minmax | entropy | percentile")
     opset: int | None = Field(None, description="ONNX opset (default: the exporter's).")
@@ -95,6 +98,8 @@ class ExportConfig(BaseModel):
                 f"unknown calibration method '{self.calibration_method}'",
                 f"choose from {', '.join(CALIBRATION_METHODS)}",
             )
+        if not self.opt_batches or min(self.opt_batches) < 1:
+            raise UserError(f"--opt-batches {list(self.opt_batches)} are not positive batch sizes", "e.g. 1,8,32")
         for name in ("max_batch", "calibration_images", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1", "pass a positive number")

@@ -124,7 +124,7 @@ class Exporter:
         from ..tensorrt import EngineConfig, build_engine, require_tensorrt
 
         require_tensorrt()
-        engine_cfg = EngineConfig(max_batch=self.cfg.max_batch, workspace_gib=self.cfg.workspace_gib)
+        engine_cfg = EngineConfig(self.cfg.max_batch, self.cfg.workspace_gib, self.cfg.opt_batches)
         for precision in self.cfg.precisions:
             path = self.path(precision, "engine")
             with atomic_path(path) as tmp:
@@ -140,6 +140,7 @@ class Exporter:
                     precision,
                     seconds,
                     max_batch=self.cfg.max_batch,
+                    profiles=engine_cfg.profiles(),
                     tensorrt=version,
                     timing_cache=cache,
                     gpu=torch.cuda.get_device_name(),
