@@ -20,7 +20,7 @@ from rich.table import Table
 
 from .benchfile import RESULT_COLUMNS, find, in_order, load_bench, reference_teacher, result_cells
 from .plots import PLOTS, make_plots
-from .rundir import RunDir, write_bytes, write_json, write_text
+from .rundir import RunDir, artefact_name, write_bytes, write_json, write_text
 from .stages import STAGE_NAMES, TITLES
 
 # Students' top-1 differences: key -> the arm subtracted. CE-only asks whether distillation helps; <-ST whether
@@ -118,14 +118,9 @@ def build_report(run: RunDir, batch_size: int | None = None) -> dict[str, Any]:
 
 
 def _onnx_export(metrics: dict[str, Any], stage: str, precision: str) -> dict[str, Any] | None:
-    return next(
-        (
-            r
-            for r in metrics.get("export", [])
-            if (r["model"], r["precision"], r["format"]) == (stage, precision, "onnx")
-        ),
-        None,
-    )
+    """The record of the stage's ONNX file at `precision` made for onnxruntime (the report's backend on CPU)."""
+    path = f"export/{artefact_name(stage, precision, 'onnx')}"
+    return next((r for r in metrics.get("export", []) if r["path"] == path), None)
 
 
 def _precisions(metrics: dict[str, Any], stage: str) -> list[str]:

@@ -21,11 +21,17 @@ os.umask(_UMASK)
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def artefact_name(model: str, precision: str, fmt: str) -> str:
-    """An export artefact's file name: `student.onnx` (fp32), `student.int8.onnx`, `student.fp16.engine`."""
-    if fmt == "onnx":
-        return f"{model}.onnx" if precision == "fp32" else f"{model}.{precision}.onnx"
-    return f"{model}.{precision}.engine"
+def artefact_name(model: str, precision: str, fmt: str, target: str = "onnxruntime") -> str:
+    """An export artefact's file name: `student.onnx` (fp32), `student.int8.onnx`, `student.fp16.engine`.
+
+    The int8 ONNX graph differs by where it runs: `student.int8.onnx` for onnxruntime, and
+    `student.int8.tensorrt.onnx`, from which the int8 engine is built.
+    """
+    if fmt == "engine":
+        return f"{model}.{precision}.engine"
+    if precision == "int8" and target == "tensorrt":
+        return f"{model}.int8.tensorrt.onnx"
+    return f"{model}.onnx" if precision == "fp32" else f"{model}.{precision}.onnx"
 
 
 def parse_artefact_name(path: Path) -> tuple[str, str]:

@@ -113,29 +113,54 @@ def test_graphs_follow_the_onnx_contract(exported_run):
         assert recs[precision]["opset"] == opset
     fp16 = onnx.load(str(exported_run / "export" / ARTEFACTS["fp16"]))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
-    int8 = onnx.load(str(exported_run / "export" / ARTEFACTS["int8"]))
-    ops = {n.op_type for n in int8.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    weights, nodes = _int8_graph(exported_run / "export" / ARTEFACTS["int8"])
+    # for onnxruntime's CPU kernels: asymmetric uint8 activations
+    activation_zeros = [weights[n.input[2]] for n in nodes if n.op_type == "QuantizeLinear"]
+    assert activation_zeros and {t.data_type for t in activation_zeros} == {onnx.TensorProto.UINT8}
+
+
+def _int8_graph(path: Path) -> tuple[dict, list]:
+    """The initializers and nodes of an int8 Q/DQ file, after checking its weights: int8, per channel, symmetric."""
+    int8 = onnx.load(str(path))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}
     weights = {t.name: t for t in int8.graph.initializer}
-    int8_weights = [t for t in weights.values() if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    int8_weights = {t.name for t in weights.values() if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4}
     assert int8_weights, "no int8 convolution weights"
-    # what TensorRT's explicit quantization parses: no DequantizeLinear of int32 (quantized biases)
-    dequantized = [
-        weights[n.input[0]].data_type
-        for n in int8.graph.node
-        if n.op_type == "DequantizeLinear" and n.input[0] in weights
-    ]
-    assert dequantized and set(dequantized) == {onnx.TensorProto.INT8}
-    # ... and symmetric int8 activations: every zero point is 0
-    assert not any(
-        onnx.numpy_helper.to_array(weights[n.input[2]]).any() for n in int8.graph.node if n.op_type == "QuantizeLinear"
-    )
-    # per-channel: each quantized conv weight has one scale per output channel; symmetric: zero points are 0
     for node in int8.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in {t.name for t in int8_weights}:
+        if node.op_type == "DequantizeLinear" and node.input[0] in int8_weights:
             scale, zero = weights[node.input[1]], weights[node.input[2]]
             assert list(scale.dims) == [weights[node.input[0]].dims[0]]
             assert not onnx.numpy_helper.to_array(zero).any()
+    return weights, list(int8.graph.node)
+
+
+def test_trt_int8_graph_is_what_tensorrt_parses_and_is_made_even_without_tensorrt(exported_run, tmp_path, monkeypatch):
+    run = copy_run(exported_run, tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = invoke(
+        "export",
+        run,
+        "--precision",
+        "int8",
+        "--trt",
+        "--tolerance",
+        f"int8.min_agreement={INT8_AGREEMENT}",
+        "--calibration-images",
+        64,
+    )
+    assert_one_line_error(result, "TensorRT is not installed")
+    record = next(r for r in records(run) if r["path"] == "export/student.int8.tensorrt.onnx")
+    assert record["target"] == "tensorrt" and record["top1_agreement"] >= INT8_AGREEMENT
+    assert next(r for r in records(run) if r["path"] == "export/student.int8.onnx")["target"] == "onnxruntime"
+    weights, nodes = _int8_graph(run / "export" / "student.int8.tensorrt.onnx")
+    # no DequantizeLinear of int32 (quantized biases), and symmetric int8 activations: zero points int8 and 0
+    dequantized = {
+        weights[n.input[0]].data_type for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in weights
+    }
+    assert dequantized == {onnx.TensorProto.INT8}
+    zeros = [weights[n.input[2]] for n in nodes if n.op_type == "QuantizeLinear"]
+    assert {t.data_type for t in zeros} == {onnx.TensorProto.INT8}
+    assert not any(onnx.numpy_helper.to_array(t).any() for t in zeros)
 
 
 def test_onnx_files_take_any_batch_size(exported_run):

@@ -88,36 +88,41 @@ class Exporter:
             record = self.verify(OnnxRuntimeBackend(tmp, "cpu", "fp32"), fp32, tmp, "fp32", seconds, opset=opset)
         self.keep(record)
         write_json(sidecar_path(fp32), sidecar(self.spec, self.data.transform, opset, self.source.checkpoint))
-        convert = {"fp16": convert_fp16, "int8": self.quantize}
         for precision in self.cfg.precisions[1:]:
-            path = self.path(precision, "onnx")
-            with atomic_path(path) as tmp:
-                start = time.perf_counter()
-                convert[precision](fp32, tmp)
-                seconds = time.perf_counter() - start
-                extra = (
-                    {
-                        "calibration_images": min(self.cfg.calibration_images, len(self.data.train)),
-                        "calibration_method": self.cfg.calibration_method,
-                    }
-                    if precision == "int8"
-                    else {}
-                )
-                record = self.verify(
-                    OnnxRuntimeBackend(tmp, "cpu", precision),
-                    path,
-                    tmp,
-                    precision,
-                    seconds,
-                    opset=graph_opset(tmp),
-                    **extra,
-                )
-            self.keep(record)
+            self.converted(precision, fp32, "onnxruntime")
+        if self.cfg.trt and "int8" in self.cfg.precisions:
+            self.converted("int8", fp32, "tensorrt")
 
-    def quantize(self, src: Path, dst: Path) -> None:
-        indices = calibration_indices(len(self.data.train), self.cfg.calibration_images).tolist()
-        subset = Subset(self.data.train, indices)
-        quantize_int8(src, dst, lambda: batches(subset, 32, self.data.workers), self.cfg.calibration_method)
+    def converted(self, precision: str, fp32: Path, target: str) -> None:
+        """Convert the fp32 file to `precision` for `target`, verify it on the test split and keep it."""
+        path = self.export_dir / artefact_name(self.source.name, precision, "onnx", target)
+        with atomic_path(path) as tmp:
+            start = time.perf_counter()
+            if precision == "fp16":
+                convert_fp16(fp32, tmp)
+            else:
+                subset = Subset(
+                    self.data.train, calibration_indices(len(self.data.train), self.cfg.calibration_images).tolist()
+                )
+                quantize_int8(
+                    fp32, tmp, lambda: batches(subset, 32, self.data.workers), self.cfg.calibration_method, target
+                )
+            seconds = time.perf_counter() - start
+            extra = (
+                {"target": target, "calibration_images": len(subset), "calibration_method": self.cfg.calibration_method}
+                if precision == "int8"
+                else {}
+            )
+            record = self.verify(
+                OnnxRuntimeBackend(tmp, "cpu", precision),
+                path,
+                tmp,
+                precision,
+                seconds,
+                opset=graph_opset(tmp),
+                **extra,
+            )
+        self.keep(record)
 
     def engines(self) -> None:
         from ..backends import TensorRTBackend
@@ -129,9 +134,8 @@ class Exporter:
             path = self.path(precision, "engine")
             with atomic_path(path) as tmp:
                 start = time.perf_counter()
-                version, cache = build_engine(
-                    self.path(precision, "onnx"), tmp, engine_cfg, timing_cache=self.export_dir / "timing.cache"
-                )
+                source = self.export_dir / artefact_name(self.source.name, precision, "onnx", "tensorrt")
+                version, cache = build_engine(source, tmp, engine_cfg, timing_cache=self.export_dir / "timing.cache")
                 seconds = time.perf_counter() - start
                 record = self.verify(
                     TensorRTBackend(tmp, precision),
@@ -199,8 +203,10 @@ def is_up_to_date(cfg: ExportConfig) -> bool:
     """Whether every artefact `cfg` asks for is verified in metrics.json and newer than its checkpoint."""
     source = resolve_source(cfg)
     recorded = {r["path"] for r in RunDir(source.base).metrics().get("export", [])}
-    fmts = ("onnx", "engine") if cfg.trt else ("onnx",)
-    paths = [Path("export") / artefact_name(source.name, p, f) for p in cfg.precisions for f in fmts]
+    names = {artefact_name(source.name, p, "onnx") for p in cfg.precisions}
+    if cfg.trt:
+        names |= {artefact_name(source.name, p, f, "tensorrt") for p in cfg.precisions for f in ("onnx", "engine")}
+    paths = [Path("export") / name for name in sorted(names)]
     return all(
         str(p) in recorded
         and (source.base / p).is_file()

@@ -30,9 +30,12 @@ def triton_model_name(record: dict[str, Any]) -> str:
 def write_triton_repository(
     root: Path, records: list[dict[str, Any]], base: Path, meta: dict[str, Any], max_batch: int
 ) -> list[str]:
-    """One Triton model per verified artefact: `<root>/<name>/{config.pbtxt, labels.txt, 1/model.onnx|plan}`."""
+    """One Triton model per verified artefact: `<root>/<name>/{config.pbtxt, labels.txt, 1/model.onnx|plan}`.
+
+    The int8 ONNX graph made for TensorRT is left out: Triton serves the engine built from it.
+    """
     names = []
-    for record in records:
+    for record in (r for r in records if not (r["format"] == "onnx" and r.get("target") == "tensorrt")):
         name = triton_model_name(record)
         onnx_model = record["format"] == "onnx"
         directory = root / name
