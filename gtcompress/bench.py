@@ -30,7 +30,7 @@ from .environment import command_line, machine_info, versions
 from .errors import UserError
 from .models import count_macs, count_params, load_model
 from .rundir import PRECISIONS, artefact_name, resolve_run, write_json
-from .stages import STAGE_NAMES
+from .stages import STAGE_NAMES, distilled_students, is_stage
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")  # autocast; fp16 needs CUDA
@@ -51,9 +51,10 @@ class BenchConfig(BaseModel):
         None,
         description="fp32 | fp16 | int8 | bf16 (torch), repeatable or comma-separated (default: every exported one).",
     )
-    stages: tuple[str, ...] = Field(
-        ("student", "generous_teacher"),
-        description="The run's models to time, repeatable: student | generous_teacher | standard_teacher | ...",
+    stages: tuple[str, ...] | None = Field(
+        None,
+        description="The run's models to time, repeatable (default: every student distilled from the GT, "
+        "and the GT): student | generous_teacher | standard_teacher | ...",
     )
     batch_sizes: tuple[int, ...] = Field((1, 8, 32), description="Comma-separated batch sizes.")
     warmup: int = Field(10, description="Untimed calls before each measurement.")
@@ -73,7 +74,9 @@ class BenchConfig(BaseModel):
 
         check(self.backends, BACKENDS, "backend")
         check(self.precisions, (*PRECISIONS, "bf16"), "precision")
-        check(self.stages, STAGE_NAMES, "model")
+        for stage in self.stages or ():
+            if not is_stage(stage):
+                raise UserError(f"unknown model '{stage}'", f"choose from {', '.join(STAGE_NAMES)} (or _<student>)")
         check((self.device,), ("auto", "cpu", "cuda"), "device")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UserError(
@@ -240,7 +243,7 @@ class Bench:
     def targets(self) -> list[Target]:
         backends = self.backends()
         out: list[Target] = []
-        for model in self.cfg.stages:
+        for model in self.cfg.stages or (*distilled_students(self.metrics), "generous_teacher"):
             ckpt = self.run.checkpoint(model)
             if not ckpt.is_file():
                 self.missing.append(f"{ckpt.name} (the {model} stage has not finished: gtcompress distill --resume)")

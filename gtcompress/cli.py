@@ -103,13 +103,30 @@ OPTION_KEYS = {
     "compile_": "compile",
     "tensorboard": "tensorboard",
     "cache_teacher_logits": "cache_teacher_logits",
+    "latency_budget": "budget.latency_ms",
+    "budget_backend": "budget.backend",
+    "budget_batch": "budget.batch",
+    "budget_precision": "budget.precision",
 }
 PER_STAGE_OPTIONS = ("epochs", "batch_size", "lr")
+# The latency budget's options, shared by distill (and run) and candidates.
+LatencyBudget = Annotated[
+    Optional[float], typer.Option(help="p50 budget (ms) on the target: slower students are dropped before training.")
+]
+BudgetBackend = Annotated[Optional[str], typer.Option(help="onnxruntime | tensorrt | torch (default: the best here).")]
+BudgetBatch = Annotated[Optional[int], typer.Option(help="Batch size of the budget (default 1).")]
+BudgetPrecision = Annotated[Optional[str], typer.Option(help="fp32 | fp16 | int8 (default fp16 on CUDA, fp32 on CPU).")]
+Students = Annotated[
+    Optional[list[str]], typer.Option(help="timm student(s), resolved like --teacher: a,b or repeated.")
+]
 
 
 def _distill_overrides(params: dict[str, Any]) -> dict[str, Any]:
     """The dotted configuration keys that distill's given options set (--set last, so it wins)."""
-    given = {name: value for name, value in params.items() if value is not None}
+    given = {name: value for name, value in params.items() if value not in (None, [], ())}
+    if "student" in given:  # several students: a list, one: a name (as before)
+        students = list(_split(given["student"]))
+        given["student"] = students[0] if len(students) == 1 else students
     overrides = {
         f"{stage}.train.{name}": given[name]
         for name in PER_STAGE_OPTIONS
@@ -132,7 +149,7 @@ def _distill_overrides(params: dict[str, Any]) -> dict[str, Any]:
 def distill(
     ctx: typer.Context,
     teacher: Annotated[Optional[str], typer.Option(help="timm teacher: exact name, prefix or _100 variant.")] = None,
-    student: Annotated[Optional[str], typer.Option(help="timm student, resolved like --teacher.")] = None,
+    student: Students = None,
     dataset: Annotated[Optional[str], typer.Option(help="digits | synthetic | cifar10/100 | imagefolder:PATH")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
     download: Annotated[Optional[bool], typer.Option("--download", help="Download CIFAR if missing.")] = None,
@@ -168,6 +185,10 @@ def distill(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build data, models and optimizers, then stop.")] = False,
+    latency_budget: LatencyBudget = None,
+    budget_backend: BudgetBackend = None,
+    budget_batch: BudgetBatch = None,
+    budget_precision: BudgetPrecision = None,
 ) -> None:
     """Train the Standard Teacher, the Generous Teacher and the student(s) into one run directory."""
     from .config import given_keys, load_config
@@ -181,6 +202,38 @@ def distill(
     if run is not None and is_main_process():
         console.print(stage_table(run.metrics()))
         console.print(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
+
+
+@app.command()
+@user_errors
+def candidates(
+    ctx: typer.Context,
+    student: Students = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="YAML recipe; options given here override it.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="The data set (its class count and image size).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Input resolution.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any recipe key.")] = None,
+    latency_budget: LatencyBudget = None,
+    budget_backend: BudgetBackend = None,
+    budget_batch: BudgetBatch = None,
+    budget_precision: BudgetPrecision = None,
+) -> None:
+    """What could I ship here? Each candidate student's latency on the target, untrained, before any training."""
+    from .candidates import candidate_table, measure
+    from .config import load_config
+    from .data import load_splits
+    from .pipeline import resolve_names
+
+    cfg = load_config(recipe, _distill_overrides(ctx.params))
+    for note in resolve_names(cfg):
+        say(f"resolved {note}")
+    splits = load_splits(cfg.data)
+    console.print(
+        candidate_table(
+            measure(cfg.student.archs, splits.num_classes, cfg.data.img_size or splits.img_size, cfg.budget, say)
+        )
+    )
 
 
 @app.command()
@@ -295,7 +348,7 @@ def bench(
         run=run,
         backends=_split(backend),
         precisions=_split(precision),
-        stages=_split(model) or BenchConfig.model_fields["stages"].default,
+        stages=_split(model),
         batch_sizes=parse_batch_sizes(batch_sizes),
         iters=iters,
         seconds=seconds,
@@ -316,11 +369,14 @@ def report(
     batch_size: Annotated[
         Optional[int], typer.Option(help="Batch size of the latency columns (default: smallest).")
     ] = None,
+    latency_budget: Annotated[
+        Optional[float], typer.Option(help="Recommend within this p50 (ms); default: the run's --latency-budget.")
+    ] = None,
 ) -> None:
-    """Accuracy, size and latency of every model and artefact -> RUN/report.{md,json,html}."""
+    """Accuracy, size and latency of every model and artefact, and which student to ship -> RUN/report.*"""
     from .workflow import report as write
 
-    write(run, batch_size, say, console)
+    write(run, batch_size, say, console, latency_budget)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from torch import Tensor
 
 from . import losses
@@ -176,15 +176,28 @@ Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
 
 class _StudentBase(Strict):
-    """The student: distilled from the Generous Teacher with `method` (the other blocks wait unused)."""
+    """The student(s): distilled from the Generous Teacher with `method` (the other blocks wait unused)."""
 
-    arch: str = Field("mobilenetv3_small_100", description="timm model name")
+    arch: str | list[str] = Field(
+        "mobilenetv3_small_100",
+        description="timm model name, or a list: several students of one GT, teachers trained once",
+    )
     method: Method = Field("kd", description=f"distillation method: {' | '.join(METHODS)}")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, warmup_epochs=2, clip_grad=5.0))
 
     @property
     def method_config(self) -> MethodConfig:
         return getattr(self, self.method)
+
+    @property
+    def archs(self) -> list[str]:
+        return [self.arch] if isinstance(self.arch, str) else list(self.arch)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> _StudentBase:
+        if not self.archs or len(set(self.archs)) != len(self.archs):
+            raise ValueError(f"student.arch must name distinct students, got {self.archs}")
+        return self
 
 
 # One block per registered method (student.kd, student.dkd, ...), as recipes spell them.
@@ -197,6 +210,21 @@ StudentConfig = create_model(
         for name, cls in METHODS.items()
     },
 )
+
+
+class BudgetConfig(Strict):
+    """A latency budget on the deployment target, checked before any training with untrained candidates."""
+
+    latency_ms: float | None = Field(None, gt=0, description="p50 budget (ms); None: no check")
+    backend: Literal["onnxruntime", "tensorrt", "torch"] | None = Field(
+        None, description="target runtime; None: the best available (tensorrt on CUDA where installed)"
+    )
+    batch: int = Field(1, ge=1, description="batch size of the timed calls")
+    precision: Literal["fp32", "fp16", "int8"] | None = Field(
+        None, description="precision on the target; None: fp16 on CUDA, fp32 on CPU"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the candidates are timed")
+    iters: int = Field(50, ge=5, description="timed calls per candidate")
 
 
 class RunConfig(Strict):
@@ -216,6 +244,7 @@ class RunConfig(Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     generous: GenerousConfig = Field(default_factory=GenerousConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     environment: dict[str, Any] | None = Field(None, description="recorded by a run; ignored on input")
 
 

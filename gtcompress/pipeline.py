@@ -13,6 +13,7 @@ import yaml
 from rich.console import Console
 from torch import nn
 
+from .candidates import candidate_table, measure, within_budget
 from .config import RunConfig, differences, dump_config
 from .data import Splits, Transformed, build_transform, create_loader, load_splits, loader_workers
 from .distributed import DistEnv, agree, barrier, broadcast_object, init_distributed, shutdown
@@ -27,21 +28,20 @@ from .models import (
     resolve_model_name,
     save_checkpoint,
 )
-from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
-from .stages import STAGES, Models, Stage
+from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_json, write_text
+from .stages import Models, Stage, stages
 from .train import Context, Job, fit, make_optimizer, seed_everything
 
 
 def resolve_names(cfg: RunConfig) -> list[str]:
     """Replace the configured model names by exact timm names; return how each was resolved."""
-    notes = []
-    for block in (cfg.teacher, cfg.student, cfg.generous):
-        if block.arch is None:
-            continue
-        block.arch, note = resolve_model_name(block.arch)
-        if note:
-            notes.append(note)
-    return notes
+    resolved = {}
+    for block in (cfg.teacher, cfg.generous):
+        if block.arch is not None:
+            block.arch, resolved[block.arch] = resolve_model_name(block.arch)
+    students = [resolve_model_name(arch) for arch in cfg.student.archs]
+    cfg.student.arch = students[0][0] if isinstance(cfg.student.arch, str) else [name for name, _ in students]
+    return [note for note in [*resolved.values(), *(note for _, note in students)] if note]
 
 
 def environment(env: DistEnv, device: torch.device, requested: dict[str, str]) -> dict[str, Any]:
@@ -116,17 +116,47 @@ def run_distill(
         shutdown(env)
 
 
-def _start(cfg: RunConfig, out: Path | None, env: DistEnv, device: torch.device, say: Callable[..., None]) -> RunDir:
-    """Resolve the model names, check the configuration, create the run directory and write config.yaml."""
-    requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
+def _prepare(cfg: RunConfig, env: DistEnv, console: Console, say: Callable[..., None]) -> dict[str, Any] | None:
+    """Resolve the model names, check the configuration and, with a latency budget, time the candidate students
+    on the target (rank 0) and keep those within it; returns that check's record."""
     for note in agree(env, lambda: resolve_names(cfg)):
         say(f"resolved {note}")
     _check(cfg)
+    if cfg.budget.latency_ms is None:
+        return None
+
+    def check() -> dict[str, Any] | None:
+        if not env.is_main:
+            return None
+        splits = load_splits(cfg.data)
+        result = measure(cfg.student.archs, splits.num_classes, cfg.data.img_size or splits.img_size, cfg.budget, say)
+        console.print(candidate_table(result))
+        within_budget(result)
+        return result
+
+    result = broadcast_object(agree(env, check), env)
+    kept = within_budget(result)
+    cfg.student.arch = kept[0] if len(kept) == 1 else kept
+    return result
+
+
+def _start(
+    cfg: RunConfig,
+    out: Path | None,
+    env: DistEnv,
+    device: torch.device,
+    say: Callable[..., None],
+    requested: dict[str, Any],
+    candidates: dict[str, Any] | None,
+) -> RunDir:
+    """Create the run directory and write config.yaml (and the latency check's candidates.json)."""
     run = agree(env, lambda: _new_run(out) if env.is_main else None)
     run = RunDir(broadcast_object(run.path if run else None, env))
     cfg.environment = environment(env, device, requested)
     if env.is_main:
         write_text(run.config, dump_config(cfg))
+        if candidates is not None:
+            write_json(run.candidates, candidates)
         mark_latest(run.path)
     barrier(env)
     say(f"run directory: {run.path}")
@@ -214,6 +244,7 @@ def _train(
         stage.objective(cfg),
         models[stage.teacher] if stage.teacher else None,
         stage.seed_offset,
+        stage.teacher,
     )
     metrics = fit(job, setup.ctx, setup.splits.num_classes, on_epoch)
     arch = stage.arch(cfg)
@@ -242,12 +273,11 @@ def _run(
     dry_run: bool,
 ) -> RunDir | None:
     say = console.print if env.is_main else (lambda *a, **k: None)
-    if run is None and not dry_run:
-        run = _start(cfg, out, env, device, say)
-    elif run is None:
-        for note in agree(env, lambda: resolve_names(cfg)):
-            say(f"resolved {note}")
-        _check(cfg)
+    if run is None:
+        requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
+        candidates = _prepare(cfg, env, console, say)
+        if not dry_run:
+            run = _start(cfg, out, env, device, say, requested, candidates)
     setup = _setup(cfg, run, env, device, console, say)
     if dry_run:
         x, _ = next(iter(create_loader(setup.ctx.train_data, cfg.student.train.batch_size, training=True, workers=0)))
@@ -259,7 +289,7 @@ def _run(
     models: Models = {}
     noted: set[str] = set()
     try:
-        for stage in STAGES:
+        for stage in stages(cfg):
             reason = stage.skip(cfg)
             if reason is not None:
                 if cfg.compare and reason not in noted:  # once per reason: a control and its student share it

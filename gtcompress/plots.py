@@ -6,13 +6,14 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from .stages import STAGE_NAMES, TITLES
+from .stages import title
 
 PLOTS = {
     "accuracy_latency": "Top-1 accuracy vs p50 latency",
     "latency_batch": "p50 latency by batch size",
     "latency_distribution": "Latency distribution (every timed call)",
     "training_curves": "Training curves",
+    "pareto": "Which student to ship: the accuracy-latency front",
 }
 
 
@@ -101,16 +102,41 @@ def training_curves(
     if not history:
         return None
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for stage in STAGE_NAMES:
+    for stage in dict.fromkeys(h["stage"] for h in history):
         recs = [h for h in history if h["stage"] == stage]
-        if recs:
-            acc.plot([h["epoch"] for h in recs], [h["top1"] for h in recs], marker=".", label=TITLES[stage])
-            loss.plot([h["epoch"] for h in recs], [h["train_loss"] for h in recs], marker=".", label=TITLES[stage])
+        acc.plot([h["epoch"] for h in recs], [h["top1"] for h in recs], marker=".", label=title(stage))
+        loss.plot([h["epoch"] for h in recs], [h["train_loss"] for h in recs], marker=".", label=title(stage))
     acc.set(xlabel="epoch", ylabel="val top-1 %", title=PLOTS["training_curves"])
     loss.set(xlabel="epoch", ylabel="train loss", yscale="log")
     acc.legend(fontsize=7)
     acc.grid(alpha=0.3)
     loss.grid(alpha=0.3)
+    return fig
+
+
+def pareto(plt: Any, report: dict[str, Any], history: list[dict[str, Any]], samples: list[dict[str, Any]]) -> Any:
+    p = report["pareto"]
+    if not p["points"]:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for precision in dict.fromkeys(q["precision"] for q in p["points"]):
+        pts = [q for q in p["points"] if q["precision"] == precision]
+        ax.scatter([q["p50_ms"] for q in pts], [q["top1"] for q in pts], s=40, label=precision)
+    front = [q for name in p["front"] for q in p["points"] if q["name"] == name]
+    ax.step([q["p50_ms"] for q in front], [q["top1"] for q in front], where="post", color="0.3", lw=1, label="front")
+    pick = report["recommendation"]
+    if "p50_ms" in pick:
+        ax.scatter([pick["p50_ms"]], [pick["top1"]], s=160, facecolors="none", edgecolors="red", label="recommended")
+    if p["budget_ms"] is not None:
+        ax.axvline(p["budget_ms"], color="red", ls="--", lw=1, label=f"budget {p['budget_ms']:g} ms")
+    ax.set(
+        xscale="log",
+        xlabel=f"p50 latency, ms ({p['backend']}, batch {p['batch_size']})",
+        ylabel="top-1 %",
+        title=PLOTS["pareto"],
+    )
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     return fig
 
 
@@ -121,6 +147,7 @@ DRAW: dict[str, Callable[..., Any]] = {
     "latency_batch": latency_batch,
     "latency_distribution": latency_distribution,
     "training_curves": training_curves,
+    "pareto": pareto,
 }
 
 

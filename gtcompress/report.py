@@ -20,8 +20,9 @@ from rich.table import Table
 
 from .benchfile import RESULT_COLUMNS, find, in_order, load_bench, reference_teacher, result_cells
 from .plots import PLOTS, make_plots
+from .recommend import pareto_note, pareto_rows, recommendation_line, which_student
 from .rundir import RunDir, artefact_name, write_bytes, write_json, write_text
-from .stages import STAGE_NAMES, TITLES
+from .stages import sibling, title, trained
 
 # Students' top-1 differences: key -> the arm subtracted. CE-only asks whether distillation helps; <-ST whether
 # the GT helps; <-continued whether it helps beyond its extra epochs.
@@ -40,13 +41,11 @@ def stage_table(metrics: dict[str, Any]) -> Table:
     table = Table(title="gtcompress distill", title_justify="left")
     for col in ("stage", "model", "top-1 %", "top-5 %", "params", "MMACs", "epochs", "train s"):
         table.add_column(col, justify="left" if col in ("stage", "model") else "right")
-    for name in STAGE_NAMES:
-        m = metrics.get(name)
-        if m is None:
-            continue
+    for name in trained(metrics):
+        m = metrics[name]
         top5 = f"{m['top5']:.2f}" if "top5" in m else "-"
         table.add_row(
-            TITLES[name],
+            title(name, m["arch"]),
             m["arch"],
             f"{m['top1']:.2f}",
             top5,
@@ -87,8 +86,9 @@ def _header(run: RunDir, metrics: dict[str, Any], bench: dict[str, Any] | None) 
     }
 
 
-def build_report(run: RunDir, batch_size: int | None = None) -> dict[str, Any]:
-    """The report's content: header, one row per model x exported precision, bench results, notes."""
+def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | None = None) -> dict[str, Any]:
+    """The report's content: header, one row per model x exported precision, bench results, the students'
+    accuracy-latency front with a recommendation (within `budget_ms`, default the run's latency budget), notes."""
     metrics, bench = run.metrics(), load_bench(run)
     results = bench["results"] if bench else []
     if batch_size is None:
@@ -100,8 +100,7 @@ def build_report(run: RunDir, batch_size: int | None = None) -> dict[str, Any]:
     )
     rows = [
         _row(run, metrics, stage, precision, [r for r in results if r["batch_size"] == batch_size], backends)
-        for stage in STAGE_NAMES
-        if stage in metrics
+        for stage in trained(metrics)
         for precision in _precisions(metrics, stage)
     ]
     _add_ratios(rows, teacher, primary)
@@ -113,6 +112,7 @@ def build_report(run: RunDir, batch_size: int | None = None) -> dict[str, Any]:
         "teacher": teacher,
         "rows": rows,
         "bench": [{k: v for k, v in r.items() if k != "samples_ms"} for r in results],
+        **which_student(run, metrics, rows, primary, batch_size, budget_ms),
         "notes": _notes(bench),
     }
 
@@ -135,13 +135,14 @@ def _row(
     m, onnx, ckpt = metrics[stage], _onnx_export(metrics, stage, precision), run.checkpoint(stage)
     file, size = (onnx["path"], onnx["bytes"]) if onnx else (ckpt.name, ckpt.stat().st_size if ckpt.is_file() else None)
     top1 = m["top1"] if precision == "fp32" else onnx["top1"]
+    bases = {key: sibling(stage, base) for key, base in DELTAS.items()}  # the same student's controls
     deltas = {
         key: top1 - metrics[base]["top1"] if base in metrics and stage.startswith("student") else None
-        for key, base in DELTAS.items()
+        for key, base in bases.items()
     }
     p50 = {b: r["p50_ms"] for b in backends if (r := find(results, model=stage, backend=b, precision=precision))}
     return {
-        "name": TITLES[stage] + ("" if precision == "fp32" else f" {precision}"),
+        "name": title(stage, m["arch"]) + ("" if precision == "fp32" else f" {precision}"),
         "model": stage,
         "arch": m["arch"],
         "precision": precision,
@@ -285,6 +286,16 @@ def markdown(report: dict[str, Any], plot_files: dict[str, str]) -> str:
         markdown_table(*table_rows(report)),
         "",
     ]
+    if report["pareto"]["points"]:
+        parts += [
+            "## Which student to ship",
+            "",
+            pareto_note(report),
+            "",
+            markdown_table(*pareto_rows(report)),
+            recommendation_line(report),
+            "",
+        ]
     if report["bench"]:
         parts += ["## Every measurement", "", markdown_table(*bench_rows(report)), ""]
     parts += [f"![{PLOTS[k]}]({v})\n" for k, v in plot_files.items()]
@@ -310,6 +321,12 @@ def html_page(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     )
     notes = "".join(f"<li>{e(n)}</li>" for n in report["notes"])
     bench = f"<h2>Every measurement</h2>{table(*bench_rows(report), 'bench')}" if report["bench"] else ""
+    if report["pareto"]["points"]:
+        bench = (
+            f"<h2>Which student to ship</h2><p>{e(pareto_note(report))}</p>"
+            f"{table(*pareto_rows(report), 'pareto')}<p id='recommendation'>{e(recommendation_line(report))}</p>"
+            + bench
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>gtcompress report: {e(h["run"])}</title>

@@ -92,6 +92,7 @@ class RunDir:
     history_path = property(lambda self: self.path / "history.jsonl")
     export_dir = property(lambda self: self.path / "export")
     progress_dir = property(lambda self: self.path / "checkpoints")
+    candidates = property(lambda self: self.path / "candidates.json")  # the latency pre-check, when a budget was set
 
     def checkpoint(self, stage: str) -> Path:
         """The finished stage's model checkpoint."""

@@ -64,10 +64,6 @@ def _continued(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
     return model
 
 
-def _student(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
-    return create_model(cfg.student.arch, num_classes)
-
-
 def _loaded(train: TrainConfig, checkpoint: Any) -> TrainConfig:
     """A loaded model is evaluated, not trained."""
     return train.model_copy(update={"epochs": 0}) if checkpoint else train
@@ -92,22 +88,48 @@ def _student_record(teacher: str) -> Callable[[RunConfig], dict[str, Any]]:
     return lambda cfg: {"teacher_stage": teacher, "method": cfg.student.method}
 
 
-def _student_stage(name: str, title: str, teacher: str, skip: Callable[[RunConfig], str | None]) -> Stage:
-    return Stage(
-        name,
-        title,
-        2,
-        lambda cfg: cfg.student.arch,
-        _student,
-        lambda cfg: student_objective(cfg.student),
-        lambda cfg: cfg.student.train,
-        teacher,
-        skip,
-        _student_record(teacher),
-    )
+def _student_stages(arch: str, suffix: str) -> list[Stage]:
+    """One student's stages: distilled from the GT, and with --compare its controls (same seed and schedule)."""
+
+    def stage(
+        base: str, teacher: str | None, skip: Callable[[RunConfig], str | None], objective: Callable, record: Callable
+    ) -> Stage:
+        return Stage(
+            base + suffix,
+            TITLES[base] + (f" ({arch})" if suffix else ""),
+            2,
+            lambda cfg: arch,
+            lambda cfg, num_classes, models: create_model(arch, num_classes),
+            objective,
+            lambda cfg: cfg.student.train,
+            teacher,
+            skip,
+            record,
+        )
+
+    kd, ce = (lambda cfg: student_objective(cfg.student)), (lambda cfg: ce_objective(cfg.student.train.label_smoothing))
+    return [
+        stage("student", "generous_teacher", lambda cfg: None, kd, _student_record("generous_teacher")),
+        stage("student_from_standard", "standard_teacher", _no_compare, kd, _student_record("standard_teacher")),
+        stage("student_from_continued", "continued_teacher", _no_continued, kd, _student_record("continued_teacher")),
+        stage("student_ce", None, _no_compare, ce, lambda cfg: {"method": "ce"}),
+    ]
 
 
-STAGES: tuple[Stage, ...] = (
+# Titles of the stages of a one-student run; with several students each student stage's name gains
+# `_<student>` and its title ` (<student>)`.
+TITLES: dict[str, str] = {
+    "standard_teacher": "Standard Teacher",
+    "generous_teacher": "Generous Teacher",
+    "continued_teacher": "continued teacher",
+    "student": "student <- GT",
+    "student_from_standard": "student <- ST",
+    "student_from_continued": "student <- continued",
+    "student_ce": "student (CE only)",
+}
+
+
+TEACHER_STAGES: tuple[Stage, ...] = (
     Stage(
         "standard_teacher",
         "Standard Teacher",
@@ -149,20 +171,55 @@ STAGES: tuple[Stage, ...] = (
         skip=_no_continued,
         record=lambda cfg: {"init": "standard", "beta": 0.0},
     ),
-    _student_stage("student", "student <- GT", "generous_teacher", lambda cfg: None),
-    _student_stage("student_from_standard", "student <- ST", "standard_teacher", _no_compare),
-    _student_stage("student_from_continued", "student <- continued", "continued_teacher", _no_continued),
-    Stage(
-        "student_ce",
-        "student (CE only)",
-        2,
-        lambda cfg: cfg.student.arch,
-        _student,
-        lambda cfg: ce_objective(cfg.student.train.label_smoothing),
-        lambda cfg: cfg.student.train,
-        skip=_no_compare,
-        record=lambda cfg: {"method": "ce"},
-    ),
 )
-STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
-TITLES: dict[str, str] = {s.name: s.title for s in STAGES}
+
+
+def student_suffix(arch: str) -> str:
+    """`_<arch>`, safe in a file name with precision suffixes (`student_resnet50_a1_in1k.int8.onnx`)."""
+    return "_" + arch.replace(".", "_").replace("-", "_")
+
+
+def stages(cfg: RunConfig) -> list[Stage]:
+    """The run's stages in training order: the teachers once, then each student's stages.
+
+    One student keeps the plain names (`student`, `student_ce`, ...); several get `_<student>` suffixes.
+    """
+    archs = cfg.student.archs
+    suffix = (lambda arch: "") if len(archs) == 1 else student_suffix
+    return [*TEACHER_STAGES, *(s for arch in archs for s in _student_stages(arch, suffix(arch)))]
+
+
+def _base(name: str) -> str | None:
+    """The one-student stage a stage name derives from (`student_ce_lcnet_050` -> `student_ce`), or None."""
+    return next((b for b in sorted(TITLES, key=len, reverse=True) if name == b or name.startswith(b + "_")), None)
+
+
+def title(name: str, arch: str | None = None) -> str:
+    """A stage's title from its name (and, for a suffixed student stage, its student's arch)."""
+    base = _base(name)
+    if base is None:
+        return name
+    return TITLES[base] + (f" ({arch})" if name != base and arch else "")
+
+
+def sibling(name: str, base: str) -> str:
+    """The stage `base` of the same student as `name` (`student_lcnet_050`, `student_ce` -> `student_ce_lcnet_050`)."""
+    own = _base(name)
+    return base + (name[len(own) :] if own else "")
+
+
+def is_stage(name: str) -> bool:
+    return title(name) != name
+
+
+def trained(metrics: dict[str, Any]) -> list[str]:
+    """The stages recorded in a run's metrics.json, in training order."""
+    return [k for k, m in metrics.items() if k != "export" and isinstance(m, dict) and "top1" in m]
+
+
+def distilled_students(metrics: dict[str, Any]) -> list[str]:
+    """The run's students distilled from the GT (one per student architecture), in training order."""
+    return [k for k, m in metrics.items() if isinstance(m, dict) and m.get("teacher_stage") == "generous_teacher"]
+
+
+STAGE_NAMES: tuple[str, ...] = tuple(TITLES)  # the stages of a one-student run, in training order

@@ -55,6 +55,7 @@ class Context:
     # Training images under a deterministic transform: set, the frozen teacher's logits are computed on
     # them once per stage and reused every epoch instead of a teacher forward pass per step.
     cache_data: Dataset | None = None
+    logits: dict[str, torch.Tensor] = field(default_factory=dict)  # cached teacher logits by teacher stage
 
     def autocast(self):
         if self.precision == "fp32":
@@ -76,6 +77,7 @@ class Job:
     objective: Objective
     teacher: nn.Module | None = None
     seed_offset: int = 0
+    teacher_name: str | None = None  # the teacher's stage: its cached logits serve every job it teaches
 
 
 def seed_everything(*parts: int) -> None:
@@ -300,7 +302,11 @@ def fit(job: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, 
             ctx.console.print(f"{job.name}: resuming after epoch {state.epoch}/{job.train.epochs}")
     cache = None
     if parts.teacher is not None and ctx.cache_data is not None and state.epoch < job.train.epochs:
-        cache = teacher_logits(parts.teacher, ctx.cache_data, ctx, job.train.batch_size * 2)
+        if job.teacher_name is None or job.teacher_name not in ctx.logits:
+            cache = teacher_logits(parts.teacher, ctx.cache_data, ctx, job.train.batch_size * 2)
+            if job.teacher_name is not None:  # several students of one teacher: computed once
+                ctx.logits[job.teacher_name] = cache
+        cache = ctx.logits.get(job.teacher_name, cache)
     epoch = Epoch(job, parts, _wrap(parts.model, ctx), cache, ctx)
     with _progress(ctx) as bar:
         for index in range(state.epoch, job.train.epochs):

@@ -12,23 +12,30 @@ from .bench import BenchConfig, run_bench
 from .benchfile import bench_table
 from .export.config import ExportConfig
 from .export.exporter import artefact_table, is_up_to_date, run_export
+from .recommend import recommendation_line
 from .report import build_report, report_table, write_report
 from .rundir import resolve_run
+from .stages import distilled_students
 
 
 @dataclass(frozen=True)
 class Workflow:
-    """What follows the training: the exports (skipped when up to date) and the bench (None: keep bench.json)."""
+    """What follows the training: the exports (skipped when up to date; the `student` one is made for every
+    student distilled from the GT) and the bench (None: keep bench.json)."""
 
     exports: tuple[ExportConfig, ...]
     bench: BenchConfig | None
 
 
+def _exports(workflow: Workflow, run: Path, students: list[str]) -> list[ExportConfig]:
+    per_student = [(cfg, students) if cfg.stage == "student" else (cfg, [cfg.stage]) for cfg in workflow.exports]
+    return [cfg.model_copy(update={"run": run, "stage": s}) for cfg, names in per_student for s in names]
+
+
 def run_workflow(run: Path | None, workflow: Workflow, say: Callable[[str], None], console: Console) -> None:
     """Export what is stale, bench, and write the report of the run at `run` (default runs/latest)."""
     rundir = resolve_run(run)
-    for cfg in workflow.exports:
-        cfg = cfg.model_copy(update={"run": rundir.path})
+    for cfg in _exports(workflow, rundir.path, distilled_students(rundir.metrics())):
         if is_up_to_date(cfg):
             say(f"{cfg.stage}: exports are up to date")
         else:
@@ -39,12 +46,20 @@ def run_workflow(run: Path | None, workflow: Workflow, say: Callable[[str], None
     report(rundir.path, None, say, console)
 
 
-def report(run: Path | None, batch_size: int | None, say: Callable[[str], None], console: Console) -> None:
-    """Write report.{md,json,html} of the run and print its table and notes."""
+def report(
+    run: Path | None,
+    batch_size: int | None,
+    say: Callable[[str], None],
+    console: Console,
+    budget_ms: float | None = None,
+) -> None:
+    """Write report.{md,json,html} of the run and print its table, its recommendation and notes."""
     rundir = resolve_run(run)
-    content = build_report(rundir, batch_size)
+    content = build_report(rundir, batch_size, budget_ms)
     paths = write_report(rundir, content)
     console.print(report_table(content))
+    if content["pareto"]["points"]:
+        say(recommendation_line(content))
     for note in content["notes"]:
         console.print(f"note: {note}", markup=False, highlight=False, style="dim")
     say(f"wrote {', '.join(str(p) for p in paths)}")

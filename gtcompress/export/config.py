@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import UserError
 from ..rundir import PRECISIONS
-from ..stages import STAGE_NAMES
+from ..stages import STAGE_NAMES, is_stage
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,11 @@ class ExportConfig(BaseModel):
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown:
             raise UserError(f"unknown precision '{unknown[0]}'", f"choose from {', '.join(PRECISIONS)}")
-        if self.stage not in STAGE_NAMES:
-            raise UserError(f"unknown model '{self.stage}'", f"choose from {', '.join(STAGE_NAMES)}")
+        if not is_stage(self.stage):
+            raise UserError(
+                f"unknown model '{self.stage}'",
+                f"choose from {', '.join(STAGE_NAMES)} (with several students: <stage>_<student>)",
+            )
         if self.calibration_method not in CALIBRATION_METHODS:
             raise UserError(
                 f"unknown calibration method '{self.calibration_method}'",

@@ -1,0 +1,136 @@
+"""Which students could ship within a latency budget: each candidate timed on the target before any training.
+
+Latency does not depend on the weights, so each candidate is built with random weights, exported as the
+target runs it (an ONNX file, an int8 graph calibrated on random images, a TensorRT engine) and timed like
+`gtcompress bench` times the trained artefacts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.table import Table
+
+from .backends import Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
+from .bench import latency_stats, time_backend
+from .config import BudgetConfig
+from .environment import machine_info
+from .errors import UserError
+from .export.graph import convert_fp16, export_onnx, quantize_int8
+from .models import count_macs, count_params, create_model
+
+
+def target(cfg: BudgetConfig) -> tuple[str, str, str]:
+    """(backend, precision, device) of the budget: the configured ones, or the best available here."""
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--budget-device cuda was asked for, but CUDA is not available", "time on cpu")
+    trt = cuda and importlib.util.find_spec("tensorrt") is not None
+    backend = cfg.backend or ("tensorrt" if trt else "onnxruntime")
+    if backend == "tensorrt" and not cuda:
+        raise UserError("a TensorRT latency budget needs a CUDA GPU", "use --budget-backend onnxruntime or torch")
+    precision = cfg.precision or ("fp16" if cuda else "fp32")
+    if backend == "torch" and precision == "int8":
+        raise UserError("the torch backend has no int8", "use --budget-backend onnxruntime or tensorrt")
+    return backend, precision, "cuda" if cuda else "cpu"
+
+
+def _artefact(
+    model: torch.nn.Module, img_size: int, backend: str, precision: str, device: str, tmp: Path, batch: int
+) -> Backend:
+    """The candidate as the target runs it."""
+    if backend == "torch":
+        return TorchBackend(model, device, "fp32" if precision == "fp32" else precision)
+    path = tmp / "model.onnx"
+    export_onnx(model, img_size, path)
+    if precision == "fp16":
+        convert_fp16(path, tmp / "model.fp16.onnx")
+        path = tmp / "model.fp16.onnx"
+    elif precision == "int8":
+        rng = np.random.default_rng(0)
+        images = lambda: (rng.standard_normal((8, 3, img_size, img_size), dtype=np.float32) for _ in range(4))  # noqa: E731
+        form = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+        quantize_int8(path, tmp / "model.int8.onnx", images, "minmax", form)
+        path = tmp / "model.int8.onnx"
+    if backend == "onnxruntime":
+        return OnnxRuntimeBackend(path, device, precision)
+    from .tensorrt import EngineConfig, build_engine
+
+    build_engine(path, tmp / "model.engine", EngineConfig(max_batch=batch, opt_batches=(batch,)))
+    return TensorRTBackend(tmp / "model.engine", precision)
+
+
+def measure(
+    archs: list[str], num_classes: int, img_size: int, cfg: BudgetConfig, say: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Every candidate's p50 on the target at the budget's batch size, and whether it fits the budget."""
+    backend, precision, device = target(cfg)
+    rows = []
+    for arch in archs:
+        model = create_model(arch, num_classes).eval()
+        with tempfile.TemporaryDirectory(prefix="gtcompress-candidate-") as tmp:
+            runner = _artefact(model, img_size, backend, precision, device, Path(tmp), cfg.batch)
+            x = np.random.default_rng(0).standard_normal((cfg.batch, 3, img_size, img_size), dtype=np.float32)
+            stats = latency_stats(time_backend(runner, x, 5, cfg.iters, None), cfg.batch)
+        fits = cfg.latency_ms is None or stats["p50_ms"] <= cfg.latency_ms
+        rows.append(
+            {
+                "arch": arch,
+                "params": count_params(model),
+                "macs": count_macs(model, img_size),
+                **{k: stats[k] for k in ("p50_ms", "p90_ms", "mean_ms")},
+                "fits": fits,
+            }
+        )
+        say(f"candidate {arch}: p50 {stats['p50_ms']:.3f} ms ({backend} {precision} batch {cfg.batch})")
+    return {
+        "budget_ms": cfg.latency_ms,
+        "backend": backend,
+        "precision": precision,
+        "device": device,
+        "batch_size": cfg.batch,
+        "img_size": img_size,
+        "machine": machine_info(torch.get_num_threads(), device == "cuda"),
+        "note": "untrained models with random weights: the target's latency, not the trained artefacts'",
+        "candidates": rows,
+    }
+
+
+def candidate_table(result: dict[str, Any]) -> Table:
+    budget = result["budget_ms"]
+    table = Table(
+        title=f"candidates on {result['backend']} {result['precision']} ({result['device']}), batch "
+        f"{result['batch_size']}" + (f", budget {budget:g} ms" if budget is not None else ""),
+        title_justify="left",
+    )
+    for col in ("student", "params", "MMACs", "p50 ms", "p90 ms", "within budget"):
+        table.add_column(col, justify="left" if col == "student" else "right")
+    for r in result["candidates"]:
+        table.add_row(
+            r["arch"],
+            f"{r['params'] / 1e6:.2f}M",
+            f"{r['macs'] / 1e6:.1f}",
+            f"{r['p50_ms']:.3f}",
+            f"{r['p90_ms']:.3f}",
+            "–" if budget is None else "yes" if r["fits"] else "no",
+        )
+    return table
+
+
+def within_budget(result: dict[str, Any]) -> list[str]:
+    """The candidates that fit; none is one clear error (the table was printed before)."""
+    kept = [r["arch"] for r in result["candidates"] if r["fits"]]
+    if not kept:
+        fastest = min(result["candidates"], key=lambda r: r["p50_ms"])
+        raise UserError(
+            f"no candidate student runs within the {result['budget_ms']:g} ms budget (the fastest, "
+            f"{fastest['arch']}, takes {fastest['p50_ms']:.3f} ms); nothing was trained",
+            "raise --latency-budget, add smaller students, or change --budget-backend/--budget-precision",
+        )
+    return kept

@@ -1,0 +1,128 @@
+"""Several students from one GT, a latency budget checked before training, the front and the recommendation."""
+
+import json
+
+import pytest
+from conftest import INT8_TOLERANCE, TEACHER, invoke
+from test_cli import assert_one_line_error
+
+from gtcompress.recommend import pareto_front, recommend
+
+STUDENTS = ("mobilenetv3_small_050", "test_efficientnet")
+
+
+def test_the_front_keeps_what_nothing_beats_and_the_pick_is_the_most_accurate_within_budget():
+    points = [
+        {"name": n, "top1": a, "p50_ms": t}
+        for n, a, t in [
+            ("small", 80.0, 1.0),
+            ("mid", 85.0, 2.0),
+            ("slow-worse", 84.0, 3.0),
+            ("big", 90.0, 5.0),
+            ("tie-slower", 85.0, 2.5),
+        ]
+    ]
+    assert [p["name"] for p in pareto_front(points)] == ["small", "mid", "big"]
+    assert recommend(points, 2.4)[0]["name"] == "mid"
+    assert recommend(points)[0]["name"] == "big"
+    pick, why = recommend(points, 0.5)
+    assert pick is None and "0.5 ms budget" in why
+
+
+def test_candidates_prints_every_students_latency_on_the_target():
+    result = invoke("candidates", "--student", ",".join(STUDENTS), "--latency-budget", 1000, "--budget-batch", 2)
+    assert result.exit_code == 0, result.output
+    assert "candidates on onnxruntime fp32 (cpu), batch 2, budget 1000 ms" in result.stdout
+    for arch in STUDENTS:
+        assert arch in result.stdout
+    assert result.stdout.count("yes") == len(STUDENTS)
+
+
+def test_an_impossible_budget_trains_nothing_and_says_why(tmp_path):
+    out = tmp_path / "run"
+    result = invoke(
+        "distill", "--teacher", TEACHER, "--student", ",".join(STUDENTS), "--latency-budget", 1e-6, "--out", out
+    )
+    assert_one_line_error(
+        result, "no candidate student runs within the 1e-06 ms budget", "nothing was trained", "--latency-budget"
+    )
+    assert "within budget" in result.stdout, "the table of every candidate comes with the error"
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def two_students(tmp_path_factory, monkeypatch_module):
+    import gtcompress.train as train
+
+    calls = []
+    real = train.teacher_logits
+    monkeypatch_module.setattr(train, "teacher_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path_factory.mktemp("students") / "run"
+    result = invoke(
+        "run",
+        "--teacher",
+        TEACHER,
+        "--student",
+        ",".join(STUDENTS),
+        "--epochs",
+        1,
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.2",
+        "--cache-teacher-logits",
+        "--latency-budget",
+        1000,
+        "--precision",
+        "fp32,int8",
+        "--tolerance",
+        INT8_TOLERANCE,
+        "--batch-sizes",
+        "1,4",
+        "--iters",
+        3,
+    )
+    assert result.exit_code == 0, result.output
+    return out, result, calls
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_teachers_are_trained_once_and_every_student_from_the_same_gt(two_students):
+    out, _, calls = two_students
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = [f"student_{arch}" for arch in STUDENTS]
+    assert [k for k in metrics if k != "export"] == ["standard_teacher", "generous_teacher", *names]
+    assert all(metrics[n]["teacher_stage"] == "generous_teacher" for n in names)
+    history = [json.loads(line)["stage"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert history.count("generous_teacher") == 1 and history.count("standard_teacher") == 1
+    assert len(calls) == 2, "the ST's logits for the GT, the GT's once for both students"
+    candidates = json.loads((out / "candidates.json").read_text())
+    assert [c["arch"] for c in candidates["candidates"]] == list(STUDENTS) and candidates["budget_ms"] == 1000
+
+
+def test_every_student_is_exported_benched_and_on_the_front(two_students):
+    out, result, _ = two_students
+    metrics = json.loads((out / "metrics.json").read_text())
+    paths = {r["path"] for r in metrics["export"]}
+    for arch in STUDENTS:
+        assert {f"export/student_{arch}.onnx", f"export/student_{arch}.int8.onnx"} <= paths
+    bench = json.loads((out / "bench.json").read_text())
+    assert {r["model"] for r in bench["results"]} == {*(f"student_{a}" for a in STUDENTS), "generous_teacher"}
+    report = json.loads((out / "report.json").read_text())
+    points = report["pareto"]["points"]
+    assert {(p["model"], p["precision"]) for p in points} == {
+        (f"student_{a}", p) for a in STUDENTS for p in ("fp32", "int8")
+    }
+    pick = report["recommendation"]
+    assert pick["top1"] == max(p["top1"] for p in points) and pick["p50_ms"] <= 1000
+    assert pick["file"] in paths and pick["backend"] == "onnxruntime"
+    assert report["pareto"]["budget_ms"] == 1000 and pick["name"] in report["pareto"]["front"]
+    md = (out / "report.md").read_text()
+    assert "## Which student to ship" in md and f"Recommended: {pick['name']}" in md
+    assert f"Recommended: {pick['name']}" in result.stdout
+    assert (out / "plots" / "pareto.png").is_file()
