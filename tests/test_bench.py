@@ -272,3 +272,25 @@ def test_an_onnxruntime_cuda_provider_that_falls_back_to_cpu_is_an_error(workflo
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *available])
     with pytest.raises(UserError, match="could not start CUDAExecutionProvider .* would run on CPUExecutionProvider"):
         OnnxRuntimeBackend(workflow_run / "export" / "student.onnx", device="cuda")
+
+
+def test_results_are_listed_by_batch_then_model_then_backend_and_precision():
+    from gtcompress.benchfile import in_order
+
+    shuffled = [
+        {"batch_size": b, "model": m, "backend": k, "precision": p}
+        for b, m, k, p in [
+            (8, "student", "onnxruntime", "fp32"),
+            (1, "student", "torch", "fp32"),
+            (1, "generous_teacher", "torch", "fp32"),
+            (1, "student", "onnxruntime", "int8"),
+            (1, "student", "onnxruntime", "fp32"),
+        ]
+    ]
+    assert [(r["batch_size"], r["model"], r["backend"], r["precision"]) for r in in_order(shuffled)] == [
+        (1, "generous_teacher", "torch", "fp32"),
+        (1, "student", "onnxruntime", "fp32"),
+        (1, "student", "onnxruntime", "int8"),
+        (1, "student", "torch", "fp32"),
+        (8, "student", "onnxruntime", "fp32"),
+    ]
