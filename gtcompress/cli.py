@@ -413,6 +413,7 @@ def run(
                 precisions=_split(precision) or ("fp32", "fp16", "int8"),
                 trt=trt,
                 tolerances=tolerances,
+                keep_going=True,
             ),
             ExportConfig(stage="generous_teacher", trt=trt, tolerances=tolerances),
         )

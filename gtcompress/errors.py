@@ -13,6 +13,10 @@ class UserError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+class VerificationError(UserError):
+    """An exported artefact does not match its PyTorch model within the tolerance: it was not kept."""
+
+
 def first_line(error: BaseException) -> str:
     """An exception's first line, or its type's name when it has no message (for one-line errors)."""
     text = str(error).strip()

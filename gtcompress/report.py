@@ -113,7 +113,7 @@ def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | 
         "rows": rows,
         "bench": [{k: v for k, v in r.items() if k != "samples_ms"} for r in results],
         **which_student(run, metrics, rows, primary, batch_size, budget_ms),
-        "notes": _notes(bench),
+        "notes": _notes(bench, metrics),
     }
 
 
@@ -167,10 +167,11 @@ def _add_ratios(rows: list[dict[str, Any]], teacher: str, primary: str | None) -
         row["size_ratio"] = ref["bytes"] / row["bytes"] if student and ref["bytes"] and row["bytes"] else None
 
 
-def _notes(bench: dict[str, Any] | None) -> list[str]:
+def _notes(bench: dict[str, Any] | None, metrics: dict[str, Any]) -> list[str]:
+    rejected = [f"not kept: {r['reason']}" for r in metrics.get("export_rejected", [])]
     if bench is None:
-        return ["no latency yet: run `gtcompress bench` (then `gtcompress report` again)"]
-    return [f"not benchmarked: {m}" for m in bench.get("missing", [])] + [
+        return [*rejected, "no latency yet: run `gtcompress bench` (then `gtcompress report` again)"]
+    return [*rejected, *(f"not benchmarked: {m}" for m in bench.get("missing", []))] + [
         f"skipped {' '.join(str(v) for k, v in s.items() if k != 'reason')}: {s['reason']}"
         for s in bench.get("skipped", [])
     ]

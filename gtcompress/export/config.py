@@ -84,6 +84,11 @@ class ExportConfig(BaseModel):
         default_factory=lambda: dict(DEFAULT_TOLERANCES), description="Verification tolerance per precision."
     )
     batch_size: int = Field(64, description="Verification batch.")
+    keep_going: bool = Field(
+        False,
+        description="A reduced precision that fails verification is reported and "
+        "skipped instead of stopping the export (gtcompress run).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExportConfig:

@@ -20,7 +20,7 @@ from rich.table import Table
 from torch.utils.data import Subset
 
 from ..backends import Backend, OnnxRuntimeBackend, TorchBackend
-from ..errors import UserError
+from ..errors import UserError, VerificationError
 from ..models import load_model
 from ..rundir import RunDir, artefact_name, atomic_path, write_json
 from .config import ExportConfig
@@ -89,9 +89,23 @@ class Exporter:
         self.keep(record)
         write_json(sidecar_path(fp32), sidecar(self.spec, self.data.transform, opset, self.source.checkpoint))
         for precision in self.cfg.precisions[1:]:
-            self.converted(precision, fp32, "onnxruntime")
+            self.lenient(lambda p=precision: self.converted(p, fp32, "onnxruntime"))
         if self.cfg.trt and "int8" in self.cfg.precisions:
-            self.converted("int8", fp32, "tensorrt")
+            self.lenient(lambda: self.converted("int8", fp32, "tensorrt"))
+
+    def lenient(self, make: Callable[[], None]) -> None:
+        """Make a reduced-precision artefact; with keep_going, one that fails verification is reported (in
+        metrics.json's `export_rejected`) and the others go on."""
+        try:
+            make()
+        except VerificationError as e:
+            if not self.cfg.keep_going:
+                raise
+            run = RunDir(self.source.base)
+            rejected = [r for r in run.metrics().get("export_rejected", []) if r["path"] != e.path]
+            record = {"path": e.path, "reason": e.message, "checkpoint_mtime": self.source.checkpoint.stat().st_mtime}
+            run.update_metrics("export_rejected", [*rejected, record])
+            self.say(f"not kept: {e.message}")
 
     def converted(self, precision: str, fp32: Path, target: str) -> None:
         """Convert the fp32 file to `precision` for `target`, verify it on the test split and keep it."""
@@ -125,31 +139,38 @@ class Exporter:
         self.keep(record)
 
     def engines(self) -> None:
-        from ..backends import TensorRTBackend
-        from ..tensorrt import EngineConfig, build_engine, require_tensorrt
+        from ..tensorrt import EngineConfig, require_tensorrt
 
         require_tensorrt()
         engine_cfg = EngineConfig(self.cfg.max_batch, self.cfg.workspace_gib, self.cfg.opt_batches)
         for precision in self.cfg.precisions:
-            path = self.path(precision, "engine")
-            with atomic_path(path) as tmp:
-                start = time.perf_counter()
-                source = self.export_dir / artefact_name(self.source.name, precision, "onnx", "tensorrt")
-                version, cache = build_engine(source, tmp, engine_cfg, timing_cache=self.export_dir / "timing.cache")
-                seconds = time.perf_counter() - start
-                record = self.verify(
-                    TensorRTBackend(tmp, precision),
-                    path,
-                    tmp,
-                    precision,
-                    seconds,
-                    max_batch=self.cfg.max_batch,
-                    profiles=engine_cfg.profiles(),
-                    tensorrt=version,
-                    timing_cache=cache,
-                    gpu=torch.cuda.get_device_name(),
-                )
-            self.keep(record)
+            source = self.export_dir / artefact_name(self.source.name, precision, "onnx", "tensorrt")
+            if source.is_file():  # a reduced precision whose ONNX file was not kept has no engine either
+                self.lenient(lambda p=precision, src=source: self.engine(p, src, engine_cfg))
+
+    def engine(self, precision: str, source: Path, engine_cfg: Any) -> None:
+        """Build the engine of one precision from its ONNX file, verify it and keep it."""
+        from ..backends import TensorRTBackend
+        from ..tensorrt import build_engine
+
+        path = self.path(precision, "engine")
+        with atomic_path(path) as tmp:
+            start = time.perf_counter()
+            version, cache = build_engine(source, tmp, engine_cfg, timing_cache=self.export_dir / "timing.cache")
+            seconds = time.perf_counter() - start
+            record = self.verify(
+                TensorRTBackend(tmp, precision),
+                path,
+                tmp,
+                precision,
+                seconds,
+                max_batch=self.cfg.max_batch,
+                profiles=engine_cfg.profiles(),
+                tensorrt=version,
+                timing_cache=cache,
+                gpu=torch.cuda.get_device_name(),
+            )
+        self.keep(record)
 
     def verify(
         self, backend: Backend, final: Path, tmp: Path, precision: str, seconds: float, **extra: Any
@@ -164,10 +185,12 @@ class Exporter:
                 if precision == "int8"
                 else "try another --opset"
             )
-            raise UserError(
+            error = VerificationError(
                 f"{final.name} failed verification against PyTorch on {self.data.description}: {failure}",
                 f"{fix}, or accept it with --tolerance {precision}.{key}=VALUE",
             )
+            error.path = os.path.relpath(final, self.source.base)
+            raise error
         fmt = "onnx" if final.suffix == ".onnx" else "engine"
         record = {
             "model": self.source.name,
@@ -192,6 +215,9 @@ class Exporter:
         run = RunDir(self.source.base)
         others = [r for r in run.metrics().get("export", []) if r.get("path") != record["path"]]
         run.update_metrics("export", others + [record])
+        rejected = run.metrics().get("export_rejected", [])
+        if any(r["path"] == record["path"] for r in rejected):
+            run.update_metrics("export_rejected", [r for r in rejected if r["path"] != record["path"]])
         self.say(
             f"verified {record['path']}: top-1 {record['top1']:.2f}% (PyTorch {record['reference_top1']:.2f}%), "
             f"agreement {record['top1_agreement']:.2f}%, max |delta| {record['max_abs_diff']:.2g}, "
@@ -200,17 +226,25 @@ class Exporter:
 
 
 def is_up_to_date(cfg: ExportConfig) -> bool:
-    """Whether every artefact `cfg` asks for is verified in metrics.json and newer than its checkpoint."""
+    """Whether every artefact `cfg` asks for is verified in metrics.json and newer than its checkpoint (with
+    keep_going, one rejected by verification counts as done: trying it again would fail again)."""
     source = resolve_source(cfg)
-    recorded = {r["path"] for r in RunDir(source.base).metrics().get("export", [])}
+    metrics = RunDir(source.base).metrics()
+    recorded = {r["path"] for r in metrics.get("export", [])}
+    trained = source.checkpoint.stat().st_mtime
+    rejected = {r["path"] for r in metrics.get("export_rejected", []) if r["checkpoint_mtime"] >= trained}
+    rejected = rejected if cfg.keep_going else set()
     names = {artefact_name(source.name, p, "onnx") for p in cfg.precisions}
     if cfg.trt:
         names |= {artefact_name(source.name, p, f, "tensorrt") for p in cfg.precisions for f in ("onnx", "engine")}
     paths = [Path("export") / name for name in sorted(names)]
     return all(
-        str(p) in recorded
-        and (source.base / p).is_file()
-        and (source.base / p).stat().st_mtime >= source.checkpoint.stat().st_mtime
+        str(p) in rejected
+        or (
+            str(p) in recorded
+            and (source.base / p).is_file()
+            and (source.base / p).stat().st_mtime >= source.checkpoint.stat().st_mtime
+        )
         for p in paths
     )
 
