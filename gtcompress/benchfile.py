@@ -65,11 +65,15 @@ def bench_table(bench: dict[str, Any]) -> Table:
         title_justify="left",
         caption_justify="left",
     )
-    for col in (*RESULT_COLUMNS, "× faster"):
-        table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right", no_wrap=True)
+    rows = []
     for r in in_order(bench["results"]):
         ratio = speedup(bench["results"], r)
-        table.add_row(*result_cells(r), f"{ratio:.1f}×" if ratio else "")
+        rows.append([*result_cells(r), f"{ratio:.1f}×" if ratio else ""])
+    for i, col in enumerate((*RESULT_COLUMNS, "× faster")):  # as wide as their cells: nothing cut in a log
+        width = max([len(col), *(len(row[i]) for row in rows)])
+        table.add_column(col, justify="left" if i < 3 else "right", no_wrap=True, min_width=width)
+    for row in rows:
+        table.add_row(*row)
     return table
 
 

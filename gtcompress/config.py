@@ -47,7 +47,11 @@ class SyntheticConfig(Strict):
 class DataConfig(Strict):
     """Which data set and how it is split, sized and augmented."""
 
-    name: str = Field("digits", description="digits | synthetic | cifar10 | cifar100 | imagefolder:PATH")
+    name: str = Field(
+        "digits",
+        description="digits | synthetic | cifar10 | cifar100 | imagefolder:PATH | "
+        "hfds/<hub name or directory> | torch/<torchvision name>",
+    )
     root: Path | None = Field(None, description="data directory (CIFAR download target, ImageFolder root)")
     download: bool = Field(False, description="download CIFAR if missing")
     img_size: int | None = Field(None, ge=8, description="input resolution; None: the data set's default")
@@ -57,6 +61,9 @@ class DataConfig(Strict):
     augment_train: bool = Field(True, description="random training augmentation; false: the eval resize/crop")
     mean: tuple[float, float, float] | None = Field(None, description="normalisation; None: the teacher's")
     std: tuple[float, float, float] | None = Field(None, description="normalisation; None: the teacher's")
+    image_key: str = Field("image", description="hfds/: the image column")
+    label_key: str = Field("label", description="hfds/: the label column")
+    num_classes: int | None = Field(None, ge=2, description="classes, where the data set does not name them")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 

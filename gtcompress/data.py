@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .config import DataConfig, SyntheticConfig
 from .errors import UserError
+from .timmdata import is_timm_name, timm_parts
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Splits:
     augment: dict[str, Any] = field(default_factory=dict)
     in_memory: bool = True
     skipped: list[str] = field(default_factory=list)
+    eval_split: str | None = None  # the split evaluated on, where the data set has several
 
     @property
     def num_classes(self) -> int:
@@ -258,18 +260,33 @@ def _imagefolder(cfg: DataConfig) -> Splits:
     )
 
 
+def _timm(cfg: DataConfig) -> Splits:
+    parts = timm_parts(cfg)
+    return Splits(
+        train=parts["train"],
+        val=parts["val"],
+        train_targets=parts["train_targets"],
+        class_names=parts["class_names"],
+        img_size=224,
+        augment={},
+        in_memory=False,
+        eval_split=parts["val_split"],
+    )
+
+
 DATASETS: dict[str, Callable[[DataConfig], Splits]] = {
     "digits": _digits,
     "synthetic": _synthetic,
     "cifar10": lambda cfg: _cifar(cfg, "CIFAR10"),
     "cifar100": lambda cfg: _cifar(cfg, "CIFAR100"),
     "imagefolder": _imagefolder,
+    "timm": _timm,  # hfds/..., torch/...: timm's names (timmdata.py)
 }
 
 
 def load_splits(cfg: DataConfig) -> Splits:
     """The named data set's splits, with `train_fraction` applied (stratified, fixed)."""
-    kind = cfg.name.partition(":")[0]
+    kind = "timm" if is_timm_name(cfg.name) else cfg.name.partition(":")[0]
     if kind not in DATASETS:
         raise UserError(f"unknown data set '{cfg.name}'", f"choose one of {', '.join(DATASETS)} (imagefolder:PATH)")
     splits = DATASETS[kind](cfg)

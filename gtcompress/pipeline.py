@@ -116,19 +116,22 @@ def run_distill(
         shutdown(env)
 
 
-def _prepare(cfg: RunConfig, env: DistEnv, console: Console, say: Callable[..., None]) -> dict[str, Any] | None:
-    """Resolve the model names, check the configuration and, with a latency budget, time the candidate students
-    on the target (rank 0) and keep those within it; returns that check's record."""
+def _prepare(
+    cfg: RunConfig, env: DistEnv, console: Console, say: Callable[..., None]
+) -> tuple[Splits, dict[str, Any] | None]:
+    """Before anything is written: resolve the model names, check the configuration, load the data and, with a
+    latency budget, time the candidate students on the target (rank 0) and keep those within it. Returns the
+    data and the budget check's record."""
     for note in agree(env, lambda: resolve_names(cfg)):
         say(f"resolved {note}")
     _check(cfg)
+    splits = agree(env, lambda: load_splits(cfg.data))
     if cfg.budget.latency_ms is None:
-        return None
+        return splits, None
 
     def check() -> dict[str, Any] | None:
         if not env.is_main:
             return None
-        splits = load_splits(cfg.data)
         result = measure(cfg.student.archs, splits.num_classes, cfg.data.img_size or splits.img_size, cfg.budget, say)
         console.print(candidate_table(result))
         within_budget(result)
@@ -137,7 +140,7 @@ def _prepare(cfg: RunConfig, env: DistEnv, console: Console, say: Callable[..., 
     result = broadcast_object(agree(env, check), env)
     kept = within_budget(result)
     cfg.student.arch = kept[0] if len(kept) == 1 else kept
-    return result
+    return splits, result
 
 
 def _start(
@@ -180,15 +183,23 @@ class _Setup:
 
 
 def _setup(
-    cfg: RunConfig, run: RunDir | None, env: DistEnv, device: torch.device, console: Console, say: Callable[..., None]
+    cfg: RunConfig,
+    run: RunDir | None,
+    env: DistEnv,
+    device: torch.device,
+    console: Console,
+    say: Callable[..., None],
+    splits: Splits | None,
 ) -> _Setup:
-    splits = agree(env, lambda: load_splits(cfg.data))
+    splits = splits or agree(env, lambda: load_splits(cfg.data))
     if splits.skipped:
         names = ", ".join(Path(p).name for p in splits.skipped[:10])
         say(
             f"[yellow]skipped {len(splits.skipped)} unreadable image(s): {names}"
             f"{', ...' if len(splits.skipped) > 10 else ''}"
         )
+    if splits.eval_split:
+        say(f"evaluating on the '{splits.eval_split}' split of {cfg.data.name}")
     img_size = cfg.data.img_size or splits.img_size
     teacher_mean, teacher_std = default_normalization(cfg.teacher.arch)
     mean, std = tuple(cfg.data.mean or teacher_mean), tuple(cfg.data.std or teacher_std)
@@ -273,12 +284,13 @@ def _run(
     dry_run: bool,
 ) -> RunDir | None:
     say = console.print if env.is_main else (lambda *a, **k: None)
+    splits = None
     if run is None:
         requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
-        candidates = _prepare(cfg, env, console, say)
+        splits, candidates = _prepare(cfg, env, console, say)
         if not dry_run:
             run = _start(cfg, out, env, device, say, requested, candidates)
-    setup = _setup(cfg, run, env, device, console, say)
+    setup = _setup(cfg, run, env, device, console, say, splits)
     if dry_run:
         x, _ = next(iter(create_loader(setup.ctx.train_data, cfg.student.train.batch_size, training=True, workers=0)))
         say(

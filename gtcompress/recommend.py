@@ -29,14 +29,15 @@ def pareto_front(points: list[Point]) -> list[Point]:
 
 
 def recommend(points: list[Point], budget_ms: float | None = None) -> tuple[Point | None, str]:
-    """The most accurate point within the budget (without one: on the front), the faster one on a tie; and why.
+    """The most accurate point within the budget (without one: on the front), the faster (then smaller) one on a
+    tie; and why.
 
     None, with the reason, when no point fits the budget.
     """
     fits = [p for p in points if budget_ms is None or p["p50_ms"] <= budget_ms]
     if not fits:
         return None, f"no verified artefact runs within the {budget_ms:g} ms budget"
-    best = max(fits, key=lambda p: (p["top1"], -p["p50_ms"]))
+    best = max(fits, key=lambda p: (p["top1"], -p["p50_ms"], -(p.get("bytes") or 0)))
     why = (
         f"the most accurate within the {budget_ms:g} ms budget"
         if budget_ms is not None

@@ -22,7 +22,7 @@ from .benchfile import RESULT_COLUMNS, find, in_order, load_bench, reference_tea
 from .plots import PLOTS, make_plots
 from .recommend import pareto_note, pareto_rows, recommendation_line, which_student
 from .rundir import RunDir, artefact_name, write_bytes, write_json, write_text
-from .stages import sibling, title, trained
+from .stages import distilled_students, sibling, title, trained
 
 # Students' top-1 differences: key -> the arm subtracted. CE-only asks whether distillation helps; <-ST whether
 # the GT helps; <-continued whether it helps beyond its extra epochs.
@@ -78,7 +78,7 @@ def _header(run: RunDir, metrics: dict[str, Any], bench: dict[str, Any] | None) 
         "method": f"{student.get('method', '?')} from the Generous Teacher (beta {generous.get('beta')}, "
         f"k {generous.get('k')}, init {generous.get('init')})",
         "teacher": metrics.get("standard_teacher", {}).get("arch"),
-        "student": metrics.get("student", {}).get("arch"),
+        "student": ", ".join(metrics[s]["arch"] for s in distilled_students(metrics)) or None,
         "machine": machine,
         "trained_on": f"{env.get('device', '?')} x{env.get('world_size', 1)}",
         "run_started": env.get("started"),

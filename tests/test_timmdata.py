@@ -1,0 +1,87 @@
+"""timm's dataset names: a local Hugging Face dataset (parquet files written from digits), read through timm."""
+
+import importlib.util
+import io
+import json
+
+import numpy as np
+import pytest
+from conftest import STUDENT, TEACHER, distill, invoke
+from PIL import Image
+from test_cli import assert_one_line_error
+
+from gtcompress.config import DataConfig
+from gtcompress.data import load_splits
+
+datasets = pytest.importorskip("datasets", reason="the [hf] extra (datasets) is part of the README's test install")
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_parquet_digits(root, splits=("train", "validation"), label="label", per_split=(300, 60)):
+    """digits as a Hugging Face dataset on disk: `<split>-00000-of-00001.parquet` with image bytes and a ClassLabel."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 16).clip(0, 255).astype(np.uint8)
+    features = datasets.Features(
+        {"image": datasets.Image(), label: datasets.ClassLabel(names=[str(i) for i in range(10)])}
+    )
+    start = 0
+    for split, n in zip(splits, per_split):
+        rows = {
+            "image": [{"bytes": _png(np.stack([im] * 3, -1)), "path": None} for im in images[start : start + n]],
+            label: digits.target[start : start + n].tolist(),
+        }
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / f"{split}-00000-of-00001.parquet"))
+        start += n
+    return root
+
+
+@pytest.fixture(scope="module")
+def hf_digits(tmp_path_factory):
+    return write_parquet_digits(tmp_path_factory.mktemp("hfds") / "digits")
+
+
+def test_a_local_hf_dataset_gives_its_splits_classes_and_labels(hf_digits):
+    splits = load_splits(DataConfig(name=f"hfds/{hf_digits}"))
+    assert len(splits.train) == 300 and len(splits.val) == 60 and splits.eval_split == "validation"
+    assert splits.class_names == [str(i) for i in range(10)] and splits.num_classes == 10
+    image, label = splits.train[0]
+    assert image.mode == "RGB" and image.size == (8, 8) and label == splits.train_targets[0]
+
+
+def test_distill_and_export_run_end_to_end_on_a_local_hf_dataset(hf_digits, tmp_path):
+    out = tmp_path / "run"
+    result = distill("--dataset", f"hfds/{hf_digits}", "--img-size", 32, "--epochs", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "evaluating on the 'validation' split" in result.stdout
+    assert json.loads((out / "metrics.json").read_text())["student"]["epochs"] == 1
+    export = invoke("export", out)
+    assert export.exit_code == 0, export.output
+    assert "verified export/student.onnx" in export.stdout and "60 hfds/" not in export.stderr
+    record = json.loads((out / "metrics.json").read_text())["export"][0]
+    assert record["test_images"] == 60, "the exported student is verified on its own data set's split"
+
+
+def test_test_split_is_the_fallback_and_a_missing_label_column_is_one_line(tmp_path):
+    root = write_parquet_digits(tmp_path / "t", splits=("train", "test"))
+    assert load_splits(DataConfig(name=f"hfds/{root}")).eval_split == "test"
+    other = write_parquet_digits(tmp_path / "o", label="digit")
+    result = distill("--dataset", f"hfds/{other}", "--epochs", 1, "--out", tmp_path / "r")
+    assert_one_line_error(result, "has no label column 'label'", "digit", "--set data.label_key=COLUMN")
+    assert not (tmp_path / "r").exists(), "nothing half-written"
+
+
+def test_a_missing_dataset_and_a_missing_extra_are_one_line_each(tmp_path, monkeypatch):
+    result = distill("--dataset", f"hfds/{tmp_path / 'nothing-here'}", "--out", tmp_path / "r")
+    assert_one_line_error(result, "has no readable 'train' split")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    result = distill("--dataset", "hfds/some/name", "--out", tmp_path / "r")
+    assert_one_line_error(result, "hfds/ data sets need the datasets package", "pip install 'gtcompress[hf]'")
+    assert STUDENT and TEACHER
