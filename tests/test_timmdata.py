@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import STUDENT, TEACHER, distill, invoke
+from conftest import distill, invoke
 from PIL import Image
 from test_cli import assert_one_line_error
 
@@ -84,4 +84,3 @@ def test_a_missing_dataset_and_a_missing_extra_are_one_line_each(tmp_path, monke
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
     result = distill("--dataset", "hfds/some/name", "--out", tmp_path / "r")
     assert_one_line_error(result, "hfds/ data sets need the datasets package", "pip install 'gtcompress[hf]'")
-    assert STUDENT and TEACHER
