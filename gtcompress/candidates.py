@@ -30,7 +30,7 @@ def target(cfg: BudgetConfig) -> tuple[str, str, str]:
     """(backend, precision, device) of the budget: the configured ones, or the best available here."""
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--budget-device cuda was asked for, but CUDA is not available", "time on cpu")
+        raise UserError("budget.device cuda was asked for, but CUDA is not available", "--set budget.device=cpu")
     trt = cuda and importlib.util.find_spec("tensorrt") is not None
     backend = cfg.backend or ("tensorrt" if trt else "onnxruntime")
     if backend == "tensorrt" and not cuda:
