@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from gtcompress.config import DataConfig, GenerousConfig, TrainConfig
-from gtcompress.data import Transformed, build_transform, load_splits
+from gtcompress.data import build_transform, load_splits, transformed
 from gtcompress.environment import machine_info, versions
 from gtcompress.models import ModelSpec, create_model, default_normalization, save_checkpoint
 from gtcompress.objectives import generous_objective
@@ -37,8 +37,8 @@ def data(arch: str, images: int):
     cfg = DataConfig(name="digits")
     splits = load_splits(cfg)
     mean, std = default_normalization(arch)
-    train = Transformed(splits.train, build_transform(cfg, splits, 32, mean, std, training=True))
-    val = Transformed(splits.val, build_transform(cfg, splits, 32, mean, std, training=False))
+    train = transformed(splits.train, build_transform(cfg, splits, 32, mean, std, training=True))
+    val = transformed(splits.val, build_transform(cfg, splits, 32, mean, std, training=False))
     return torch.utils.data.Subset(train, range(images)), torch.utils.data.Subset(val, range(64))
 
 

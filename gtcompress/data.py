@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.model_selection import train_test_split
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
 from .config import DataConfig, SyntheticConfig
 from .errors import UserError
@@ -40,6 +40,10 @@ class Splits:
     eval_split: str | None = None  # the split evaluated on, where the data set has several
 
     @property
+    def streaming(self) -> bool:
+        return isinstance(self.train, IterableDataset)
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
@@ -55,6 +59,35 @@ class ArrayImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.images[i]).convert("RGB"), self.targets[i]
+
+
+class Stream(IterableDataset):
+    """Applies a transform to the images of a streamed (image, label) data set (timm's wds/ reader).
+
+    timm's reader gives each rank and loader worker a disjoint share of the shards, and the same number of
+    samples to each (a few repeated to even them out), so every rank runs the same number of steps.
+    """
+
+    def __init__(self, base: IterableDataset, transform: Callable):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self):
+        for img, target in self.base:
+            yield self.transform(img), target
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def set_loader_cfg(self, num_workers: int) -> None:
+        self.base.set_loader_cfg(num_workers=num_workers)
+
+
+def transformed(base: Dataset, transform: Callable) -> Dataset:
+    """`base` under `transform`, map-style or streamed as `base` is."""
+    return Stream(base, transform) if isinstance(base, IterableDataset) else Transformed(base, transform)
 
 
 class Transformed(Dataset):
@@ -287,6 +320,11 @@ DATASETS: dict[str, Callable[[DataConfig], Splits]] = {
 def load_splits(cfg: DataConfig) -> Splits:
     """The named data set's splits, with `train_fraction` applied (stratified, fixed)."""
     kind = "timm" if is_timm_name(cfg.name) else cfg.name.partition(":")[0]
+    if cfg.train_fraction < 1.0 and cfg.name.lower().startswith(("wds/", "tfds/")):
+        raise UserError(
+            f"data.train_fraction needs random access; {cfg.name} is streamed",
+            "write a smaller set of shards (and its _info.json) instead",
+        )
     if kind not in DATASETS:
         raise UserError(f"unknown data set '{cfg.name}'", f"choose one of {', '.join(DATASETS)} (imagefolder:PATH)")
     splits = DATASETS[kind](cfg)
@@ -331,8 +369,13 @@ def create_loader(
     world_size: int = 1,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Training: a shuffled shard per rank (call `sampler.set_epoch`). Eval: an exact, unpadded shard."""
+    """Training: a shuffled shard per rank (call `sampler.set_epoch`). Eval: an exact, unpadded shard.
+
+    A stream is sharded by its reader; its loader only batches (call the dataset's `set_epoch`)."""
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    if isinstance(dataset, IterableDataset):
+        dataset.set_loader_cfg(num_workers=workers)
+        return DataLoader(dataset, batch_size=batch_size // world_size if training else batch_size, **common)
     if training:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         per_rank = batch_size // world_size

@@ -15,7 +15,7 @@ from torch import nn
 
 from .candidates import candidate_table, measure, within_budget
 from .config import RunConfig, differences, dump_config
-from .data import Splits, Transformed, build_transform, create_loader, load_splits, loader_workers
+from .data import Splits, build_transform, create_loader, load_splits, loader_workers, transformed
 from .distributed import DistEnv, agree, barrier, broadcast_object, init_distributed, shutdown
 from .environment import command_line, device_name, versions
 from .errors import UserError
@@ -205,6 +205,7 @@ def _setup(
     mean, std = tuple(cfg.data.mean or teacher_mean), tuple(cfg.data.std or teacher_std)
     eval_transform = build_transform(cfg.data, splits, img_size, mean, std, training=False)
     cache = cfg.cache_teacher_logits if cfg.cache_teacher_logits is not None else not cfg.data.augment_train
+    cache = cache and not splits.streaming  # cached logits are looked up by sample index: streams have none
     ctx = Context(
         run=run,
         device=device,
@@ -215,10 +216,10 @@ def _setup(
         workers=loader_workers(cfg.data, splits),
         console=console,
         compile=cfg.compile,
-        train_data=Transformed(splits.train, build_transform(cfg.data, splits, img_size, mean, std, training=True)),
-        val_data=Transformed(splits.val, eval_transform),
+        train_data=transformed(splits.train, build_transform(cfg.data, splits, img_size, mean, std, training=True)),
+        val_data=transformed(splits.val, eval_transform),
         # with augmentation, cached logits are the teacher's on the un-augmented image: an approximation
-        cache_data=Transformed(splits.train, eval_transform) if cache else None,
+        cache_data=transformed(splits.train, eval_transform) if cache else None,
     )
     return _Setup(cfg, splits, ctx, img_size, mean, std)
 

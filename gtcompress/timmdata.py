@@ -1,24 +1,35 @@
 """Data sets by timm's names, read through `timm.data.create_dataset` and its readers, not new reader code.
 
 `hfds/<hub name or local directory>` (Hugging Face datasets: parquet, arrow, image folders; image and
-label columns from `data.image_key` / `data.label_key`) and `torch/<name>` (torchvision). Training uses the
-`train` split; evaluation `validation`, else `test`. Class names come from the dataset (a `ClassLabel`
-feature, torchvision's `classes`), else `data.num_classes`.
+label columns from `data.image_key` / `data.label_key`), `torch/<name>` (torchvision), `wds/<name>`
+(webdataset shards in `--data-root` described by timm's `_info.json`, streamed: each rank and loader worker
+reads its own shards) and `tfds/<name>` (tensorflow-datasets, streamed likewise). Training uses the `train`
+split; evaluation `validation`, else `test`. Class names come from the dataset (a `ClassLabel` feature,
+torchvision's `classes`, `_info.json`'s `num_classes`), else `data.num_classes`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import tarfile
+from pathlib import Path
 from typing import Any
 
 from timm.data import create_dataset
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from .config import DataConfig
 from .errors import UserError, first_line
 
-# prefix -> (the module it needs, the gtcompress extra that installs it)
-PREFIXES = {"hfds": ("datasets", "hf"), "torch": ("torchvision", None)}
+# prefix -> (the module it needs, what installs it)
+PREFIXES = {
+    "hfds": ("datasets", "pip install 'gtcompress[hf]'"),
+    "torch": ("torchvision", "pip install torchvision"),
+    "wds": ("webdataset", "pip install 'gtcompress[wds]'"),
+    "tfds": ("tensorflow_datasets", "pip install tensorflow-datasets"),
+}
+IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "ppm", "bmp"}
 EVAL_SPLITS = ("validation", "test")
 
 
@@ -27,9 +38,9 @@ def is_timm_name(name: str) -> bool:
 
 
 def _require(prefix: str) -> None:
-    module, extra = PREFIXES[prefix]
+    module, install = PREFIXES[prefix]
     if importlib.util.find_spec(module) is None:
-        raise UserError(f"{prefix}/ data sets need the {module} package", f"pip install 'gtcompress[{extra}]'")
+        raise UserError(f"{prefix}/ data sets need the {module} package", install)
     if prefix == "hfds":  # its progress bars would interleave with ours (and with one-line errors)
         import datasets
 
@@ -41,6 +52,9 @@ def _open(cfg: DataConfig, split: str) -> Dataset:
     """One split of the data set; a missing split is a UserError naming it."""
     prefix = cfg.name.partition("/")[0].lower()
     keys = {"input_key": cfg.image_key, "target_key": cfg.label_key} if prefix == "hfds" else {}
+    if prefix == "wds":
+        check_shards(cfg, split)
+        keys = {"target_key": _wds_label(cfg), "batch_size": 1}
     try:
         return create_dataset(
             cfg.name,
@@ -55,6 +69,55 @@ def _open(cfg: DataConfig, split: str) -> Dataset:
             f"{cfg.name} has no readable '{split}' split ({first_line(e)})",
             "check the name (or local directory) and --data-root; hub data sets need network",
         ) from None
+
+
+def _wds_label(cfg: DataConfig) -> str | None:
+    """timm's target key of a wds sample: None reads `<key>.cls`; data.label_key otherwise names a field of
+    the `<key>.json` sidecar."""
+    return None if cfg.label_key == "label" else cfg.label_key
+
+
+def wds_info(cfg: DataConfig) -> tuple[Path, dict[str, Any]]:
+    """The `_info.json` of a wds/ data set (in --data-root)."""
+    if cfg.root is None:
+        raise UserError(f"{cfg.name} needs the directory of its shards", "pass --data-root DIR (with _info.json)")
+    path = next((Path(cfg.root) / n for n in ("_info.json", "info.json") if (Path(cfg.root) / n).is_file()), None)
+    if path is None:
+        raise UserError(f"no _info.json in {cfg.root}", "write one: splits -> filenames, shard_lengths, num_samples")
+    return path, json.loads(path.read_text())
+
+
+def check_shards(cfg: DataConfig, split: str) -> None:
+    """Every shard of `split` is there, holds the samples _info.json says, each with an image and a label."""
+    path, info = wds_info(cfg)
+    entry = info.get("splits", {}).get(split)
+    if entry is None:
+        raise UserError(f"{path} has no '{split}' split", "add it to _info.json's splits")
+    files, lengths, total = entry.get("filenames", []), entry.get("shard_lengths", []), entry.get("num_samples")
+    if len(files) != len(lengths) or sum(lengths) != total:
+        raise UserError(
+            f"{path}: the '{split}' split has {len(files)} filenames, {len(lengths)} shard_lengths summing "
+            f"to {sum(lengths)}, and num_samples {total}",
+            "make them agree",
+        )
+    for name, length in zip(files, lengths):
+        _check_shard(Path(cfg.root) / name, length, "cls" if _wds_label(cfg) is None else "json", split)
+
+
+def _check_shard(shard: Path, length: int, label: str, split: str) -> None:
+    if not shard.is_file():
+        raise UserError(f"shard {shard} is missing (listed in _info.json's '{split}' split)", "restore it")
+    samples: dict[str, set[str]] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar.getmembers():
+            key, _, ext = Path(member.name).name.partition(".")
+            samples.setdefault(str(Path(member.name).parent / key), set()).add(ext.lower())
+    for key, exts in samples.items():
+        if label not in exts or not exts & IMAGE_EXTENSIONS:
+            what = f"its '{label}' label" if label not in exts else "an image"
+            raise UserError(f"{shard}: sample '{key}' lacks {what}", "repair the shard or drop the sample")
+    if len(samples) != length:
+        raise UserError(f"{shard} holds {len(samples)} samples but _info.json says {length}", "fix shard_lengths")
 
 
 def _eval_split(cfg: DataConfig) -> tuple[Dataset, str]:
@@ -82,14 +145,19 @@ def _class_names(ds: Any, cfg: DataConfig) -> list[str]:
     names = [name for name, _ in sorted(mapping.items(), key=lambda item: item[1])] or list(getattr(ds, "classes", []))
     if names:
         return [str(n) for n in names]
-    if cfg.num_classes is not None:
-        return [f"class_{i}" for i in range(cfg.num_classes)]
+    count = cfg.num_classes
+    if count is None and cfg.name.lower().startswith("wds/"):
+        count = wds_info(cfg)[1].get("num_classes")
+    if count is not None:
+        return [f"class_{i}" for i in range(count)]
     raise UserError(
         f"the classes of {cfg.name} are unknown (no ClassLabel feature, no class list)", "--set data.num_classes=N"
     )
 
 
 def _targets(ds: Any) -> list[int]:
+    if isinstance(ds, IterableDataset):
+        return []  # a stream's labels come with its images; only train_fraction would need them
     reader = getattr(ds, "reader", None)
     if reader is not None and hasattr(reader, "iter_targets"):
         return [int(t) for t in reader.iter_targets()]

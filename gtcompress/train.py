@@ -24,7 +24,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .config import TrainConfig
 from .data import create_loader
@@ -227,7 +227,7 @@ def build(job: Job, ctx: Context) -> Parts:
     cfg = job.train
     teacher = _place(job.teacher, ctx).eval().requires_grad_(False) if job.teacher is not None else None
     loader = create_loader(
-        Indexed(ctx.train_data),
+        ctx.train_data if isinstance(ctx.train_data, IterableDataset) else Indexed(ctx.train_data),
         cfg.batch_size,
         training=True,
         workers=ctx.workers,
@@ -347,7 +347,10 @@ class Epoch:
         """Train epoch `index`, evaluate, advance `state`; returns the epoch's history record."""
         ctx, parts = self.ctx, self.parts
         seed_everything(ctx.seed, self.job.seed_offset, index, ctx.dist.rank)
-        parts.loader.sampler.set_epoch(index)
+        if isinstance(parts.loader.dataset, IterableDataset):  # the reader reshuffles its shards by epoch
+            parts.loader.dataset.set_epoch(index)
+        else:
+            parts.loader.sampler.set_epoch(index)
         task = bar.add_task(f"{self.job.name} {index + 1}/{self.job.train.epochs}", total=len(parts.loader), status="")
         terms, seconds, images = self.train(
             index, lambda s: bar.update(task, advance=1, **({"status": s} if s else {}))
@@ -397,7 +400,8 @@ class Epoch:
         ctx, parts = self.ctx, self.parts
         self.step_model.train()
         steps, sums, images, start = len(parts.loader), {}, 0, time.perf_counter()
-        for i, (x, y, idx) in enumerate(parts.loader):
+        for i, (x, y, *idx) in enumerate(parts.loader):  # map-style batches carry sample indices
+            idx = idx[0] if idx else None
             x, y = ctx.to_device(x), y.to(ctx.device, non_blocking=True)
             with ctx.autocast():
                 logits = self.step_model(x)

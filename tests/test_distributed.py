@@ -180,3 +180,35 @@ def test_device_requests_that_cannot_be_met():
             resolve_device("cuda", "fp32")
     with pytest.raises(UserError, match="fp16 training needs a CUDA device"):
         resolve_device("cpu", "fp16")
+
+
+def test_two_processes_stream_disjoint_shares_of_webdataset_shards(tmp_path):
+    pytest.importorskip("webdataset", reason="the [wds] extra is part of the README's test install")
+    from test_timmdata import write_wds_digits
+
+    root = write_wds_digits(tmp_path / "shards", per_split=(("train", 240, 4), ("validation", 60, 2)))
+    out = tmp_path / "run"
+    result = torchrun(
+        "distill",
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--dataset",
+        "wds/digits",
+        "--data-root",
+        root,
+        "--img-size",
+        32,
+        "--epochs",
+        1,
+        "--out",
+        out,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for stage in ("standard_teacher", "generous_teacher", "student"):
+        m = metrics[stage]
+        # each rank read its own half of the shards: 240 images in all, not 240 per rank
+        assert round(m["images_per_second"] * m["train_seconds"]) == 240, stage
+        assert 0 <= m["top1"] <= 100

@@ -84,3 +84,99 @@ def test_a_missing_dataset_and_a_missing_extra_are_one_line_each(tmp_path, monke
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
     result = distill("--dataset", "hfds/some/name", "--out", tmp_path / "r")
     assert_one_line_error(result, "hfds/ data sets need the datasets package", "pip install 'gtcompress[hf]'")
+    if real("tensorflow_datasets") is None:
+        tfds = distill("--dataset", "tfds/mnist", "--out", tmp_path / "r")
+        assert_one_line_error(tfds, "tfds/ data sets need the tensorflow_datasets package", "tensorflow-datasets")
+    streamed = distill("--dataset", "wds/x", "--data-root", tmp_path, "--set", "data.train_fraction=0.5")
+    assert_one_line_error(streamed, "data.train_fraction needs random access")
+
+
+# -- webdataset shards ----------------------------------------------------------------------------------------
+def write_wds_digits(root, per_split=(("train", 240, 2), ("validation", 60, 2)), drop_label_of=None):
+    """digits as webdataset shards (`<key>.png` + `<key>.cls`) and timm's `_info.json`, in `root`."""
+    import tarfile
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 16).clip(0, 255).astype(np.uint8)
+    root.mkdir(parents=True, exist_ok=True)
+    splits, start = {}, 0
+    for split, n, shards in per_split:
+        files, lengths = [], []
+        for s in range(shards):
+            name, idx = f"{split}-{s:04d}.tar", range(start + s * n // shards, start + (s + 1) * n // shards)
+            with tarfile.open(root / name, "w") as tar:
+                for i in idx:
+                    members = {"png": _png(np.stack([images[i]] * 3, -1)), "cls": str(digits.target[i]).encode()}
+                    for ext, data in members.items():
+                        if (split, i, ext) == (drop_label_of, idx[0], "cls"):
+                            continue
+                        info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+            files.append(name)
+            lengths.append(len(idx))
+        splits[split] = {"name": split, "filenames": files, "shard_lengths": lengths, "num_samples": n}
+        start += n
+    (root / "_info.json").write_text(json.dumps({"name": "digits", "num_classes": 10, "splits": splits}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def wds_digits(tmp_path_factory):
+    pytest.importorskip("webdataset", reason="the [wds] extra is part of the README's test install")
+    return write_wds_digits(tmp_path_factory.mktemp("wds") / "digits")
+
+
+def test_webdataset_shards_stream_through_timms_reader(wds_digits):
+    splits = load_splits(DataConfig(name="wds/digits", root=wds_digits))
+    assert splits.streaming and splits.num_classes == 10 and splits.eval_split == "validation"
+    samples = list(splits.train)
+    assert len(samples) == 240 == len(splits.train)
+    assert {image.mode for image, _ in samples} == {"RGB"} and {int(y) for _, y in samples} <= set(range(10))
+    assert sorted(int(y) for _, y in splits.val) == sorted(load_digits_targets(240, 300))
+
+
+def load_digits_targets(start, stop):
+    from sklearn.datasets import load_digits
+
+    return load_digits().target[start:stop].tolist()
+
+
+def test_distill_and_export_run_end_to_end_on_shards(wds_digits, tmp_path):
+    out = tmp_path / "run"
+    result = distill(
+        "--dataset", "wds/digits", "--data-root", wds_digits, "--img-size", 32, "--epochs", 1, "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["student"]["epochs"] == 1
+    export = invoke("export", out, "--precision", "int8", "--tolerance", "int8.min_agreement=0")
+    assert export.exit_code == 0, export.output
+    records = json.loads((out / "metrics.json").read_text())["export"]
+    assert {r["test_images"] for r in records} == {60}, "verified on the shards' own validation split"
+
+
+@pytest.mark.parametrize(
+    "damage, fragments",
+    [
+        ("missing shard", ("shard", "train-0001.tar is missing")),
+        ("no label", ("lacks its 'cls' label", "train-0000.tar")),
+        ("counts disagree", ("holds 120 samples but _info.json says 121",)),
+        ("no info", ("no _info.json in",)),
+    ],
+)
+def test_bad_shards_are_one_line_each_and_write_nothing(tmp_path, damage, fragments):
+    pytest.importorskip("webdataset")
+    root = write_wds_digits(tmp_path / "d", drop_label_of="train" if damage == "no label" else None)
+    info = json.loads((root / "_info.json").read_text())
+    if damage == "missing shard":
+        (root / "train-0001.tar").unlink()
+    elif damage == "counts disagree":
+        info["splits"]["train"]["shard_lengths"] = [121, 119]
+        (root / "_info.json").write_text(json.dumps(info))
+    elif damage == "no info":
+        (root / "_info.json").unlink()
+    result = distill("--dataset", "wds/digits", "--data-root", root, "--epochs", 1, "--out", tmp_path / "r")
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "r").exists()

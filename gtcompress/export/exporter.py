@@ -11,13 +11,14 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.table import Table
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from ..backends import Backend, OnnxRuntimeBackend, TorchBackend
 from ..errors import UserError, VerificationError
@@ -39,6 +40,13 @@ def _writable(directory: Path) -> None:
             pass
     except OSError as e:
         raise UserError(f"cannot write to {directory} ({e.strerror or e})", "choose a writable directory") from None
+
+
+def calibration_set(train: Dataset, n: int) -> Dataset:
+    """A fixed random sample of `n` training images; of a stream, its first `n` (shards are in random order)."""
+    if isinstance(train, IterableDataset):
+        return list(islice(train, n))
+    return Subset(train, calibration_indices(len(train), n).tolist())
 
 
 class Exporter:
@@ -115,9 +123,7 @@ class Exporter:
             if precision == "fp16":
                 convert_fp16(fp32, tmp)
             else:
-                subset = Subset(
-                    self.data.train, calibration_indices(len(self.data.train), self.cfg.calibration_images).tolist()
-                )
+                subset = calibration_set(self.data.train, self.cfg.calibration_images)
                 quantize_int8(
                     fp32, tmp, lambda: batches(subset, 32, self.data.workers), self.cfg.calibration_method, target
                 )

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 from pydantic import ValidationError
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from ..config import DataConfig, RunConfig
-from ..data import Splits, Transformed, build_transform, load_splits, loader_workers
+from ..data import Splits, build_transform, load_splits, loader_workers, transformed
 from ..errors import UserError, first_line
 from ..models import ModelSpec
 from ..rundir import resolve_run
@@ -105,10 +105,12 @@ def load_eval_data(data_cfg: DataConfig, spec: ModelSpec) -> EvalData:
         )
     transform = build_transform(data_cfg, splits, spec.img_size, spec.mean, spec.std, training=False)
     labels = np.asarray(_targets(splits.val), dtype=np.int64)
-    workers = loader_workers(data_cfg, splits)
+    # a stream read here first (for its labels) has built its shard pipeline in this process: loader workers
+    # would each copy all of it, so it is read in-process
+    workers = 0 if splits.streaming else loader_workers(data_cfg, splits)
     return EvalData(
-        Transformed(splits.val, transform),
-        Transformed(splits.train, transform),
+        transformed(splits.val, transform),
+        transformed(splits.train, transform),
         labels,
         transform,
         f"{len(labels)} {data_cfg.name} test images",
@@ -121,5 +123,7 @@ def _targets(dataset: Dataset) -> list[int]:
     if isinstance(dataset, Subset):
         inner = _targets(dataset.dataset)
         return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, IterableDataset):  # a stream: its labels come with its (decoded) images
+        return [int(target) for _, target in dataset]
     targets = getattr(dataset, "targets", None)
     return list(targets) if targets is not None else [dataset[i][1] for i in range(len(dataset))]
