@@ -64,6 +64,9 @@ class DataConfig(Strict):
     image_key: str = Field("image", description="hfds/: the image column")
     label_key: str = Field("label", description="hfds/: the label column")
     num_classes: int | None = Field(None, ge=2, description="classes, where the data set does not name them")
+    class_map: Path | None = Field(
+        None, description="timm class-map file: the data set's class names in the order wanted (one a line)"
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 

@@ -62,6 +62,7 @@ def _open(cfg: DataConfig, split: str) -> Dataset:
             split=split,
             is_training=split == "train",
             download=cfg.download,
+            class_map=str(cfg.class_map) if cfg.class_map else None,
             **keys,
         )
     except (ValueError, FileNotFoundError, RuntimeError, AssertionError, KeyError) as e:

@@ -22,15 +22,14 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_parquet_digits(root, splits=("train", "validation"), label="label", per_split=(300, 60)):
+def write_parquet_digits(root, splits=("train", "validation"), label="label", per_split=(300, 60), class_label=True):
     """digits as a Hugging Face dataset on disk: `<split>-00000-of-00001.parquet` with image bytes and a ClassLabel."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = (digits.images * 16).clip(0, 255).astype(np.uint8)
-    features = datasets.Features(
-        {"image": datasets.Image(), label: datasets.ClassLabel(names=[str(i) for i in range(10)])}
-    )
+    labels = datasets.ClassLabel(names=[str(i) for i in range(10)]) if class_label else datasets.Value("int64")
+    features = datasets.Features({"image": datasets.Image(), label: labels})
     start = 0
     for split, n in zip(splits, per_split):
         rows = {
@@ -180,3 +179,17 @@ def test_bad_shards_are_one_line_each_and_write_nothing(tmp_path, damage, fragme
     result = distill("--dataset", "wds/digits", "--data-root", root, "--epochs", 1, "--out", tmp_path / "r")
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "r").exists()
+
+
+def test_classes_come_from_num_classes_when_the_data_set_has_no_names_and_a_class_map_reorders_them(tmp_path):
+    plain = write_parquet_digits(tmp_path / "plain", class_label=False)
+    result = distill("--dataset", f"hfds/{plain}", "--out", tmp_path / "r")
+    assert_one_line_error(result, "the classes of", "are unknown", "data.num_classes=N")
+    assert load_splits(DataConfig(name=f"hfds/{plain}", num_classes=10)).class_names[9] == "class_9"
+    named = write_parquet_digits(tmp_path / "named")
+    order = tmp_path / "classes.txt"
+    order.write_text("".join(f"{i}\n" for i in reversed(range(10))))
+    splits = load_splits(DataConfig(name=f"hfds/{named}", class_map=order))
+    assert splits.class_names == [str(i) for i in reversed(range(10))]
+    plain_targets = load_splits(DataConfig(name=f"hfds/{named}")).train_targets
+    assert splits.train_targets == [9 - t for t in plain_targets], "labels follow the class map"
