@@ -33,9 +33,10 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grid  # noqa: E402
 
-from gtcompress.config import DataConfig  # noqa: E402
+from gtcompress.config import DataConfig, RunConfig  # noqa: E402
 from gtcompress.errors import UserError  # noqa: E402
 from gtcompress.report import markdown_table  # noqa: E402
+from gtcompress.stages import stages  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -72,17 +73,17 @@ BIG_TEST_PER_CLASS = 100  # the larger test split of the primary setting: 10,000
 FIXED_T = 4.0  # the ablation's fixed temperature: the KD default
 COST_KEYS = ("cpu_seconds", "wall_seconds")
 MARGIN = 0.5  # points: the effect size the plan aims to resolve, and the equivalence margin
-COMPARE_STAGES = (
-    "standard_teacher",
-    "generous_teacher",
-    "continued_teacher",
-    "student",
-    "student_from_standard",
-    "student_from_continued",
-    "student_ce",
-)
-LOADED_STAGES = ("standard_teacher", "generous_teacher", "student")
-DKD_STAGES = (*LOADED_STAGES, "student_from_standard", "student_ce")  # a loaded GT: no continued arm
+
+
+def _trained(**overrides: Any) -> tuple[str, ...]:
+    """The stages a run with these settings trains (or loads), from the pipeline's own registry."""
+    cfg = RunConfig.model_validate(overrides)
+    return tuple(s.name for s in stages(cfg) if s.skip(cfg) is None)
+
+
+COMPARE_STAGES = _trained(compare=True)
+LOADED_STAGES = _trained()
+DKD_STAGES = _trained(compare=True, generous={"checkpoint": "gt.pt"})  # a loaded GT: no continued arm
 
 
 @dataclass(frozen=True)
