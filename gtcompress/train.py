@@ -302,11 +302,7 @@ def fit(job: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, 
             ctx.console.print(f"{job.name}: resuming after epoch {state.epoch}/{job.train.epochs}")
     cache = None
     if parts.teacher is not None and ctx.cache_data is not None and state.epoch < job.train.epochs:
-        if job.teacher_name is None or job.teacher_name not in ctx.logits:
-            cache = teacher_logits(parts.teacher, ctx.cache_data, ctx, job.train.batch_size * 2)
-            if job.teacher_name is not None:  # several students of one teacher: computed once
-                ctx.logits[job.teacher_name] = cache
-        cache = ctx.logits.get(job.teacher_name, cache)
+        cache = _cached_logits(job, parts.teacher, ctx)
     epoch = Epoch(job, parts, _wrap(parts.model, ctx), cache, ctx)
     with _progress(ctx) as bar:
         for index in range(state.epoch, job.train.epochs):
@@ -324,6 +320,16 @@ def fit(job: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, 
         "train_seconds": state.train_seconds,
         "images_per_second": state.train_images / max(state.train_seconds, 1e-9),
     }
+
+
+def _cached_logits(job: Job, teacher: nn.Module, ctx: Context) -> torch.Tensor:
+    """The frozen teacher's logits on the cache images: computed once per teacher stage of a run, so several
+    students of one teacher share them."""
+    if job.teacher_name is None:
+        return teacher_logits(teacher, ctx.cache_data, ctx, job.train.batch_size * 2)
+    if job.teacher_name not in ctx.logits:
+        ctx.logits[job.teacher_name] = teacher_logits(teacher, ctx.cache_data, ctx, job.train.batch_size * 2)
+    return ctx.logits[job.teacher_name]
 
 
 def _say_epoch(job: Job, record: dict[str, Any], ctx: Context) -> None:
