@@ -38,6 +38,11 @@ def target(cfg: BudgetConfig) -> tuple[str, str, str]:
     precision = cfg.precision or ("fp16" if cuda else "fp32")
     if backend == "torch" and precision == "int8":
         raise UserError("the torch backend has no int8", "use --budget-backend onnxruntime or tensorrt")
+    if backend == "onnxruntime" and cuda and precision == "int8":
+        raise UserError(
+            "onnxruntime's CUDA provider has no int8 kernels: an int8 budget there would time float math",
+            "use --budget-backend tensorrt, or time int8 on the CPU (--set budget.device=cpu)",
+        )
     return backend, precision, "cuda" if cuda else "cpu"
 
 
@@ -46,7 +51,7 @@ def _artefact(
 ) -> Backend:
     """The candidate as the target runs it."""
     if backend == "torch":
-        return TorchBackend(model, device, "fp32" if precision == "fp32" else precision)
+        return TorchBackend(model, device, precision)
     path = tmp / "model.onnx"
     export_onnx(model, img_size, path)
     if precision == "fp16":

@@ -126,3 +126,20 @@ def test_every_student_is_exported_benched_and_on_the_front(two_students):
     assert "## Which student to ship" in md and f"Recommended: {pick['name']}" in md
     assert f"Recommended: {pick['name']}" in result.stdout
     assert (out / "plots" / "pareto.png").is_file()
+
+
+def test_a_budget_target_that_cannot_mean_what_it_says_is_refused(monkeypatch):
+    import torch
+
+    from gtcompress.candidates import target
+    from gtcompress.config import BudgetConfig
+    from gtcompress.errors import UserError
+
+    assert target(BudgetConfig(device="cpu")) == ("onnxruntime", "fp32", "cpu")
+    with pytest.raises(UserError, match="torch backend has no int8"):
+        target(BudgetConfig(backend="torch", precision="int8", device="cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(UserError, match="no int8 kernels"):
+        target(BudgetConfig(backend="onnxruntime", precision="int8", device="cuda"))
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        target(BudgetConfig(backend="tensorrt", device="cpu"))
