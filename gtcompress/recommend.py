@@ -56,8 +56,12 @@ def which_student(
 ) -> dict[str, Any]:
     """`pareto` (every distilled student x precision on the headline backend, and the front) and
     `recommendation` (None when nothing is benchmarked or nothing fits the budget; `reason` says why)."""
+    budget_set_on = None  # where the run's budget was checked, when that differs from here
     if budget_ms is None and run.candidates.is_file():
-        budget_ms = read_json(run.candidates)["budget_ms"]
+        check = read_json(run.candidates)
+        budget_ms = check["budget_ms"]
+        if (check["backend"], check["batch_size"]) != (backend, batch_size):
+            budget_set_on = f"{check['backend']} {check['precision']} at batch {check['batch_size']}"
     students = set(distilled_students(metrics))
     points = [
         {
@@ -80,6 +84,7 @@ def which_student(
             "backend": backend,
             "batch_size": batch_size,
             "budget_ms": budget_ms,
+            "budget_set_on": budget_set_on,
             "points": points,
             "front": [p["name"] for p in pareto_front(points)],
         },
@@ -117,6 +122,8 @@ def pareto_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def pareto_note(report: dict[str, Any]) -> str:
     p = report["pareto"]
     budget = f"; the latency budget is {p['budget_ms']:g} ms" if p["budget_ms"] is not None else ""
+    if p.get("budget_set_on"):
+        budget += f" (checked before training on {p['budget_set_on']}: here it is applied to these p50s)"
     return (
         f"Every student distilled from the GT at every verified precision, top-1 against p50 on {p['backend']} "
         f"at batch {p['batch_size']}{budget}. On the front: no other artefact is both as accurate and as fast."

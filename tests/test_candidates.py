@@ -122,6 +122,7 @@ def test_every_student_is_exported_benched_and_on_the_front(two_students):
     assert pick["top1"] == max(p["top1"] for p in points) and pick["p50_ms"] <= 1000
     assert pick["file"] in paths and pick["backend"] == "onnxruntime"
     assert report["pareto"]["budget_ms"] == 1000 and pick["name"] in report["pareto"]["front"]
+    assert report["pareto"]["budget_set_on"] is None, "checked on onnxruntime at batch 1, as the report measures"
     md = (out / "report.md").read_text()
     assert "## Which student to ship" in md and f"Recommended: {pick['name']}" in md
     assert f"Recommended: {pick['name']}" in result.stdout
@@ -143,3 +144,13 @@ def test_a_budget_target_that_cannot_mean_what_it_says_is_refused(monkeypatch):
         target(BudgetConfig(backend="onnxruntime", precision="int8", device="cuda"))
     with pytest.raises(UserError, match="needs a CUDA GPU"):
         target(BudgetConfig(backend="tensorrt", device="cpu"))
+
+
+def test_a_budget_checked_elsewhere_is_said_to_be(two_students):
+    from gtcompress.report import build_report
+    from gtcompress.rundir import RunDir
+
+    out, _, _ = two_students
+    report = build_report(RunDir(out), batch_size=4)
+    assert report["pareto"]["budget_set_on"] == "onnxruntime fp32 at batch 1"
+    assert all(p["p50_ms"] > 0 for p in report["pareto"]["points"])
