@@ -35,13 +35,14 @@ from .train import Context, Job, fit, make_optimizer, seed_everything
 
 def resolve_names(cfg: RunConfig) -> list[str]:
     """Replace the configured model names by exact timm names; return how each was resolved."""
-    resolved = {}
+    notes = []
     for block in (cfg.teacher, cfg.generous):
         if block.arch is not None:
-            block.arch, resolved[block.arch] = resolve_model_name(block.arch)
+            block.arch, note = resolve_model_name(block.arch)
+            notes.append(note)
     students = [resolve_model_name(arch) for arch in cfg.student.archs]
     cfg.student.arch = students[0][0] if isinstance(cfg.student.arch, str) else [name for name, _ in students]
-    return [note for note in [*resolved.values(), *(note for _, note in students)] if note]
+    return [note for note in [*notes, *(note for _, note in students)] if note]
 
 
 def environment(env: DistEnv, device: torch.device, requested: dict[str, str]) -> dict[str, Any]:
@@ -134,11 +135,10 @@ def _prepare(
             return None
         result = measure(cfg.student.archs, splits.num_classes, cfg.data.img_size or splits.img_size, cfg.budget, say)
         console.print(candidate_table(result))
-        within_budget(result)
         return result
 
     result = broadcast_object(agree(env, check), env)
-    kept = within_budget(result)
+    kept = within_budget(result)  # every rank has the result: none fits is one error on all of them
     cfg.student.arch = kept[0] if len(kept) == 1 else kept
     return splits, result
 
