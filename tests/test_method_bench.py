@@ -54,6 +54,11 @@ def test_method_grid_runs_whole_primary_teacher_seeds_first():
     assert [c.seed for c in got[:4]] == [0, 0, 1, 1], "both pairs of a seed before the next seed"
 
 
+def test_cifar100_on_a_gpu_runs_every_seed_given():
+    got = method.cells(["cifar100"], [("resnet50", "mobilenetv3_small_100")], range(10))
+    assert [c.seed for c in got] == list(range(10))
+
+
 def _options(run: grid.Task) -> tuple[dict[str, str], dict[str, object]]:
     """A run's options and its --set overrides."""
     args, opts, sets = list(run.args), {}, {}
