@@ -33,7 +33,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grid  # noqa: E402
 
-from gtcompress.config import DataConfig, RunConfig  # noqa: E402
+from gtcompress.config import DataConfig, RunConfig, load_config  # noqa: E402
 from gtcompress.errors import UserError  # noqa: E402
 from gtcompress.report import markdown_table  # noqa: E402
 from gtcompress.stages import stages  # noqa: E402
@@ -77,15 +77,18 @@ COST_KEYS = ("cpu_seconds", "wall_seconds")
 MARGIN = 0.5  # points: the effect size the plan aims to resolve, and the equivalence margin
 
 
-def _trained(**overrides: Any) -> tuple[str, ...]:
-    """The stages a run with these settings trains (or loads), from the pipeline's own registry."""
-    cfg = RunConfig.model_validate(overrides)
+def _trained(cfg: RunConfig) -> tuple[str, ...]:
+    """The stages a run with this configuration trains (or loads), from the pipeline's own registry."""
     return tuple(s.name for s in stages(cfg) if s.skip(cfg) is None)
 
 
-COMPARE_STAGES = _trained(compare=True)
-LOADED_STAGES = _trained()
-DKD_STAGES = _trained(compare=True, generous={"checkpoint": "gt.pt"})  # a loaded GT: no continued arm
+def compare_stages(recipe: str, overrides: dict[str, Any]) -> tuple[str, ...]:
+    """A setting's --compare stages: without the continued arm where its GT has no extra epochs (from scratch)."""
+    return _trained(load_config(grid.REPO / recipe, {**overrides, "compare": True}))
+
+
+LOADED_STAGES = _trained(RunConfig())
+DKD_STAGES = _trained(RunConfig(compare=True, generous={"checkpoint": "gt.pt"}))  # a loaded GT: no continued arm
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def cell_runs(cell: Cell, root: Path, device: str = "cpu", extra: dict[str, Any]
     compare = grid.Task(
         d / "compare",
         (*common, "--seed", str(cell.seed), "--method", "kd", "--compare", *grid.sets(overrides)),
-        COMPARE_STAGES,
+        compare_stages(setting.recipe, overrides),
     )
     st, gt, ct = (str(compare.out / f"{s}.pt") for s in ("standard_teacher", "generous_teacher", "continued_teacher"))
 
@@ -242,15 +245,14 @@ def _student_values() -> dict[str, tuple[str, str]]:
 def cell_record(cell: Cell, runs: dict[str, grid.Task], big_test: bool) -> dict[str, Any]:
     """One teacher seed's numbers (top-1 on the big test split where `big_test`), and what its runs cost."""
     values = {**VALUES, **_student_values()}
+    present = {name: (r, s) for name, (r, s) in values.items() if r in runs and s in runs[r].stages}
     record: dict[str, Any] = {**asdict(cell)}
-    for name, (run, stage) in values.items():
-        if run in runs:
-            record[name] = big_test_top1(runs[run], stage) if big_test else grid.metrics(runs[run])[stage]["top1"]
+    for name, (run, stage) in present.items():
+        record[name] = big_test_top1(runs[run], stage) if big_test else grid.metrics(runs[run])[stage]["top1"]
     m = grid.metrics(runs["compare"])
-    record["small_test"] = {name: grid.metrics(runs[r])[s]["top1"] for name, (r, s) in values.items() if r in runs}
-    record["seconds"] = {
-        s: m[s]["train_seconds"] for s in ("standard_teacher", "generous_teacher", "continued_teacher")
-    }
+    record["small_test"] = {name: grid.metrics(runs[r])[s]["top1"] for name, (r, s) in present.items()}
+    teachers = ("standard_teacher", "generous_teacher", "continued_teacher")
+    record["seconds"] = {s: m[s]["train_seconds"] for s in teachers if s in runs["compare"].stages}
     gen = yaml.safe_load((runs["compare"].out / "config.yaml").read_text())["generous"]
     record["generous"] = {**{k: gen[k] for k in ("k", "beta", "warmup", "init")}, "epochs": gen["train"]["epochs"]}
     costs = [grid.run_cost(r) for r in runs.values()]
@@ -315,6 +317,24 @@ GAINS = {  # secondary, paired per teacher seed: name -> (minuend, subtrahend)
 }
 
 
+def continued_arm(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The primary test over one (setting, pair)'s teacher seeds: GT - continued, its variance split, each arm's
+    students. None where the setting has no continued arm (a GT from scratch has no extra epochs)."""
+    if not all("kd_ct0" in r for r in rs):
+        return {"gt_minus_continued": None, "variance": None, "students": None}
+    units = [unit_difference(r, "gt", "ct") for r in rs]
+    primary = paired_test([u for u, _ in units])
+    primary["verdict"] = verdict(primary)
+    mean_student = lambda r, arm: statistics.fmean(  # noqa: E731
+        r[f"kd_{arm}{j}"] for j in range(STUDENT_SEEDS) if f"kd_{arm}{j}" in r
+    )
+    return {
+        "gt_minus_continued": primary,
+        "variance": variance_components([d for _, d in units]),
+        "students": {arm: grid.summarize([mean_student(r, arm) for r in rs]) for arm in ("gt", "ct")},
+    }
+
+
 def summarize_cells(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (setting, pair): the primary GT - continued test, the secondary gains, every value over seeds."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -323,9 +343,6 @@ def summarize_cells(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (setting, teacher, student), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["seed"])
-        units = [unit_difference(r, "gt", "ct") for r in rs]
-        primary = paired_test([u for u, _ in units])
-        primary["verdict"] = verdict(primary)
         names = sorted({k for r in rs for k in r if isinstance(r[k], float) and k not in COST_KEYS})
         gains = {
             name: paired_test([r[a] - r[b] for r in rs if a in r and b in r])
@@ -339,17 +356,7 @@ def summarize_cells(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "teacher": teacher,
                 "student": student,
                 "seeds": [r["seed"] for r in rs],
-                "gt_minus_continued": primary,
-                "variance": variance_components([d for _, d in units]),
-                "students": {
-                    arm: grid.summarize(
-                        [
-                            statistics.fmean(r[f"kd_{arm}{j}"] for j in range(STUDENT_SEEDS) if f"kd_{arm}{j}" in r)
-                            for r in rs
-                        ]
-                    )
-                    for arm in ("gt", "ct")
-                },
+                **continued_arm(rs),
                 "gains": gains,
                 "values": {n: grid.summarize([r[n] for r in rs if n in r]) for n in names},
                 "ce_repeat_identical": all(r["small_test"]["ce"] == r["small_test"]["ce_repeat"] for r in repeats)
@@ -387,6 +394,8 @@ def markdown(result: dict[str, Any]) -> str:
     ms, fg = grid.fmt_mean_std, grid.fmt_gain
     pair = lambda s: f"{s['teacher']} → {s['student']}"  # noqa: E731
     p = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+    tested = [s for s in result["summary"] if s["gt_minus_continued"] is not None]
+    untested = sorted({s["setting"] for s in result["summary"]} - {s["setting"] for s in tested})
     primary = [
         [
             s["setting"],
@@ -401,7 +410,7 @@ def markdown(result: dict[str, Any]) -> str:
             p(s["holm_p"]),
             s["gt_minus_continued"]["verdict"],
         ]
-        for s in result["summary"]
+        for s in tested
     ]
     variance = [
         [
@@ -413,7 +422,7 @@ def markdown(result: dict[str, Any]) -> str:
             ),
             s["variance"]["teacher_seeds_needed"] or "–",
         ]
-        for s in result["summary"]
+        for s in tested
     ]
     secondary = [
         [s["setting"], pair(s), name, fg(g), p(g["wilcoxon_p"]), g["n"]]
@@ -460,6 +469,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"teacher seeds a ±{MARGIN:g} interval would need:",
             "",
             markdown_table(["setting", "pair", "σ between", "σ within", "teacher seeds for ±0.5"], variance),
+            *(
+                [
+                    f"No continued arm in {', '.join(untested)}: its GT is trained from scratch, so it has no extra "
+                    "epochs over the ST to control for; its GT − ST is under Secondary.",
+                    "",
+                ]
+                if untested
+                else []
+            ),
             "## Secondary",
             "",
             markdown_table(["setting", "pair", "difference", "mean [95% CI]", "Wilcoxon p", "n"], secondary),

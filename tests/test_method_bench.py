@@ -80,7 +80,8 @@ def test_each_primary_cell_reuses_its_teachers_across_student_seeds_and_arms(tmp
     assert list(runs) == ["compare", "gt1", "ct1", "gt2", "ct2", "dkd", "full", "fixed_t"]
     compare, compare_sets = _options(runs["compare"])
     assert compare["--compare"] and compare["--method"] == "kd" and compare["--seed"] == "1"
-    assert "--teacher-checkpoint" not in compare and runs["compare"].stages == method.COMPARE_STAGES
+    assert "--teacher-checkpoint" not in compare
+    assert {"continued_teacher", "student_from_continued", "student_ce"} <= set(runs["compare"].stages)
     out = runs["compare"].out
     for j in (1, 2):
         (gt, gt_sets), (ct, ct_sets) = _options(runs[f"gt{j}"]), _options(runs[f"ct{j}"])
@@ -158,7 +159,7 @@ def _fake_cell(root: Path, cell: method.Cell, top1: dict[str, float]) -> dict[st
     for name, run in runs.items():
         stages = {stage: {"top1": 0.0, "train_seconds": 1.0} for stage in run.stages}
         for key, (r, stage) in values.items():
-            if r == name:
+            if r == name and stage in stages:
                 stages[stage]["top1"] = top1[key]
         run.out.mkdir(parents=True)
         (run.out / "metrics.json").write_text(json.dumps(stages))
@@ -194,6 +195,24 @@ def test_primary_unit_is_the_mean_over_student_seeds_paired_per_teacher_seed(tmp
         }
     )
     assert "+0.88 [" in text and "| digits-20% | resnet18 → mobilenetv3_small_100 | 0 |" in text
+
+
+def test_a_scratch_gt_setting_has_no_continued_arm_and_reports_gt_minus_st(tmp_path):
+    """CIFAR-100's recipe trains the GT from scratch (the paper's protocol): no extra epochs, no control."""
+    records = []
+    for seed, gain in enumerate([1.0, 2.0, 0.5]):
+        cell = method.Cell("cifar100", "resnet50", "mobilenetv3_small_100", seed)
+        runs = method.cell_runs(cell, tmp_path)
+        assert list(runs) == ["compare"] and "continued_teacher" not in runs["compare"].stages
+        values = {k: 60.0 for k in [*method.VALUES, *method._student_values()]}
+        records.append(method.cell_record(cell, _fake_cell(tmp_path, cell, {**values, "kd_gt0": 60.0 + gain}), False))
+    assert "ct" not in records[0] and "kd_ct0" not in records[0]
+    [summary] = method.summarize_cells(records)
+    assert summary["gt_minus_continued"] is None
+    assert summary["gains"]["kd_gt_minus_st"]["values"] == [1.0, 2.0, 0.5]
+    result = {"summary": [{**summary, "holm_p": None}], "cells": records, "command": "python x"}
+    text = method.markdown({**result, "machine": {"cpu": "cpu", "cores": 2}, "cost": {"cpu_seconds": 1.0}})
+    assert "No continued arm in cifar100" in text and "kd_gt_minus_st | +1.17 [" in text
 
 
 def test_unit_difference_averages_the_student_seeds():
