@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -83,6 +84,20 @@ class Stream(IterableDataset):
 
     def set_loader_cfg(self, num_workers: int) -> None:
         self.base.set_loader_cfg(num_workers=num_workers)
+
+    @property
+    def shard_lengths(self) -> tuple[int, ...]:
+        """The samples in each shard, where the reader knows them (wds/ from `_info.json`)."""
+        split = getattr(getattr(self.base, "reader", None), "split_info", None)
+        return tuple(getattr(split, "shard_lengths", ()))
+
+
+def uneven_reads(shard_lengths: Sequence[int], readers: int) -> tuple[int, int]:
+    """(extra, missed): the samples a stream read by `readers` (ranks × loader workers) reads again and leaves
+    out, as timm's reader gives reader g the shards g, g + readers, … cut or repeated to ceil(n / readers)."""
+    per = math.ceil(sum(shard_lengths) / readers)
+    counts = [sum(shard_lengths[g::readers]) for g in range(readers)]
+    return sum(per - c for c in counts if 0 < c < per), sum(c - per for c in counts if c > per)
 
 
 def transformed(base: Dataset, transform: Callable) -> Dataset:
@@ -375,6 +390,8 @@ def create_loader(
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
     if isinstance(dataset, IterableDataset):
         dataset.set_loader_cfg(num_workers=workers)
+        if not training and world_size > 1 and rank == 0:
+            _warn_uneven(dataset, world_size * max(1, workers))
         return DataLoader(dataset, batch_size=batch_size // world_size if training else batch_size, **common)
     if training:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
@@ -383,3 +400,17 @@ def create_loader(
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **common)
     shard = Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, **common)
+
+
+def _warn_uneven(stream: Stream, readers: int) -> None:
+    extra, missed = uneven_reads(stream.shard_lengths, readers) if stream.shard_lengths else (0, 0)
+    if extra or missed:
+        log.warning(
+            "validation: %d shards over %d readers (ranks × loader workers) is uneven: top-1 reads %d images again "
+            "and leaves %d out; use a number of equal validation shards divisible by %d for an exact top-1",
+            len(stream.shard_lengths),
+            readers,
+            extra,
+            missed,
+            readers,
+        )

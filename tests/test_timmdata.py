@@ -11,7 +11,7 @@ from PIL import Image
 from test_cli import assert_one_line_error
 
 from gtcompress.config import DataConfig
-from gtcompress.data import load_splits
+from gtcompress.data import Stream, create_loader, load_splits, uneven_reads
 
 datasets = pytest.importorskip("datasets", reason="the [hf] extra (datasets) is part of the README's test install")
 
@@ -135,6 +135,31 @@ def test_webdataset_shards_stream_through_timms_reader(wds_digits):
     assert len(samples) == 240 == len(splits.train)
     assert {image.mode for image, _ in samples} == {"RGB"} and {int(y) for _, y in samples} <= set(range(10))
     assert sorted(int(y) for _, y in splits.val) == sorted(load_digits_targets(240, 300))
+
+
+@pytest.mark.parametrize(
+    "lengths, readers, expected", [((30, 30), 2, (0, 0)), ((20, 20, 20), 2, (10, 10)), ((30, 30), 4, (0, 30))]
+)
+def test_uneven_reads_of_a_stream_by_several_readers(lengths, readers, expected):
+    assert uneven_reads(lengths, readers) == expected
+
+
+def test_the_uneven_reads_are_what_timms_reader_does_and_are_warned_of(tmp_path, caplog):
+    pytest.importorskip("webdataset")
+    root = write_wds_digits(tmp_path / "d", per_split=(("train", 60, 1), ("validation", 60, 3)))
+    cfg = DataConfig(name="wds/digits", root=root)
+    read = []
+    for rank in (0, 1):  # what two torchrun ranks read, without starting them
+        val = load_splits(cfg).val
+        val.reader.dist_rank, val.reader.dist_num_replicas = rank, 2
+        read += [image.tobytes() for image, _ in val]
+    extra, missed = len(read) - len(set(read)), 60 - len(set(read))
+    assert (extra, missed) == uneven_reads((20, 20, 20), 2) == (10, 10)
+    create_loader(Stream(load_splits(cfg).val, lambda x: x), 8, training=False, workers=0, rank=0, world_size=2)
+    assert "reads 10 images again and leaves 10 out" in caplog.text
+    caplog.clear()
+    create_loader(Stream(load_splits(cfg).val, lambda x: x), 8, training=False, workers=0, rank=0, world_size=3)
+    assert caplog.text == "", "three readers of three equal shards read each image once"
 
 
 def load_digits_targets(start, stop):
