@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -391,7 +392,7 @@ def create_loader(
     if isinstance(dataset, IterableDataset):
         dataset.set_loader_cfg(num_workers=workers)
         if not training and world_size > 1 and rank == 0:
-            _warn_uneven(dataset, world_size * max(1, workers))
+            _warn_uneven(dataset.shard_lengths, world_size * max(1, workers))
         return DataLoader(dataset, batch_size=batch_size // world_size if training else batch_size, **common)
     if training:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
@@ -402,13 +403,14 @@ def create_loader(
     return DataLoader(shard, batch_size=batch_size, shuffle=False, **common)
 
 
-def _warn_uneven(stream: Stream, readers: int) -> None:
-    extra, missed = uneven_reads(stream.shard_lengths, readers) if stream.shard_lengths else (0, 0)
+@functools.cache  # once per run, not once per stage
+def _warn_uneven(shard_lengths: tuple[int, ...], readers: int) -> None:
+    extra, missed = uneven_reads(shard_lengths, readers) if shard_lengths else (0, 0)
     if extra or missed:
         log.warning(
             "validation: %d shards over %d readers (ranks × loader workers) is uneven: top-1 reads %d images again "
             "and leaves %d out; use a number of equal validation shards divisible by %d for an exact top-1",
-            len(stream.shard_lengths),
+            len(shard_lengths),
             readers,
             extra,
             missed,

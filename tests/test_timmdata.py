@@ -158,6 +158,8 @@ def test_the_uneven_reads_are_what_timms_reader_does_and_are_warned_of(tmp_path,
     create_loader(Stream(load_splits(cfg).val, lambda x: x), 8, training=False, workers=0, rank=0, world_size=2)
     assert "reads 10 images again and leaves 10 out" in caplog.text
     caplog.clear()
+    create_loader(Stream(load_splits(cfg).val, lambda x: x), 8, training=False, workers=0, rank=0, world_size=2)
+    assert caplog.text == "", "said once per run, not once per stage"
     create_loader(Stream(load_splits(cfg).val, lambda x: x), 8, training=False, workers=0, rank=0, world_size=3)
     assert caplog.text == "", "three readers of three equal shards read each image once"
 
