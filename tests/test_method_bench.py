@@ -289,3 +289,15 @@ def test_gt_epochs_may_differ_by_setting_but_not_within_one():
         method.shared_knobs([record("digits", 4), record("digits", 6)])
     with pytest.raises(UserError, match="different GT knobs"):
         method.shared_knobs([record("digits", 4), record("synthetic", 5, beta=1.0)])
+
+
+def test_readme_states_the_committed_primary_result():
+    """README "Does it work?" quotes benchmarks/results/method.json: each pair's interval and reading."""
+    result = json.loads((grid.REPO / "benchmarks/results/method.json").read_text())
+    readme = (grid.REPO / "README.md").read_text()
+    primary = [s for s in result["summary"] if s["setting"] == method.PRIMARY]
+    assert len(primary) == len(method.PAIRS) and all(len(s["seeds"]) >= 10 for s in primary)
+    for s in primary:
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {s['teacher']} → {s['student']} |"))
+        assert grid.fmt_gain(s["gt_minus_continued"]).replace("-", "−") in row
+        assert s["gt_minus_continued"]["verdict"].removesuffix(" at this precision") in row
