@@ -1,6 +1,6 @@
 """Is it the generous knowledge or the extra epochs? Students of the GT, the continued teacher and the ST.
 
-    nice -n 19 python benchmarks/method.py --jobs 2     # ~6 CPU-hours; re-run to resume, finished runs are kept
+    nice -n 19 python benchmarks/method.py --jobs 2     # 3.96 CPU-hours measured; re-run to resume, runs are kept
 
 The plan, fixed before any run of this grid: benchmarks/results/method-plan.md. Per (setting, pair, teacher
 seed) a cell of `gtcompress distill` runs:
