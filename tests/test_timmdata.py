@@ -144,23 +144,32 @@ def test_uneven_reads_of_a_stream_by_several_readers(lengths, readers, expected)
     assert uneven_reads(lengths, readers) == expected
 
 
-def test_the_uneven_reads_are_what_timms_reader_does_and_are_warned_of(tmp_path, caplog):
+@pytest.mark.parametrize("shards, ranks", [(3, 2), (2, 4)])
+def test_the_uneven_reads_are_what_timms_reader_does(tmp_path, shards, ranks):
+    pytest.importorskip("webdataset")
+    root = write_wds_digits(tmp_path / "d", per_split=(("train", 60, 1), ("validation", 60, shards)))
+    read = []
+    for rank in range(ranks):  # what torchrun's ranks read, without starting them
+        val = load_splits(DataConfig(name="wds/digits", root=root)).val
+        val.reader.dist_rank, val.reader.dist_num_replicas = rank, ranks
+        read += [image.tobytes() for image, _ in val]
+    assert (len(read) - len(set(read)), 60 - len(set(read))) == uneven_reads((60 // shards,) * shards, ranks)
+
+
+def test_uneven_validation_shards_are_warned_of_once(tmp_path, caplog):
     pytest.importorskip("webdataset")
     root = write_wds_digits(tmp_path / "d", per_split=(("train", 60, 1), ("validation", 60, 3)))
-    cfg = DataConfig(name="wds/digits", root=root)
-    read = []
-    for rank in (0, 1):  # what two torchrun ranks read, without starting them
-        val = load_splits(cfg).val
-        val.reader.dist_rank, val.reader.dist_num_replicas = rank, 2
-        read += [image.tobytes() for image, _ in val]
-    extra, missed = len(read) - len(set(read)), 60 - len(set(read))
-    assert (extra, missed) == uneven_reads((20, 20, 20), 2) == (10, 10)
-    create_loader(Stream(load_splits(cfg).val, lambda x: x), 8, training=False, workers=0, rank=0, world_size=2)
+
+    def loader(world):
+        val = Stream(load_splits(DataConfig(name="wds/digits", root=root)).val, lambda x: x)
+        return create_loader(val, 8, training=False, workers=0, rank=0, world_size=world)
+
+    loader(2)
     assert "reads 10 images again and leaves 10 out" in caplog.text
     caplog.clear()
-    create_loader(Stream(load_splits(cfg).val, lambda x: x), 8, training=False, workers=0, rank=0, world_size=2)
+    loader(2)
     assert caplog.text == "", "said once per run, not once per stage"
-    create_loader(Stream(load_splits(cfg).val, lambda x: x), 8, training=False, workers=0, rank=0, world_size=3)
+    loader(3)
     assert caplog.text == "", "three readers of three equal shards read each image once"
 
 
