@@ -11,6 +11,7 @@ from typer.testing import CliRunner  # noqa: E402
 from gtcompress.cli import app  # noqa: E402
 
 TEACHER, STUDENT = "test_resnet", "mobilenetv3_small_050"
+PAIR = ("--teacher", TEACHER, "--student", STUDENT)  # the tiny pair every CLI test trains
 
 
 def invoke(*args: str):
@@ -20,7 +21,7 @@ def invoke(*args: str):
 
 def distill(*args: str):
     """`gtcompress distill --teacher TEACHER --student STUDENT *args`, in-process."""
-    return invoke("distill", "--teacher", TEACHER, "--student", STUDENT, *args)
+    return invoke("distill", *PAIR, *args)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from conftest import STUDENT, TEACHER
+from conftest import PAIR, STUDENT, TEACHER
 
 from gtcompress.config import DataConfig, RunConfig, SyntheticConfig
 from gtcompress.data import Transformed, build_transform, load_splits
@@ -52,10 +52,7 @@ def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "run"
     result = torchrun(
         "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
+        *PAIR,
         "--epochs",
         2,
         "--out",
@@ -95,10 +92,7 @@ def test_two_process_resume_of_a_finished_run_redoes_nothing(ddp_run):
 def test_a_batch_the_world_size_does_not_divide_fails_on_every_rank(tmp_path):
     result = torchrun(
         "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
+        *PAIR,
         "--epochs",
         1,
         "--batch-size",
@@ -189,21 +183,7 @@ def test_two_processes_stream_disjoint_shares_of_webdataset_shards(tmp_path):
     root = write_wds_digits(tmp_path / "shards", per_split=(("train", 240, 4), ("validation", 60, 2)))
     out = tmp_path / "run"
     result = torchrun(
-        "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
-        "--dataset",
-        "wds/digits",
-        "--data-root",
-        root,
-        "--img-size",
-        32,
-        "--epochs",
-        1,
-        "--out",
-        out,
+        "distill", *PAIR, "--dataset", "wds/digits", "--data-root", root, "--img-size", 32, "--epochs", 1, "--out", out
     )
     assert result.returncode == 0, result.stdout + result.stderr
     metrics = json.loads((out / "metrics.json").read_text())

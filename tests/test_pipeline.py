@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import STUDENT, TEACHER, distill, invoke
+from conftest import PAIR, STUDENT, TEACHER, distill, invoke
 
 from gtcompress.config import DataConfig
 from gtcompress.data import load_splits
@@ -116,19 +116,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     out = tmp_path / "run"
-    args = [
-        "distill",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
-        "--epochs",
-        2,
-        "--out",
-        out,
-        "--set",
-        "data.train_fraction=0.2",
-    ]
+    args = ["distill", *PAIR, "--epochs", 2, "--out", out, "--set", "data.train_fraction=0.2"]
     monkeypatch.setattr(pipeline, "_append_history", interrupt_in_student)
     result = invoke(*args)
     assert result.exit_code == 130
@@ -149,7 +137,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
 def test_rerunning_the_starting_command_with_resume_finishes_it_like_an_uninterrupted_run(tmp_path, monkeypatch):
     import gtcompress.pipeline as pipeline
 
-    args = ["distill", "--teacher", TEACHER, "--student", STUDENT, "--epochs", 2, "--set", "data.train_fraction=0.2"]
+    args = ["distill", *PAIR, "--epochs", 2, "--set", "data.train_fraction=0.2"]
     assert invoke(*args, "--out", tmp_path / "whole").exit_code == 0
     real = pipeline._append_history
 

@@ -2,27 +2,14 @@
 
 import json
 
-from conftest import INT8_TOLERANCE, STUDENT, TEACHER, invoke
+from conftest import INT8_TOLERANCE, PAIR, TEACHER, invoke
 from test_cli import assert_one_line_error
 
 
 def test_run_does_the_whole_workflow_and_resumes_without_redoing_it(tmp_path):
     out = tmp_path / "run"
     args = ["--precision", "fp32,int8", "--tolerance", INT8_TOLERANCE, "--batch-sizes", "1", "--iters", 3]
-    result = invoke(
-        "run",
-        "--teacher",
-        TEACHER,
-        "--student",
-        STUDENT,
-        "--epochs",
-        1,
-        "--out",
-        out,
-        "--set",
-        "data.train_fraction=0.25",
-        *args,
-    )
+    result = invoke("run", *PAIR, "--epochs", 1, "--out", out, "--set", "data.train_fraction=0.25", *args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"standard_teacher", "generous_teacher", "student"} <= metrics.keys()
