@@ -13,7 +13,7 @@ from test_cli import assert_one_line_error
 
 from gtcompress.backends import TorchBackend
 from gtcompress.bench import BenchConfig, latency_stats, parse_batch_sizes, time_backend
-from gtcompress.benchfile import speedup
+from gtcompress.benchfile import find, speedup
 from gtcompress.errors import UserError
 from gtcompress.models import create_model
 
@@ -136,22 +136,9 @@ def test_an_unavailable_backend_is_listed_as_skipped_with_its_reason(workflow_ru
 
 def test_speedup_is_the_teachers_p50_over_the_students(workflow_run):
     results = bench_json(workflow_run)["results"]
-    student = next(
-        r
-        for r in results
-        if r["model"] == "student"
-        and r["backend"] == "onnxruntime"
-        and r["precision"] == "int8"
-        and r["batch_size"] == 4
-    )
-    teacher = next(
-        r
-        for r in results
-        if r["model"] == "generous_teacher"
-        and r["backend"] == "onnxruntime"
-        and r["precision"] == "fp32"
-        and r["batch_size"] == 4
-    )
+    student = find(results, model="student", backend="onnxruntime", precision="int8", batch_size=4)
+    teacher = find(results, model="generous_teacher", backend="onnxruntime", precision="fp32", batch_size=4)
+    assert student is not None and teacher is not None
     assert speedup(results, student) == pytest.approx(teacher["p50_ms"] / student["p50_ms"])
     assert speedup(results, teacher) is None
 
