@@ -2,7 +2,7 @@
 
 Each stage is data: its name (the checkpoint, metrics.json and history.jsonl key), title, seed offset, the stage
 that teaches it, how its model is built, its objective and schedule, and when it runs. The pipeline loops over
-`STAGES` in order; report, bench, export and the benchmarks read names and titles from here.
+`stages(cfg)` in order; report, bench, export and the benchmarks read names and titles from here.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ TITLES: dict[str, str] = {
 TEACHER_STAGES: tuple[Stage, ...] = (
     Stage(
         "standard_teacher",
-        "Standard Teacher",
+        TITLES["standard_teacher"],
         0,
         lambda cfg: cfg.teacher.arch,
         _standard,
@@ -144,7 +144,7 @@ TEACHER_STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "generous_teacher",
-        "Generous Teacher",
+        TITLES["generous_teacher"],
         1,
         _gt_arch,
         _generous,
@@ -161,7 +161,7 @@ TEACHER_STAGES: tuple[Stage, ...] = (
     # The GT's own code path and seed with the non-target term's weight at 0: only that term differs.
     Stage(
         "continued_teacher",
-        "continued teacher",
+        TITLES["continued_teacher"],
         1,
         _gt_arch,
         _continued,
