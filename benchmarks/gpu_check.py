@@ -54,19 +54,6 @@ def _command(args: list[str], timeout: int = 3600) -> dict[str, Any]:
     }
 
 
-def _driver() -> str | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-
-
 def _tensorrt() -> str:
     try:
         import tensorrt
@@ -95,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    from gtcompress.environment import machine_info, versions
+    from gtcompress.environment import machine_info, nvidia_smi, versions
 
     result: dict[str, Any] = {
         "benchmark": "gpu-check",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {**machine_info(torch.get_num_threads(), cuda=True), "driver": _driver()},
+        "machine": {
+            **machine_info(torch.get_num_threads(), cuda=True),
+            "driver": (nvidia_smi("driver_version") or [None])[0],
+        },
         "versions": versions(),
         "tensorrt": _tensorrt(),
     }

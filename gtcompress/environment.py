@@ -38,9 +38,8 @@ def gpu_id() -> str:
     return f"GPU-{uuid}" if uuid is not None else str(torch.cuda.current_device())
 
 
-def gpu_clocks() -> dict[str, str] | None:
-    """SM/memory clocks (current and maximum) from nvidia-smi, where it exists."""
-    query = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit"
+def nvidia_smi(query: str) -> list[str] | None:
+    """The values of `nvidia-smi --query-gpu=query` for torch's current GPU, or None where nvidia-smi fails."""
     try:
         out = subprocess.run(
             ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader", "-i", gpu_id()],
@@ -50,8 +49,14 @@ def gpu_clocks() -> dict[str, str] | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    values = [v.strip() for v in out.stdout.strip().split(",")]
-    return dict(zip(query.split(","), values)) if out.returncode == 0 and len(values) == 5 else None
+    return [v.strip() for v in out.stdout.strip().split(",")] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def gpu_clocks() -> dict[str, str] | None:
+    """SM/memory clocks (current and maximum) from nvidia-smi, where it exists."""
+    query = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit"
+    values = nvidia_smi(query)
+    return dict(zip(query.split(","), values)) if values is not None and len(values) == 5 else None
 
 
 def machine_info(threads: int | None = None, cuda: bool = False) -> dict[str, Any]:
