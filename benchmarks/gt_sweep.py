@@ -29,6 +29,7 @@ import grid  # noqa: E402
 from gtcompress.config import load_config  # noqa: E402
 from gtcompress.errors import UserError  # noqa: E402
 from gtcompress.report import markdown_table  # noqa: E402
+from gtcompress.stages import run_stages  # noqa: E402
 
 RECIPE = "recipes/synthetic100.yaml"
 TEACHER, STUDENT = "resnet18", "mobilenetv3_small_100"
@@ -67,6 +68,7 @@ def cell_run(cell: SweepCell, root: Path, gt_epochs: int, device: str = "cpu") -
         "generous.beta": cell.beta,
         "generous.init": cell.init,
         "generous.warmup": WARMUP,
+        "generous.scale": "k_squared",  # the loss this sweep was run with (before the authors' scale)
         "generous.train.epochs": gt_epochs if cell.init == "scratch" else gt_epochs // 2,
     }
     common = (
@@ -85,7 +87,11 @@ def cell_run(cell: SweepCell, root: Path, gt_epochs: int, device: str = "cpu") -
         *grid.sets(overrides),
     )
     if cell.is_base:
-        return grid.Task(out, (*common, "--compare"))
+        return grid.Task(
+            out,
+            (*common, "--compare"),
+            tuple(run_stages(load_config(grid.REPO / RECIPE, {**overrides, "compare": True}))),
+        )
     base = cell_run(SweepCell(*BASE, cell.seed), root, gt_epochs, device)
     return grid.Task(
         out,

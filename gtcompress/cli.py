@@ -159,9 +159,15 @@ def distill(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of every stage.")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="Input resolution.")] = None,
     method: Annotated[Optional[str], typer.Option(help="Student distillation: kd | dkd | lskd | dist.")] = None,
-    gt_beta: Annotated[Optional[float], typer.Option(help="Weight of the GT's non-target term.")] = None,
-    gt_k: Annotated[Optional[float], typer.Option(help="GT temperature multiple: T = k * std(logits).")] = None,
-    gt_init: Annotated[Optional[str], typer.Option(help="GT initialisation: scratch | standard.")] = None,
+    gt_beta: Annotated[
+        Optional[float], typer.Option(help="Weight of the GT's non-target term (the authors' --alpha, 1).")
+    ] = None,
+    gt_k: Annotated[
+        Optional[float], typer.Option(help="GT temperature: T = k * std(logits) per sample (the authors' --Tn, 1).")
+    ] = None,
+    gt_init: Annotated[
+        Optional[str], typer.Option(help="GT init: scratch (the authors', ST's schedule) | standard (fine-tune).")
+    ] = None,
     teacher_checkpoint: Annotated[Optional[Path], typer.Option(help="Load the Standard Teacher.")] = None,
     pretrained: Annotated[
         Optional[bool], typer.Option("--pretrained", help="Fine-tune timm's pretrained teacher.")

@@ -88,27 +88,40 @@ class TrainConfig(Strict):
     ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate and keep an EMA of the weights")
 
 
+def _teacher_schedule() -> TrainConfig:
+    return TrainConfig(epochs=8, warmup_epochs=1)
+
+
 class TeacherConfig(Strict):
     """The Standard Teacher: trained with CE, fine-tuned from timm weights, or loaded."""
 
     arch: str = Field("resnet50", description="timm model name")
     pretrained: bool = Field(False, description="start from timm's pretrained weights (needs network)")
     checkpoint: Path | None = Field(None, description="load this checkpoint and skip training")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=8, warmup_epochs=1))
+    train: TrainConfig = Field(default_factory=_teacher_schedule)
 
 
 class GenerousConfig(Strict):
-    """The Generous Teacher: CE + beta * warm-up * k^2 * NCKD(ST -> GT) at T = k * std(logits).
+    """The Generous Teacher, as its authors' code trains it (EifelTing/Generous-Teacher, train_generous.py):
 
-    Defaults (k=1, beta=2, fine-tuned from the ST for half its epochs) were chosen by benchmarks/gt_sweep.py.
+    CE + beta * min(epoch / warm-up, 1) * mean_i[(k * std(z_ST,i))^2 * KL(ST || GT) over the non-target classes],
+    each model's logits at its own T = k * std(logits); from scratch, with the ST's architecture and schedule.
     """
 
     arch: str | None = Field(None, description="timm model name; None: the teacher's (needs init scratch)")
-    init: Literal["scratch", "standard"] = Field("standard", description="the ST's weights, or random init")
+    init: Literal["scratch", "standard"] = Field(
+        "scratch", description="random init (the authors'), or the ST's weights (a cheaper fine-tune)"
+    )
     checkpoint: Path | None = Field(None, description="load a trained GT (e.g. another run's) and skip training")
-    beta: float = Field(2.0, ge=0, description="weight of the non-target distillation term")
-    k: float = Field(1.0, gt=0, description="temperature multiple of each sample's logit std")
-    warmup: float = Field(0.2, ge=0, le=1, description="fraction of epochs over which beta ramps up")
+    beta: float = Field(1.0, ge=0, description="weight of the non-target term (the authors' --alpha, 1)")
+    k: float = Field(1.0, gt=0, description="temperature multiple of each sample's logit std (the authors' --Tn, 1)")
+    warmup: float = Field(
+        0.1, ge=0, le=1, description="fraction of epochs over which beta ramps up, per epoch (the authors' 20 of 200)"
+    )
+    scale: Literal["st_temperature", "k_squared"] = Field(
+        "st_temperature",
+        description="the term's scale: the ST's T^2 per sample (the authors'), or k^2 (the earlier variant)",
+    )
     temperature: float | None = Field(
         None, gt=0, description="None: T = k * std(logits) per sample; a number: that fixed T (an ablation)"
     )
@@ -116,8 +129,8 @@ class GenerousConfig(Strict):
         "non_target", description="distil the ST's non-target classes, or all of them (an ablation: plain KD)"
     )
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(epochs=4, warmup_epochs=1),
-        description="a fine-tune: half the ST's epochs (from scratch: as many)",
+        default_factory=_teacher_schedule,
+        description="in a run: the ST's schedule, key by key, unless set (a fine-tune takes fewer epochs)",
     )
 
 
@@ -256,6 +269,27 @@ class RunConfig(Strict):
     student: StudentConfig = Field(default_factory=StudentConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     environment: dict[str, Any] | None = Field(None, description="recorded by a run; ignored on input")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gt_takes_the_st_schedule(cls, data: Any) -> Any:
+        """The GT's schedule is the ST's, key by key, unless set: the authors train both alike."""
+        if not isinstance(data, dict) or isinstance(data.get("generous"), GenerousConfig):
+            return data
+        generous = dict(data.get("generous") or {})
+        if not isinstance(generous.get("train"), TrainConfig):
+            generous["train"] = {**_schedule_of(data.get("teacher")), **(generous.get("train") or {})}
+        return {**data, "generous": generous}
+
+
+def _schedule_of(teacher: Any) -> dict[str, Any]:
+    """A raw or built teacher block's schedule as keys: the keys it sets, or the default schedule's."""
+    if isinstance(teacher, TeacherConfig):
+        return teacher.train.model_dump()
+    train = (teacher or {}).get("train")
+    if train is None:
+        return _teacher_schedule().model_dump()
+    return train.model_dump() if isinstance(train, TrainConfig) else dict(train)
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

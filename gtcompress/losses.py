@@ -104,19 +104,28 @@ def generous_term(
     logits_st: Tensor,
     target: Tensor,
     k: float = 1.0,
+    scale: str = "st_temperature",
     temperature: float | None = None,
     classes: str = "non_target",
 ) -> Tensor:
-    """The GT's distillation term: k^2 * KL(ST || GT) over the non-target classes at T = k * std(z) per sample.
+    """The GT's distillation term as the authors' code computes it (EifelTing/Generous-Teacher, train_generous.py).
 
-    The ablations of benchmarks/method.py: `temperature` fixes T (scale T^2) instead; `classes="all"` keeps the
-    target class (plain KD).
+    Per sample: KL(ST || GT) over the non-target classes, each model's logits divided by its own temperature
+    T = k * std(logits) (all classes, unbiased), times the ST's T^2; then the batch mean. Ablations:
+    `scale="k_squared"` multiplies by k^2 instead (LS-KD's convention; this product's earlier variant);
+    `temperature` fixes T for both models (times T^2); `classes="all"` keeps the target class (plain KD).
     """
+    logits_gt, logits_st = logits_gt.float(), logits_st.float()
     if temperature is None:
-        logits_gt, logits_st, temperature = standardize(logits_gt), standardize(logits_st), k
-    if classes == "all":
-        return kd_loss(logits_gt, logits_st, temperature)
-    return nckd_loss(logits_gt, logits_st, target, temperature)
+        t_gt, t_st = (k * z.std(dim=1, keepdim=True).clamp_min(STD_EPS) for z in (logits_gt, logits_st))
+    else:
+        t_gt = t_st = torch.full_like(logits_st[:, :1], temperature)
+    z_gt, z_st = logits_gt / t_gt, logits_st / t_st
+    if classes == "non_target":
+        z_gt, z_st = non_target(z_gt, target), non_target(z_st, target)
+    kl = _kl(F.log_softmax(z_st, dim=1), F.log_softmax(z_gt, dim=1))
+    weight = k**2 if scale == "k_squared" and temperature is None else t_st.squeeze(1) ** 2
+    return (weight * kl).mean()
 
 
 def generous_teacher_loss(
@@ -124,18 +133,19 @@ def generous_teacher_loss(
     logits_st: Tensor,
     target: Tensor,
     beta: float = 1.0,
-    k: float = 2.0,
+    k: float = 1.0,
     label_smoothing: float = 0.0,
+    scale: str = "st_temperature",
     temperature: float | None = None,
     classes: str = "non_target",
 ) -> dict[str, Tensor]:
-    """L_GT = CE(z_gt, y) + beta * generous_term(ST -> GT). `beta` carries the warm-up factor.
+    """L_GT = CE(z_gt, y) + beta * generous_term(ST -> GT); `beta` (the authors' alpha) carries the warm-up factor.
 
     Returns the total and its two terms. With beta = 0 this is the continued teacher's plain CE.
     """
     logits_gt, logits_st = logits_gt.float(), logits_st.float()
     ce = ce_loss(logits_gt, target, label_smoothing)
-    nckd = beta * generous_term(logits_gt, logits_st, target, k, temperature, classes)
+    nckd = beta * generous_term(logits_gt, logits_st, target, k, scale, temperature, classes)
     return {"loss": ce + nckd, "ce": ce, "nckd": nckd}
 
 

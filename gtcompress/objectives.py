@@ -6,6 +6,7 @@ terms, "loss" being the one to minimise. Logits are cast to fp32 once, here, bef
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from torch import Tensor
@@ -25,20 +26,17 @@ def ce_objective(label_smoothing: float = 0.0) -> Objective:
 
 
 def generous_objective(cfg: GenerousConfig) -> Objective:
-    """CE plus the warmed-up generous term; with beta = 0 (the continued teacher) the same path, CE alone."""
+    """CE plus the warmed-up generous term; with beta = 0 (the continued teacher) the same path, CE alone.
+
+    The warm-up steps once per epoch, min(epoch / warm-up epochs, 1) with the epoch counted from 0, as the
+    authors' train_generous.py does: the first epoch is CE alone.
+    """
     warmup_epochs = cfg.warmup * cfg.train.epochs
 
     def objective(logits: Tensor, teacher: Tensor | None, target: Tensor, progress: float) -> dict[str, Tensor]:
-        beta = cfg.beta * warmup_factor(progress, warmup_epochs)
+        beta = cfg.beta * warmup_factor(math.floor(progress), warmup_epochs)
         return generous_teacher_loss(
-            logits.float(),
-            teacher.float(),
-            target,
-            beta,
-            cfg.k,
-            cfg.train.label_smoothing,
-            cfg.temperature,
-            cfg.classes,
+            logits, teacher, target, beta, cfg.k, cfg.train.label_smoothing, cfg.scale, cfg.temperature, cfg.classes
         )
 
     return objective

@@ -24,13 +24,20 @@ from .recommend import pareto_note, pareto_rows, recommendation_line, which_stud
 from .rundir import RunDir, artefact_name, write_bytes, write_json, write_text
 from .stages import distilled_students, sibling, title, trained
 
-# Students' top-1 differences: key -> the arm subtracted. CE-only asks whether distillation helps; <-ST whether
-# the GT helps; <-continued whether it helps beyond its extra epochs.
-DELTAS = {"delta_vs_st_student": "student_from_standard", "delta_vs_continued_student": "student_from_continued"}
+# Students' top-1 differences: key -> (the arm subtracted, its column). CE-only asks whether distillation helps;
+# <-ST whether the GT helps; <-continued whether a fine-tuned GT helps beyond its extra epochs; <-born-again
+# whether a scratch GT helps beyond being itself a distilled model.
+DELTAS = {
+    "delta_vs_st_student": ("student_from_standard", "Δ vs ←ST"),
+    "delta_vs_continued_student": ("student_from_continued", "Δ vs ←continued"),
+    "delta_vs_born_again_student": ("student_from_born_again", "Δ vs ←born-again"),
+}
 DELTA_NOTE = (
     "Δ vs ←ST is top-1 minus the student distilled from the Standard Teacher (does the GT help?); "
     "Δ vs ←continued minus the student of the continued teacher, the ST fine-tuned with CE alone for the "
-    "GT's epochs (does the GT help beyond its extra training?); the CE-only student shows whether "
+    "GT's epochs (does a fine-tuned GT help beyond its extra training?); Δ vs ←born-again minus the student of "
+    "the born-again teacher, the ST's architecture trained from scratch with plain KD from the ST for the GT's "
+    "epochs (does a scratch GT help beyond being a distilled model?); the CE-only student shows whether "
     "distillation helps at all."
 )
 BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")  # the report's headline backend: the first one measured
@@ -135,7 +142,7 @@ def _row(
     m, onnx, ckpt = metrics[stage], _onnx_export(metrics, stage, precision), run.checkpoint(stage)
     file, size = (onnx["path"], onnx["bytes"]) if onnx else (ckpt.name, ckpt.stat().st_size if ckpt.is_file() else None)
     top1 = m["top1"] if precision == "fp32" else onnx["top1"]
-    bases = {key: sibling(stage, base) for key, base in DELTAS.items()}  # the same student's controls
+    bases = {key: sibling(stage, base) for key, (base, _) in DELTAS.items()}  # the same student's controls
     deltas = {
         key: top1 - metrics[base]["top1"] if base in metrics and stage.startswith("student") else None
         for key, base in bases.items()
@@ -185,13 +192,12 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of the main table (the same strings in every output format)."""
     b = report["batch_size"]
-    continued = any(r["delta_vs_continued_student"] is not None for r in report["rows"])
+    deltas = [k for k in DELTAS if k == "delta_vs_st_student" or any(r[k] is not None for r in report["rows"])]
     cols = [
         "model",
         "arch",
         "top-1 %",
-        "Δ vs ←ST",
-        *(["Δ vs ←continued"] if continued else []),
+        *(DELTAS[k][1] for k in deltas),
         "params",
         "MMACs",
         "file",
@@ -207,8 +213,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 r["name"],
                 r["arch"],
                 _fmt(r["top1"], ".2f"),
-                _fmt(r["delta_vs_st_student"], "+.2f"),
-                *([_fmt(r["delta_vs_continued_student"], "+.2f")] if continued else []),
+                *(_fmt(r[k], "+.2f") for k in deltas),
                 f"{r['params'] / 1e6:.2f}M",
                 _fmt(r["macs"] and r["macs"] / 1e6, ".1f"),
                 r["file"],

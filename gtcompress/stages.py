@@ -58,6 +58,10 @@ def _generous(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
     return model
 
 
+def _born_again(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
+    return create_model(_gt_arch(cfg), num_classes)
+
+
 def _continued(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
     model = create_model(_gt_arch(cfg), num_classes)
     model.load_state_dict(models["standard_teacher"].state_dict())
@@ -82,6 +86,22 @@ def _no_continued(cfg: RunConfig) -> str | None:
     if cfg.generous.init == "scratch":
         return "the Generous Teacher is trained from scratch, so it has no extra epochs over the ST"
     return None
+
+
+def _no_born_again(cfg: RunConfig) -> str | None:
+    """The born-again teacher controls for a scratch GT being itself a distilled model; a fine-tune has the
+    continued teacher instead."""
+    if not cfg.compare:
+        return "without --compare"
+    if cfg.generous.checkpoint is not None:
+        return "the Generous Teacher was loaded, so its training is not known"
+    if cfg.generous.init == "standard":
+        return "the Generous Teacher is fine-tuned from the ST: its control is the continued teacher"
+    return None
+
+
+# The born-again teacher's plain KD (Furlanello et al. 2018): all classes at this fixed T, scaled by T^2.
+BORN_AGAIN_TEMPERATURE = 4.0
 
 
 def _student_record(teacher: str) -> Callable[[RunConfig], dict[str, Any]]:
@@ -112,6 +132,9 @@ def _student_stages(arch: str, suffix: str) -> list[Stage]:
         stage("student", "generous_teacher", lambda cfg: None, kd, _student_record("generous_teacher")),
         stage("student_from_standard", "standard_teacher", _no_compare, kd, _student_record("standard_teacher")),
         stage("student_from_continued", "continued_teacher", _no_continued, kd, _student_record("continued_teacher")),
+        stage(
+            "student_from_born_again", "born_again_teacher", _no_born_again, kd, _student_record("born_again_teacher")
+        ),
         stage("student_ce", None, _no_compare, ce, lambda cfg: {"method": "ce"}),
     ]
 
@@ -122,9 +145,11 @@ TITLES: dict[str, str] = {
     "standard_teacher": "Standard Teacher",
     "generous_teacher": "Generous Teacher",
     "continued_teacher": "continued teacher",
+    "born_again_teacher": "born-again teacher",
     "student": "student <- GT",
     "student_from_standard": "student <- ST",
     "student_from_continued": "student <- continued",
+    "student_from_born_again": "student <- born-again",
     "student_ce": "student (CE only)",
 }
 
@@ -156,6 +181,7 @@ TEACHER_STAGES: tuple[Stage, ...] = (
             "init": cfg.generous.init,
             "beta": cfg.generous.beta,
             "k": cfg.generous.k,
+            "scale": cfg.generous.scale,
         },
     ),
     # The GT's own code path and seed with the non-target term's weight at 0: only that term differs.
@@ -170,6 +196,22 @@ TEACHER_STAGES: tuple[Stage, ...] = (
         teacher="standard_teacher",
         skip=_no_continued,
         record=lambda cfg: {"init": "standard", "beta": 0.0},
+    ),
+    # The GT's own code path, seed (so its initial weights) and schedule, learning the ST's whole distribution
+    # at a fixed T: a same-architecture student of the ST, as a scratch GT is, without the generous term.
+    Stage(
+        "born_again_teacher",
+        TITLES["born_again_teacher"],
+        1,
+        _gt_arch,
+        _born_again,
+        lambda cfg: generous_objective(
+            cfg.generous.model_copy(update={"classes": "all", "temperature": BORN_AGAIN_TEMPERATURE})
+        ),
+        lambda cfg: cfg.generous.train,
+        teacher="standard_teacher",
+        skip=_no_born_again,
+        record=lambda cfg: {"init": "scratch", "beta": cfg.generous.beta, "temperature": BORN_AGAIN_TEMPERATURE},
     ),
 )
 
@@ -187,6 +229,11 @@ def stages(cfg: RunConfig) -> list[Stage]:
     archs = cfg.student.archs
     suffix = (lambda arch: "") if len(archs) == 1 else student_suffix
     return [*TEACHER_STAGES, *(s for arch in archs for s in _student_stages(arch, suffix(arch)))]
+
+
+def run_stages(cfg: RunConfig) -> list[str]:
+    """The names of the stages a run of `cfg` trains (or loads), in order."""
+    return [s.name for s in stages(cfg) if s.skip(cfg) is None]
 
 
 def _base(name: str) -> str | None:

@@ -9,9 +9,12 @@ import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from gtcompress.cli import app  # noqa: E402
+from gtcompress.config import RunConfig  # noqa: E402
+from gtcompress.stages import run_stages  # noqa: E402
 
 TEACHER, STUDENT = "test_resnet", "mobilenetv3_small_050"
 PAIR = ("--teacher", TEACHER, "--student", STUDENT)  # the tiny pair every CLI test trains
+COMPARE_STAGES = run_stages(RunConfig(compare=True))  # a default --compare run's: the born-again arm, no continued
 
 
 def invoke(*args: str):

@@ -125,17 +125,68 @@ def test_lskd_uses_per_sample_std_temperature(batch):
     assert losses.lskd_loss(s, t, k).item() == pytest.approx(ref, rel=1e-5, abs=1e-7)
 
 
+def ref_generous_term(s, t, y, k, scale="st_temperature"):
+    """Per sample: KL over the non-target classes at each model's T = k * std(own logits), times (k * std_t)^2."""
+    total = 0.0
+    for i, (si, ti) in enumerate(zip(s, t)):
+        weight = (k * std_list(ti)) ** 2 if scale == "st_temperature" else k**2
+        total += ref_nckd([si], [ti], [y[i]], lambda row: k * std_list(row), lambda row: k * std_list(row), weight)
+    return total / len(s)
+
+
 def test_generous_teacher_loss_matches_reference(batch):
     s, t, y = batch
     beta, k = 1.5, 2.0
     ls, lt, ly = as_lists(s, t, y)
-    temp = lambda row: k * std_list(row)  # noqa: E731 -- each model's own per-sample temperature
-    nckd = beta * ref_nckd(ls, lt, ly, temp, temp, k**2)
+    nckd = beta * ref_generous_term(ls, lt, ly, k)
     ce = sum(-log_softmax_list(row, 1.0)[ly[i]] for i, row in enumerate(ls)) / len(ls)
     out = losses.generous_teacher_loss(s, t, y, beta=beta, k=k)
     assert out["nckd"].item() == pytest.approx(nckd, rel=1e-5, abs=1e-7)
     assert out["ce"].item() == pytest.approx(ce, rel=1e-6)
     assert out["loss"].item() == pytest.approx(ce + nckd, rel=1e-5)
+
+
+def authors_loss(output_stu, output_tea, labels, epoch, t_norm=1.0, alpha=1.0, warmup=20):
+    """The authors' GT loss, as train_generous.py (EifelTing/Generous-Teacher) computes it: the target masked
+    with -1000 after dividing each model's logits by Tn * its own std, the ST's (Tn * std)^2 per sample."""
+    tch_loss = torch.nn.CrossEntropyLoss()(output_stu, labels)
+    gt_mask = torch.zeros_like(output_stu).scatter_(1, labels.unsqueeze(1), 1).bool()
+    dywt = output_tea.std(dim=1, keepdim=True) * t_norm
+    dyws = output_stu.std(dim=1, keepdim=True) * t_norm
+    pred_teacher_part2 = torch.nn.functional.softmax(output_tea / dywt - 1000.0 * gt_mask, dim=1)
+    log_pred_student_part2 = torch.nn.functional.log_softmax(output_stu / dyws - 1000.0 * gt_mask, dim=1)
+    kl = torch.nn.functional.kl_div(log_pred_student_part2, pred_teacher_part2, reduction="none")
+    nckd_loss = (kl.sum(1, keepdim=True) * dywt**2).mean()
+    return tch_loss + alpha * min(epoch / warmup, 1.0) * nckd_loss
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+@pytest.mark.parametrize("num_classes", [3, 10, 100])
+@pytest.mark.parametrize("logit_scale", [0.3, 1.0, 10.0])
+def test_default_generous_objective_is_the_authors_loss(batch_size, num_classes, logit_scale):
+    g = torch.Generator().manual_seed(batch_size * num_classes)
+    s = (torch.randn(batch_size, num_classes, generator=g) * logit_scale).requires_grad_()
+    t = torch.randn(batch_size, num_classes, generator=g) * logit_scale * 1.7 + 0.5
+    y = torch.randint(0, num_classes, (batch_size,), generator=g)
+    objective = objectives.generous_objective(GenerousConfig(train=TrainConfig(epochs=200)))
+    ours = objective(s, t, y, 57.3)["loss"]
+    (grad,) = torch.autograd.grad(ours, s)
+    s_ref = s.detach().clone().requires_grad_()
+    theirs = authors_loss(s_ref, t, y, epoch=57)
+    theirs.backward()
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(grad, s_ref.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 5, 13, 19, 20, 150])
+def test_generous_warm_up_steps_per_epoch_as_the_authors(epoch):
+    g = torch.Generator().manual_seed(epoch)
+    s, t = torch.randn(16, 10, generator=g) * 3, torch.randn(16, 10, generator=g) * 3
+    y = torch.randint(0, 10, (16,), generator=g)
+    objective = objectives.generous_objective(GenerousConfig(train=TrainConfig(epochs=200)))  # warm-up: 20 epochs
+    for within in (0.0, 0.5, 0.99):  # every step of an epoch has the epoch's factor
+        ours = objective(s, t, y, epoch + within)["loss"].item()
+        assert ours == pytest.approx(authors_loss(s, t, y, epoch).item(), rel=1e-5, abs=1e-7)
 
 
 def test_dist_matches_reference(batch):
@@ -221,7 +272,9 @@ def test_generous_objective_warms_up_beta():
     s, t, y = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g), torch.tensor([0, 1, 2, 3])
     full = losses.generous_teacher_loss(s, t, y, beta=2.0, k=2.0)["nckd"].item()
     assert objective(s, t, y, 0.0)["nckd"].item() == 0.0
+    assert objective(s, t, y, 0.9)["nckd"].item() == 0.0
     assert objective(s, t, y, 1.0)["nckd"].item() == pytest.approx(full / 2, rel=1e-6)
+    assert objective(s, t, y, 1.9)["nckd"].item() == pytest.approx(full / 2, rel=1e-6)
     assert objective(s, t, y, 3.0)["nckd"].item() == pytest.approx(full, rel=1e-6)
 
 
@@ -288,10 +341,15 @@ def test_generous_ablations_change_only_their_ingredient(batch):
     assert fixed.item() == pytest.approx(ref_nckd(ls, lt, ly, lambda _: 4.0, lambda _: 4.0, 16.0), rel=1e-5, abs=1e-7)
     full = losses.generous_term(s, t, y, k=k, classes="all")
     ref_full = sum(
-        k**2 * kl_list(log_softmax_list(ti, k * std_list(ti)), log_softmax_list(si, k * std_list(si)))
+        (k * std_list(ti)) ** 2
+        * kl_list(log_softmax_list(ti, k * std_list(ti)), log_softmax_list(si, k * std_list(si)))
         for si, ti in zip(ls, lt)
     ) / len(ls)
     assert full.item() == pytest.approx(ref_full, rel=1e-5, abs=1e-7)
+    k_squared = losses.generous_term(s, t, y, k=2.0, scale="k_squared")
+    assert k_squared.item() == pytest.approx(ref_generous_term(ls, lt, ly, 2.0, "k_squared"), rel=1e-5, abs=1e-7)
+    if s.shape[1] > 2:  # with two classes the non-target distribution is one class: both terms are 0
+        assert k_squared.item() != pytest.approx(losses.generous_term(s, t, y, k=2.0).item(), rel=1e-2)
 
 
 def test_generous_objective_with_zero_beta_is_plain_ce(batch):

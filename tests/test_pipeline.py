@@ -7,15 +7,14 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import PAIR, STUDENT, TEACHER, distill, invoke
+from conftest import COMPARE_STAGES, PAIR, STUDENT, TEACHER, distill, invoke
 
 from gtcompress.config import DataConfig
 from gtcompress.data import load_splits
 from gtcompress.models import load_model
 from gtcompress.rundir import RunDir
-from gtcompress.stages import STAGE_NAMES
 
-STAGES = list(STAGE_NAMES)
+STAGES = COMPARE_STAGES
 
 
 def test_metrics_contract(pipeline_run):
@@ -31,8 +30,8 @@ def test_metrics_contract(pipeline_run):
     assert metrics["student"]["arch"] == STUDENT
     assert metrics["student"]["teacher_stage"] == "generous_teacher"
     assert metrics["student_from_standard"]["teacher_stage"] == "standard_teacher"
-    assert metrics["student_from_continued"]["teacher_stage"] == "continued_teacher"
-    assert metrics["continued_teacher"]["epochs"] == metrics["generous_teacher"]["epochs"]
+    assert metrics["student_from_born_again"]["teacher_stage"] == "born_again_teacher"
+    assert metrics["born_again_teacher"]["epochs"] == metrics["generous_teacher"]["epochs"]
     assert metrics["student_ce"]["method"] == "ce"
     assert metrics["standard_teacher"]["top1"] > 30, "the teacher learned nothing"
 
@@ -79,7 +78,8 @@ def test_every_student_arm_starts_from_the_same_weights(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     losses = {stage: m["val_loss"] for stage, m in metrics.items()}
     assert losses["student"] == losses["student_from_standard"] == losses["student_ce"]
-    assert losses["standard_teacher"] != losses["generous_teacher"]
+    assert losses["student"] == losses["student_from_born_again"]
+    assert losses["standard_teacher"] != losses["generous_teacher"] == losses["born_again_teacher"]
     assert "continued_teacher" not in metrics and "student_from_continued" not in metrics
     assert result.output.count("skipped (the Generous Teacher is trained from scratch") == 1
 
@@ -87,7 +87,19 @@ def test_every_student_arm_starts_from_the_same_weights(tmp_path):
 def test_continued_teacher_is_the_generous_teacher_without_its_term(tmp_path):
     # With beta = 0 the GT's path is CE alone from the ST: the control must then be the GT, bit for bit.
     out = tmp_path / "run"
-    result = distill("--epochs", 1, "--compare", "--gt-beta", 0, "--out", out, "--set", "data.train_fraction=0.2")
+    result = distill(
+        "--epochs",
+        1,
+        "--compare",
+        "--gt-init",
+        "standard",
+        "--gt-beta",
+        0,
+        "--out",
+        out,
+        "--set",
+        "data.train_fraction=0.2",
+    )
     assert result.exit_code == 0, result.output
     gt = torch.load(out / "generous_teacher.pt", weights_only=True)["state_dict"]
     ct = torch.load(out / "continued_teacher.pt", weights_only=True)["state_dict"]

@@ -11,11 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BENCH_BATCHES, copy_run, invoke
+from conftest import BENCH_BATCHES, COMPARE_STAGES, copy_run, invoke
 from PIL import Image
 
 from gtcompress.report import PLOTS, markdown_table, table_rows
-from gtcompress.stages import STAGE_NAMES, TITLES
+from gtcompress.stages import TITLES
 
 
 def metrics(run: Path) -> dict:
@@ -39,10 +39,10 @@ def test_the_run_writes_the_three_report_files_and_the_plots(workflow_run):
 
 def test_one_row_per_stage_and_exported_precision(workflow_run, report):
     rows = {(r["model"], r["precision"]) for r in report["rows"]}
-    assert rows == {*((stage, "fp32") for stage in STAGE_NAMES), ("student", "int8")}
+    assert rows == {*((stage, "fp32") for stage in COMPARE_STAGES), ("student", "int8")}
     m = metrics(workflow_run)
     by = {(r["model"], r["precision"]): r for r in report["rows"]}
-    for stage in STAGE_NAMES:
+    for stage in COMPARE_STAGES:
         assert by[stage, "fp32"]["top1"] == m[stage]["top1"] and by[stage, "fp32"]["params"] == m[stage]["params"]
     int8 = next(r for r in m["export"] if r["path"] == "export/student.int8.onnx")
     assert by["student", "int8"]["top1"] == int8["top1"] and by["student", "int8"]["bytes"] == int8["bytes"]
@@ -50,12 +50,14 @@ def test_one_row_per_stage_and_exported_precision(workflow_run, report):
     assert by["student", "fp32"]["delta_vs_st_student"] == pytest.approx(m["student"]["top1"] - baseline)
     assert by["student_ce", "fp32"]["delta_vs_st_student"] == pytest.approx(m["student_ce"]["top1"] - baseline)
     assert by["generous_teacher", "fp32"]["delta_vs_st_student"] is None
-    continued = m["student_from_continued"]["top1"]
-    assert by["student", "fp32"]["delta_vs_continued_student"] == pytest.approx(m["student"]["top1"] - continued)
-    assert by["continued_teacher", "fp32"]["delta_vs_continued_student"] is None
+    born_again = m["student_from_born_again"]["top1"]
+    assert by["student", "fp32"]["delta_vs_born_again_student"] == pytest.approx(m["student"]["top1"] - born_again)
+    assert by["born_again_teacher", "fp32"]["delta_vs_born_again_student"] is None
+    assert all(r["delta_vs_continued_student"] is None for r in report["rows"])
     cols, cells = table_rows(report)
     student = next(c for c in cells if c[0] == TITLES["student"])
-    assert student[cols.index("Δ vs ←continued")] == f"{m['student']['top1'] - continued:+.2f}"
+    assert student[cols.index("Δ vs ←born-again")] == f"{m['student']['top1'] - born_again:+.2f}"
+    assert "Δ vs ←continued" not in cols
 
 
 def test_latency_columns_come_from_bench_json_at_the_smallest_batch(workflow_run, report):
@@ -80,7 +82,7 @@ def test_html_and_markdown_hold_the_numbers_of_metrics_and_bench(workflow_run, r
     page = (workflow_run / "report.html").read_text()
     md = (workflow_run / "report.md").read_text()
     m = metrics(workflow_run)
-    for stage in STAGE_NAMES:
+    for stage in COMPARE_STAGES:
         assert f"{m[stage]['top1']:.2f}" in page and f"{m[stage]['top1']:.2f}" in md
     for r in bench(workflow_run)["results"]:
         assert f"{r['p50_ms']:.3f}" in page and f"{r['p99_ms']:.3f}" in page and f"{r['p50_ms']:.3f}" in md

@@ -1,18 +1,40 @@
 """The stage registry: one student keeps today's names, several get one suffix each, controls included."""
 
+import pytest
+import torch
+
+from gtcompress import losses
 from gtcompress.config import RunConfig
-from gtcompress.stages import STAGE_NAMES, distilled_students, is_stage, sibling, stages, title, trained
+from gtcompress.stages import distilled_students, is_stage, run_stages, sibling, stages, title, trained
+
+FINE_TUNE = {"init": "standard", "train": {"epochs": 4}}
 
 
 def names(**overrides):
-    cfg = RunConfig.model_validate(overrides)
-    return [s.name for s in stages(cfg) if s.skip(cfg) is None]
+    return run_stages(RunConfig.model_validate(overrides))
 
 
 def test_one_student_keeps_the_contract_names():
     assert names() == ["standard_teacher", "generous_teacher", "student"]
-    assert names(compare=True) == list(STAGE_NAMES)
-    assert names(compare=True, generous={"init": "scratch"}) == [
+    assert names(compare=True) == [  # the authors' GT from scratch: its control is the born-again teacher
+        "standard_teacher",
+        "generous_teacher",
+        "born_again_teacher",
+        "student",
+        "student_from_standard",
+        "student_from_born_again",
+        "student_ce",
+    ]
+    assert names(compare=True, generous=FINE_TUNE) == [  # a fine-tuned GT: the continued teacher
+        "standard_teacher",
+        "generous_teacher",
+        "continued_teacher",
+        "student",
+        "student_from_standard",
+        "student_from_continued",
+        "student_ce",
+    ]
+    assert names(compare=True, generous={"checkpoint": "gt.pt"}) == [
         "standard_teacher",
         "generous_teacher",
         "student",
@@ -21,8 +43,25 @@ def test_one_student_keeps_the_contract_names():
     ]
 
 
+def test_the_born_again_teacher_shares_the_gts_seed_schedule_and_path_but_not_its_knowledge():
+    cfg = RunConfig.model_validate({"compare": True, "teacher": {"train": {"epochs": 6, "lr": 0.2}}})
+    by = {s.name: s for s in stages(cfg)}
+    gt, ba = by["generous_teacher"], by["born_again_teacher"]
+    assert gt.seed_offset == ba.seed_offset and gt.teacher == ba.teacher == "standard_teacher"
+    assert gt.train(cfg) == ba.train(cfg) == cfg.teacher.train  # from scratch with the ST's schedule
+    g = torch.Generator().manual_seed(0)
+    s, t, y = (
+        torch.randn(8, 10, generator=g),
+        torch.randn(8, 10, generator=g) * 3,
+        torch.randint(0, 10, (8,), generator=g),
+    )
+    got = ba.objective(cfg)(s, t, y, 5.0)
+    assert got["nckd"].item() == pytest.approx(losses.kd_loss(s, t, 4.0).item(), rel=1e-5)  # plain KD at T = 4
+    assert got["ce"].item() == pytest.approx(gt.objective(cfg)(s, t, y, 5.0)["ce"].item())
+
+
 def test_several_students_each_get_their_stages_and_controls_after_the_teachers_trained_once():
-    got = names(compare=True, student={"arch": ["lcnet_050", "resnet18.a1_in1k"]})
+    got = names(compare=True, generous=FINE_TUNE, student={"arch": ["lcnet_050", "resnet18.a1_in1k"]})
     assert got[:3] == ["standard_teacher", "generous_teacher", "continued_teacher"]
     assert got[3:] == [
         f"{base}_{arch}"
