@@ -90,6 +90,7 @@ OPTION_KEYS = {
     "data_root": "data.root",
     "download": "data.download",
     "img_size": "data.img_size",
+    "small_stem": "small_stem",
     "method": "student.method",
     "gt_beta": "generous.beta",
     "gt_k": "generous.k",
@@ -158,6 +159,9 @@ def distill(
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size of every stage.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of every stage.")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="Input resolution.")] = None,
+    small_stem: Annotated[
+        Optional[bool], typer.Option("--small-stem", help="CIFAR-style stem for 32-px inputs (ResNet, MobileNet).")
+    ] = None,
     method: Annotated[Optional[str], typer.Option(help="Student distillation: kd | dkd | lskd | dist.")] = None,
     gt_beta: Annotated[
         Optional[float], typer.Option(help="Weight of the GT's non-target term (the authors' --alpha, 1).")

@@ -29,6 +29,12 @@ class AugmentConfig(Strict):
     auto_augment: str | None = Field(None, description="timm auto-augment policy, e.g. rand-m9-mstd0.5")
     re_prob: float | None = Field(None, description="random erasing probability")
     crop_pct: float | None = Field(None, description="evaluation centre-crop fraction")
+    pad_crop: int | None = Field(
+        None,
+        ge=0,
+        description="instead of RandomResizedCrop: a random crop of the input size after this zero padding, "
+        "then the flip (the CIFAR protocol: 4)",
+    )
 
 
 class SyntheticConfig(Strict):
@@ -81,6 +87,10 @@ class TrainConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     momentum: float = Field(0.9, ge=0)
     sched: str = Field("cosine", description="timm scheduler name")
+    decay_milestones: tuple[int, ...] = Field(
+        (90, 180, 270), description="sched multistep: the epochs at which the lr is multiplied by decay_rate"
+    )
+    decay_rate: float = Field(0.1, gt=0, le=1, description="sched multistep (and step): the lr's factor at a decay")
     warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up")
     min_lr: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -257,6 +267,9 @@ class RunConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training autocast dtype")
     channels_last: bool = True
+    small_stem: bool = Field(
+        False, description="every model with a CIFAR-style stem for 32-px inputs: first conv 3x3 stride 1, no max-pool"
+    )
     compare: bool = Field(False, description="also train students from the ST and with CE alone")
     compile: bool = Field(False, description="torch.compile the model being trained")
     tensorboard: bool = Field(False, description="also log every epoch's scalars to <run>/tensorboard")

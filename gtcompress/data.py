@@ -359,12 +359,23 @@ def build_transform(
     Training without augmentation (`augment_train: false`) gets the deterministic eval transform.
     """
     aug = {**splits.augment, **{k: v for k, v in cfg.augment.model_dump().items() if v is not None}}
-    crop_pct = aug.pop("crop_pct", None)
+    crop_pct, pad = aug.pop("crop_pct", None), aug.pop("pad_crop", None)
     kwargs = dict(input_size=img_size, mean=tuple(mean), std=tuple(std), interpolation="bicubic", crop_pct=crop_pct)
+    if training and cfg.augment_train and pad is not None:
+        return _pad_crop_transform(img_size, pad, aug.get("hflip", 0.5), mean, std)
     if training and cfg.augment_train:
         return create_transform(is_training=True, **kwargs, **aug)
     # Training without augmentation sees the deterministic eval transform, so teacher logits can be reused exactly.
     return create_transform(**kwargs)
+
+
+def _pad_crop_transform(img_size: int, pad: int, hflip: float, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """The CIFAR training transform (RandomCrop with zero padding + flip), which timm's factory does not build."""
+    from torchvision import transforms as T
+
+    resize = T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC)
+    crop = T.RandomCrop(img_size, padding=pad)
+    return T.Compose([resize, crop, T.RandomHorizontalFlip(hflip), T.ToTensor(), T.Normalize(mean, std)])
 
 
 def loader_workers(cfg: DataConfig, splits: Splits) -> int:

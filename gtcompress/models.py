@@ -12,7 +12,7 @@ from typing import Any
 import timm
 import torch
 from timm.data import resolve_data_config
-from timm.models import get_pretrained_cfg, load_state_dict
+from timm.models import EfficientNet, MobileNetV3, ResNet, get_pretrained_cfg, load_state_dict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -51,18 +51,41 @@ def resolve_model_name(name: str) -> tuple[str, str | None]:
     return full, (f"{name} -> {full} ({note})" if note else None)
 
 
-def create_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """`timm.create_model`, with hub failures turned into a one-line error."""
-    if not pretrained:
-        return timm.create_model(arch, num_classes=num_classes)
+def create_model(arch: str, num_classes: int, pretrained: bool = False, small_stem: bool = False) -> nn.Module:
+    """`timm.create_model` (hub failures as a one-line error), with the small-input stem where asked."""
     try:
-        return timm.create_model(arch, pretrained=True, num_classes=num_classes)
+        model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes)
     except (OSError, RuntimeError, ValueError) as e:
-        reason = first_line(e)
+        if not pretrained:
+            raise
         raise UserError(
-            f"could not load pretrained weights for {arch}: {reason}",
+            f"could not load pretrained weights for {arch}: {first_line(e)}",
             "connect to the internet (and unset HF_HUB_OFFLINE), or pass --teacher-checkpoint FILE",
         ) from None
+    return adapt_small_stem(model, arch) if small_stem else model
+
+
+def _stem_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    return nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
+
+
+def adapt_small_stem(model: nn.Module, arch: str) -> nn.Module:
+    """The CIFAR-style stem for 32-px inputs: the first conv 3x3 at stride 1 and no max-pool (timm's ImageNet
+    stems downsample by 4 before the first block). For the ResNet and the MobileNet/EfficientNet families."""
+    if isinstance(model, ResNet):
+        if isinstance(model.conv1, nn.Sequential):  # deep stems: only their first conv strides
+            model.conv1[0] = _stem_conv(model.conv1[0])
+        else:
+            model.conv1 = _stem_conv(model.conv1)
+        model.maxpool = nn.Identity()
+    elif isinstance(model, (MobileNetV3, EfficientNet)):
+        model.conv_stem = _stem_conv(model.conv_stem)
+    else:
+        raise UserError(
+            f"--small-stem is not defined for {arch} ({type(model).__name__})",
+            "use a ResNet, MobileNet or EfficientNet family model, or drop --small-stem",
+        )
+    return model
 
 
 def default_normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -82,9 +105,10 @@ class ModelSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...]
+    small_stem: bool = False
 
     def build(self) -> nn.Module:
-        return timm.create_model(self.arch, num_classes=self.num_classes)
+        return create_model(self.arch, self.num_classes, small_stem=self.small_stem)
 
 
 def save_checkpoint(path: Path, model: nn.Module, spec: ModelSpec, stage: str, metrics: dict[str, Any]) -> None:
@@ -128,6 +152,7 @@ def spec_of(ckpt: dict[str, Any]) -> ModelSpec:
         mean=tuple(ckpt["mean"]),
         std=tuple(ckpt["std"]),
         class_names=tuple(ckpt["class_names"]),
+        small_stem=ckpt.get("small_stem", False),
     )
 
 

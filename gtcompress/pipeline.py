@@ -179,7 +179,8 @@ class _Setup:
 
     def spec(self, arch: str) -> ModelSpec:
         s = self.splits
-        return ModelSpec(arch, s.num_classes, self.img_size, self.mean, self.std, tuple(s.class_names))
+        names = tuple(s.class_names)
+        return ModelSpec(arch, s.num_classes, self.img_size, self.mean, self.std, names, self.cfg.small_stem)
 
 
 def _setup(

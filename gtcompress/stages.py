@@ -38,7 +38,7 @@ class Stage:
 
 def _standard(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
     t = cfg.teacher
-    model = create_model(t.arch, num_classes, t.pretrained)
+    model = create_model(t.arch, num_classes, t.pretrained, cfg.small_stem)
     if t.checkpoint is not None:
         load_weights(model, t.checkpoint, t.arch, num_classes)
     return model
@@ -50,7 +50,7 @@ def _gt_arch(cfg: RunConfig) -> str:
 
 def _generous(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
     g = cfg.generous
-    model = create_model(_gt_arch(cfg), num_classes)
+    model = create_model(_gt_arch(cfg), num_classes, small_stem=cfg.small_stem)
     if g.checkpoint is not None:
         load_weights(model, g.checkpoint, _gt_arch(cfg), num_classes)
     elif g.init == "standard":
@@ -59,11 +59,11 @@ def _generous(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
 
 
 def _born_again(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
-    return create_model(_gt_arch(cfg), num_classes)
+    return create_model(_gt_arch(cfg), num_classes, small_stem=cfg.small_stem)
 
 
 def _continued(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
-    model = create_model(_gt_arch(cfg), num_classes)
+    model = create_model(_gt_arch(cfg), num_classes, small_stem=cfg.small_stem)
     model.load_state_dict(models["standard_teacher"].state_dict())
     return model
 
@@ -119,7 +119,7 @@ def _student_stages(arch: str, suffix: str) -> list[Stage]:
             TITLES[base] + (f" ({arch})" if suffix else ""),
             2,
             lambda cfg: arch,
-            lambda cfg, num_classes, models: create_model(arch, num_classes),
+            lambda cfg, num_classes, models: create_model(arch, num_classes, small_stem=cfg.small_stem),
             objective,
             lambda cfg: cfg.student.train,
             teacher,

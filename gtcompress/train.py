@@ -242,6 +242,8 @@ def build(job: Job, ctx: Context) -> Parts:
         optimizer,
         sched=cfg.sched,
         num_epochs=cfg.epochs,
+        decay_milestones=list(cfg.decay_milestones),
+        decay_rate=cfg.decay_rate,
         min_lr=cfg.min_lr,
         warmup_epochs=cfg.warmup_epochs,
         step_on_epochs=False,

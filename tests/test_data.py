@@ -155,3 +155,17 @@ def test_empty_imagefolder_and_missing_cifar_are_clear_errors(tmp_path):
         load_splits(DataConfig(name=f"imagefolder:{tmp_path / 'empty'}"))
     with pytest.raises(UserError, match="--download"):
         load_splits(DataConfig(name="cifar10", root=tmp_path))
+
+
+def test_pad_crop_is_the_cifar_transform():
+    cfg = DataConfig(name="digits", augment={"pad_crop": 4, "hflip": 0.5})
+    splits = load_splits(cfg)
+    transform = build_transform(cfg, splits, 32, (0.5,) * 3, (0.5,) * 3, training=True)
+    text = repr(transform)
+    assert "RandomCrop(size=(32, 32), padding=4)" in text and "RandomHorizontalFlip(p=0.5)" in text
+    assert "RandomResizedCrop" not in text
+    torch.manual_seed(0)
+    crops = {tuple(transform(splits.train[0][0]).flatten()[:64].tolist()) for _ in range(8)}
+    assert len(crops) > 1 and transform(splits.train[0][0]).shape == (3, 32, 32)
+    eval_text = repr(build_transform(cfg, splits, 32, (0.5,) * 3, (0.5,) * 3, training=False))
+    assert "RandomCrop" not in eval_text, "evaluation stays deterministic"

@@ -112,3 +112,33 @@ def test_size_counts():
     # resnet18 at 224px is 1.82 GMACs for 1000 classes; the conv trunk dominates at any class count.
     assert 1.7e9 < count_macs(model, 224) < 1.9e9
     assert count_macs(model, 32) < count_macs(model, 64)
+
+
+@pytest.mark.parametrize(
+    "arch, stem_stride", [("resnet18", 4), ("resnet10t", 4), ("mobilenetv3_small_050", 2), ("mobilenetv2_050", 2)]
+)
+def test_small_stem_keeps_32px_inputs_at_full_resolution_into_the_first_block(arch, stem_stride):
+    plain, small = create_model(arch, 10).eval(), create_model(arch, 10, small_stem=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = plain.forward_features(x), small.forward_features(x)
+        assert small(x).shape == (2, 10)
+    assert b.shape[-1] == stem_stride * a.shape[-1], "the ImageNet stem's stride is gone"
+    first = next(m for m in small.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.kernel_size == (3, 3) and first.stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in small.modules())
+
+
+def test_small_stem_is_refused_for_other_families():
+    with pytest.raises(UserError, match="--small-stem is not defined for convnext_atto") as err:
+        create_model("convnext_atto", 10, small_stem=True)
+    assert "ResNet, MobileNet or EfficientNet" in err.value.hint
+
+
+def test_a_small_stem_checkpoint_rebuilds_with_its_stem(tmp_path):
+    model = create_model("test_resnet", 10, small_stem=True).eval()
+    stem_spec = ModelSpec(**{**spec().__dict__, "small_stem": True})
+    save_checkpoint(tmp_path / "m.pt", model, stem_spec, "student", {})
+    rebuilt, got, _ = load_model(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 32, 32)
+    assert got.small_stem and torch.equal(rebuilt(x), model(x))

@@ -119,3 +119,12 @@ def test_cached_teacher_logits_train_exactly_like_a_live_teacher(tmp_path):
         weights.append(stage.model.state_dict())
     for k, v in weights[0].items():
         torch.testing.assert_close(weights[1][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_multistep_schedule_decays_at_the_recipes_milestones(tmp_path, data):
+    seed_everything(0, 0)
+    train = TrainConfig(epochs=3, batch_size=16, lr=0.1, sched="multistep", decay_milestones=(1, 2), decay_rate=0.2)
+    records = []
+    fit(Job("s", create_model("test_resnet", 4), train, ce_objective()), context(tmp_path, data), 4, records.append)
+    # each epoch's record holds the lr after its last update: the next epoch's
+    assert [r["lr"] for r in records] == pytest.approx([0.1 * 0.2, 0.1 * 0.2**2, 0.1 * 0.2**2])
