@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .bench import BenchConfig, parse_batch_sizes
-from .distributed import is_main_process
+from .distributed import is_main_process, report_rank_failure
 from .errors import UserError
 from .export.config import ExportConfig, parse_tolerances
 
@@ -60,6 +61,11 @@ def user_errors(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+        except Exception as e:
+            if int(os.environ.get("WORLD_SIZE", "1")) == 1 or ctx.find_root().params.get("debug"):
+                raise
+            report_rank_failure(e)
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -66,8 +66,9 @@ class ArrayImages(Dataset):
 class Stream(IterableDataset):
     """Applies a transform to the images of a streamed (image, label) data set (timm's wds/ reader).
 
-    timm's reader gives each rank and loader worker a disjoint share of the shards, and the same number of
-    samples to each (a few repeated to even them out), so every rank runs the same number of steps.
+    timm's reader gives each rank and loader worker (reader) a disjoint share of the shards and the same number
+    of samples, ceil(n / readers), repeating its own shards to make them up: equal steps on every rank as long as
+    every reader has a shard (`stream_workers`); the training loop also takes exactly `len(loader)` batches.
     """
 
     def __init__(self, base: IterableDataset, transform: Callable):
@@ -88,9 +89,13 @@ class Stream(IterableDataset):
 
     @property
     def shard_lengths(self) -> tuple[int, ...]:
-        """The samples in each shard, where the reader knows them (wds/ from `_info.json`)."""
-        split = getattr(getattr(self.base, "reader", None), "split_info", None)
-        return tuple(getattr(split, "shard_lengths", ()))
+        return shard_lengths(self.base)
+
+
+def shard_lengths(dataset: Dataset) -> tuple[int, ...]:
+    """The samples in each shard of a stream (or its `Stream`), where the reader knows them (wds/: `_info.json`)."""
+    split = getattr(getattr(getattr(dataset, "base", dataset), "reader", None), "split_info", None)
+    return tuple(getattr(split, "shard_lengths", ()))
 
 
 def uneven_reads(shard_lengths: Sequence[int], readers: int) -> tuple[int, int]:
@@ -401,6 +406,8 @@ def create_loader(
     A stream is sharded by its reader; its loader only batches (call the dataset's `set_epoch`)."""
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
     if isinstance(dataset, IterableDataset):
+        workers = stream_workers(dataset, workers, world_size) if training else workers
+        common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
         dataset.set_loader_cfg(num_workers=workers)
         if not training and world_size > 1 and rank == 0:
             _warn_uneven(dataset.shard_lengths, world_size * max(1, workers))
@@ -412,6 +419,42 @@ def create_loader(
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **common)
     shard = Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, **common)
+
+
+def stream_workers(dataset: Dataset, workers: int, world_size: int) -> int:
+    """Loader workers per rank for a training stream, so that every reader (rank x worker) has a shard.
+
+    timm's reader gives reader g the shards g, g + readers, ...: a reader without one reads nothing, and its rank
+    would stop while the others still train (DDP then waits in a collective). Fewer shards than ranks is an
+    error; fewer than ranks x workers lowers the workers.
+    """
+    shards = len(shard_lengths(dataset))
+    if not shards:  # the reader does not say (tfds/): as configured
+        return workers
+    if shards < world_size:
+        raise UserError(
+            f"the training stream has {shards} shard(s) for {world_size} ranks: a rank without a shard reads nothing",
+            f"write at least {world_size} training shards (best: a multiple of ranks x loader workers), "
+            "or run fewer ranks",
+        )
+    fit = shards // world_size  # readers per rank; 0 workers is one reader, the rank itself
+    if max(1, workers) <= fit:
+        return workers
+    fewer = fit if fit > 1 else 0
+    _warn_workers(shards, world_size, workers, fewer)
+    return fewer
+
+
+@functools.cache  # once per run, not once per stage
+def _warn_workers(shards: int, world_size: int, workers: int, fewer: int) -> None:
+    log.warning(
+        "training stream: %d shards for %d ranks x %d loader workers; %d loader worker(s) per rank instead, so that "
+        "every reader has a shard",
+        shards,
+        world_size,
+        workers,
+        fewer,
+    )
 
 
 @functools.cache  # once per run, not once per stage

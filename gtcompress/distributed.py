@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 SETUP_TIMEOUT = timedelta(minutes=5)
 T = TypeVar("T")
@@ -113,3 +114,23 @@ def barrier(env: DistEnv) -> None:
 def shutdown(env: DistEnv) -> None:
     if env.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# What a collective raises on a rank whose peer died: that peer's own report names the cause.
+_PEER_GONE = ("closed by peer", "reset by peer", "remote worker", "remote process", "communicator was aborted")
+
+
+def report_rank_failure(error: BaseException) -> None:
+    """A failed rank's one line on stderr under torchrun, and its traceback in torchrun's error file (its summary
+    shows it). torchrun then stops the other ranks at once; a rank whose collective failed because a peer died
+    says nothing."""
+    if isinstance(error, dist.DistNetworkError) or any(s in str(error) for s in _PEER_GONE):
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    ErrorHandler().record_exception(error)
+    print(
+        f"error: rank {os.environ.get('RANK', '?')} failed: {type(error).__name__}: {first_line(error)} "
+        "(torchrun stops the other ranks; continue with --resume)",
+        file=sys.stderr,
+    )

@@ -15,7 +15,7 @@ from torch import nn
 
 from .candidates import candidate_table, measure, within_budget
 from .config import RunConfig, differences, dump_config
-from .data import Splits, build_transform, create_loader, load_splits, loader_workers, transformed
+from .data import Splits, build_transform, create_loader, load_splits, loader_workers, stream_workers, transformed
 from .distributed import DistEnv, agree, barrier, broadcast_object, init_distributed, shutdown
 from .environment import command_line, device_name, versions
 from .errors import UserError
@@ -127,6 +127,8 @@ def _prepare(
         say(f"resolved {note}")
     _check(cfg)
     splits = agree(env, lambda: load_splits(cfg.data))
+    if splits.streaming:  # a rank without a training shard is refused here, before anything is written
+        agree(env, lambda: stream_workers(splits.train, loader_workers(cfg.data, splits), env.world_size))
     if cfg.budget.latency_ms is None:
         return splits, None
 

@@ -6,10 +6,11 @@ evaluation and an atomic resumable checkpoint after every epoch.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -341,6 +342,23 @@ def _say_epoch(job: Job, record: dict[str, Any], ctx: Context) -> None:
     )
 
 
+def _batches(loader: DataLoader, steps: int) -> Iterator:
+    """The epoch's batches: a map-style loader's as they come (its sampler gives every rank the same number); a
+    stream's exactly `steps`, read again from its start if it ends early, so that no rank stops while the others
+    wait for it in DDP's collectives."""
+    if not isinstance(loader.dataset, IterableDataset):
+        yield from loader
+        return
+    done = 0
+    while done < steps:
+        before = done
+        for batch in itertools.islice(loader, steps - done):
+            yield batch
+            done += 1
+        if done == before:
+            raise UserError("the training stream yielded no batch", "check that its shards hold readable samples")
+
+
 @dataclass
 class Epoch:
     """One training pass and its evaluation, for a built job."""
@@ -408,7 +426,7 @@ class Epoch:
         ctx, parts = self.ctx, self.parts
         self.step_model.train()
         steps, sums, images, start = len(parts.loader), {}, 0, time.perf_counter()
-        for i, (x, y, *idx) in enumerate(parts.loader):  # map-style batches carry sample indices
+        for i, (x, y, *idx) in enumerate(_batches(parts.loader, steps)):  # map-style batches carry sample indices
             idx = idx[0] if idx else None
             x, y = ctx.to_device(x), y.to(ctx.device, non_blocking=True)
             with ctx.autocast():

@@ -2,10 +2,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub call would otherwise stall ~45 s without network
 
+import io  # noqa: E402
+import json  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from gtcompress.cli import app  # noqa: E402
@@ -68,3 +72,55 @@ def workflow_run(pipeline_run, tmp_path_factory) -> Path:
     )
     assert result.exit_code == 0, result.output
     return run
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_wds_digits(root, per_split=(("train", 240, 2), ("validation", 60, 2)), drop_label_of=None):
+    """digits as webdataset shards (`<key>.png` + `<key>.cls`) and timm's `_info.json`, in `root`.
+
+    Each split is (name, images, shards): shards a count (equal shards) or a tuple of shard lengths."""
+    import tarfile
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 16).clip(0, 255).astype(np.uint8)
+    root.mkdir(parents=True, exist_ok=True)
+    splits, start = {}, 0
+    for split, n, shards in per_split:
+        sizes = (
+            shards if isinstance(shards, tuple) else [n * (s + 1) // shards - n * s // shards for s in range(shards)]
+        )
+        assert sum(sizes) == n, (sizes, n)
+        files, lengths, offsets = [], [], np.cumsum([0, *sizes])
+        for s in range(len(sizes)):
+            name, idx = f"{split}-{s:04d}.tar", range(start + offsets[s], start + offsets[s + 1])
+            with tarfile.open(root / name, "w") as tar:
+                for i in idx:
+                    members = {"png": png_bytes(np.stack([images[i]] * 3, -1)), "cls": str(digits.target[i]).encode()}
+                    for ext, data in members.items():
+                        if (split, i, ext) == (drop_label_of, idx[0], "cls"):
+                            continue
+                        info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+            files.append(name)
+            lengths.append(len(idx))
+        splits[split] = {"name": split, "filenames": files, "shard_lengths": lengths, "num_samples": n}
+        start += n
+    (root / "_info.json").write_text(json.dumps({"name": "digits", "num_classes": 10, "splits": splits}))
+    return root

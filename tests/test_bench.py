@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BENCH_BATCHES, BENCH_ITERS, copy_run, invoke
-from test_cli import assert_one_line_error
+from conftest import BENCH_BATCHES, BENCH_ITERS, assert_one_line_error, copy_run, invoke
 
 from gtcompress.backends import TorchBackend
 from gtcompress.bench import BenchConfig, latency_stats, parse_batch_sizes, time_backend

@@ -3,8 +3,7 @@
 import json
 
 import pytest
-from conftest import INT8_TOLERANCE, TEACHER, invoke
-from test_cli import assert_one_line_error
+from conftest import INT8_TOLERANCE, TEACHER, assert_one_line_error, invoke
 
 from gtcompress.recommend import pareto_front, recommend
 

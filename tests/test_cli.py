@@ -3,18 +3,9 @@
 import pytest
 import torch
 import yaml
-from conftest import STUDENT, TEACHER, distill, invoke
+from conftest import STUDENT, TEACHER, assert_one_line_error, distill, invoke
 
 from gtcompress.models import create_model
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_unknown_model_suggests(tmp_path):

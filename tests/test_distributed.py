@@ -5,12 +5,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from conftest import COMPARE_STAGES, PAIR, STUDENT, TEACHER
+from conftest import COMPARE_STAGES, PAIR, STUDENT, TEACHER, write_wds_digits
 
 from gtcompress.config import DataConfig, RunConfig, SyntheticConfig
 from gtcompress.data import Transformed, build_transform, load_splits
@@ -23,20 +25,11 @@ from gtcompress.train import Context, teacher_logits
 TIMEOUT = 240
 
 
-def torchrun(*args, nproc=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--master-port",
-        str(free_port()),
-        "-m",
-        "gtcompress",
-        *map(str, args),
-    ]
+def torchrun(*args, nproc=2, entry=("-m", "gtcompress"), env=None):
+    """`torchrun --nproc-per-node N <entry> args`: gtcompress, or a script that wraps it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    cmd = [*launcher, "--master-port", str(free_port()), *entry, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
 
 
@@ -176,8 +169,6 @@ def test_device_requests_that_cannot_be_met():
 
 def test_two_processes_stream_disjoint_shares_of_webdataset_shards(tmp_path):
     pytest.importorskip("webdataset", reason="the [wds] extra is part of the README's test install")
-    from test_timmdata import write_wds_digits
-
     root = write_wds_digits(tmp_path / "shards", per_split=(("train", 240, 4), ("validation", 60, 2)))
     out = tmp_path / "run"
     result = torchrun(
@@ -190,3 +181,56 @@ def test_two_processes_stream_disjoint_shares_of_webdataset_shards(tmp_path):
         # each rank read its own half of the shards: 240 images in all, not 240 per rank
         assert round(m["images_per_second"] * m["train_seconds"]) == 240, stage
         assert 0 <= m["top1"] <= 100
+
+
+def test_a_failed_rank_ends_the_job_in_bounded_time_with_one_line_and_the_run_resumes(tmp_path):
+    out, fault = tmp_path / "run", {"FAULT_RANK": "1", "FAULT_STAGE": "generous_teacher"}
+    options = ("distill", *PAIR, "--epochs", 1, "--out", out, "--set", "data.train_fraction=0.3")
+    start = time.monotonic()
+    result = torchrun(*options, entry=(str(Path(__file__).parent / "rank_fault.py"),), env=fault)
+    assert time.monotonic() - start < 60, "the other rank must not wait for a collective's timeout"
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert ours == [
+        "error: rank 1 failed: RuntimeError: injected fault (torchrun stops the other ranks; continue with --resume)"
+    ]
+    assert "[rank0]" not in result.stderr and "[rank1]" not in result.stderr, "no rank prints a traceback"
+    assert "injected fault" in result.stderr.split("Root Cause")[1], "torchrun's summary keeps the traceback"
+    resumed = torchrun("distill", "--resume", "--out", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "standard_teacher: complete" in resumed.stdout
+    assert set(json.loads((out / "metrics.json").read_text())) == {"standard_teacher", "generous_teacher", "student"}
+
+
+@pytest.mark.parametrize(
+    "shards, workers, per_rank",
+    [((125, 115), 2, "0 loader worker(s) per rank"), ((80, 80, 80), 2, "0 loader worker(s) per rank")],
+    ids=["two-unequal-shards-two-workers", "three-shards-two-ranks"],
+)
+def test_uneven_stream_layouts_train_every_rank_for_the_same_steps(tmp_path, shards, workers, per_rank):
+    pytest.importorskip("webdataset", reason="the [wds] extra is part of the README's test install")
+    root = write_wds_digits(tmp_path / "shards", per_split=(("train", 240, shards), ("validation", 60, 2)))
+    out = tmp_path / "run"
+    result = torchrun(
+        "distill", *PAIR, "--dataset", "wds/digits", "--data-root", root, "--img-size", 32, "--epochs", 1,
+        "--out", out, "--set", f"data.workers={workers}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert per_rank in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for stage in ("standard_teacher", "generous_teacher", "student"):
+        m = metrics[stage]  # both ranks took ceil(240 / 2) = 120 images: 240 in all, whatever their shards hold
+        assert round(m["images_per_second"] * m["train_seconds"]) == 240, stage
+
+
+def test_a_stream_with_fewer_shards_than_ranks_is_refused_before_anything_is_written(tmp_path):
+    pytest.importorskip("webdataset", reason="the [wds] extra is part of the README's test install")
+    root = write_wds_digits(tmp_path / "shards", per_split=(("train", 120, 1), ("validation", 60, 2)))
+    result = torchrun("distill", *PAIR, "--dataset", "wds/digits", "--data-root", root, "--out", tmp_path / "run")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: rank 0: the training stream has 1 shard(s) for 2 ranks: a rank without a shard reads nothing (write "
+        "at least 2 training shards (best: a multiple of ranks x loader workers), or run fewer ranks)"
+    ]
+    assert not (tmp_path / "run").exists()

@@ -13,8 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import copy_run, invoke
-from test_cli import assert_one_line_error
+from conftest import assert_one_line_error, copy_run, invoke
 
 from gtcompress.backends import OnnxRuntimeBackend, TorchBackend, load_backend
 from gtcompress.config import DataConfig

@@ -2,8 +2,7 @@
 
 import json
 
-from conftest import INT8_TOLERANCE, PAIR, TEACHER, invoke
-from test_cli import assert_one_line_error
+from conftest import INT8_TOLERANCE, PAIR, TEACHER, assert_one_line_error, invoke
 
 
 def test_run_does_the_whole_workflow_and_resumes_without_redoing_it(tmp_path):

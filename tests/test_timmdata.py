@@ -1,25 +1,16 @@
 """timm's dataset names: a local Hugging Face dataset (parquet files written from digits), read through timm."""
 
 import importlib.util
-import io
 import json
 
 import numpy as np
 import pytest
-from conftest import distill, invoke
-from PIL import Image
-from test_cli import assert_one_line_error
+from conftest import assert_one_line_error, distill, invoke, png_bytes, write_wds_digits
 
 from gtcompress.config import DataConfig
 from gtcompress.data import Stream, create_loader, load_splits, uneven_reads
 
 datasets = pytest.importorskip("datasets", reason="the [hf] extra (datasets) is part of the README's test install")
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def write_parquet_digits(root, splits=("train", "validation"), label="label", per_split=(300, 60), class_label=True):
@@ -33,7 +24,7 @@ def write_parquet_digits(root, splits=("train", "validation"), label="label", pe
     start = 0
     for split, n in zip(splits, per_split):
         rows = {
-            "image": [{"bytes": _png(np.stack([im] * 3, -1)), "path": None} for im in images[start : start + n]],
+            "image": [{"bytes": png_bytes(np.stack([im] * 3, -1)), "path": None} for im in images[start : start + n]],
             label: digits.target[start : start + n].tolist(),
         }
         datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / f"{split}-00000-of-00001.parquet"))
@@ -91,37 +82,6 @@ def test_a_missing_dataset_and_a_missing_extra_are_one_line_each(tmp_path, monke
 
 
 # -- webdataset shards ----------------------------------------------------------------------------------------
-def write_wds_digits(root, per_split=(("train", 240, 2), ("validation", 60, 2)), drop_label_of=None):
-    """digits as webdataset shards (`<key>.png` + `<key>.cls`) and timm's `_info.json`, in `root`."""
-    import tarfile
-
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = (digits.images * 16).clip(0, 255).astype(np.uint8)
-    root.mkdir(parents=True, exist_ok=True)
-    splits, start = {}, 0
-    for split, n, shards in per_split:
-        files, lengths = [], []
-        for s in range(shards):
-            name, idx = f"{split}-{s:04d}.tar", range(start + s * n // shards, start + (s + 1) * n // shards)
-            with tarfile.open(root / name, "w") as tar:
-                for i in idx:
-                    members = {"png": _png(np.stack([images[i]] * 3, -1)), "cls": str(digits.target[i]).encode()}
-                    for ext, data in members.items():
-                        if (split, i, ext) == (drop_label_of, idx[0], "cls"):
-                            continue
-                        info = tarfile.TarInfo(f"{i:06d}.{ext}")
-                        info.size = len(data)
-                        tar.addfile(info, io.BytesIO(data))
-            files.append(name)
-            lengths.append(len(idx))
-        splits[split] = {"name": split, "filenames": files, "shard_lengths": lengths, "num_samples": n}
-        start += n
-    (root / "_info.json").write_text(json.dumps({"name": "digits", "num_classes": 10, "splits": splits}))
-    return root
-
-
 @pytest.fixture(scope="module")
 def wds_digits(tmp_path_factory):
     pytest.importorskip("webdataset", reason="the [wds] extra is part of the README's test install")
