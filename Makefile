@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo lint test gpu-check clean
+.PHONY: venv demo lint browser test gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# The headless browser the report test renders with: installed once where apt-get can (root), else that test skips.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo "installing chromium (once) for the browser test" \
+	       && DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
+	  || echo "chromium could not be installed: the browser test will skip"
+
+test: lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 gpu-check: $(STAMP)

@@ -73,7 +73,11 @@ SETTINGS: dict[str, Setting] = {
         },
         SECONDARY_SEEDS,
     ),
-    "cifar100": Setting("recipes/cifar100_resnet50_mobilenetv3.yaml", "CIFAR-100, on a GPU (not run here)"),
+    "cifar100": Setting(
+        "recipes/cifar100_resnet50_mobilenetv3.yaml",
+        "CIFAR-100, on a GPU (not run here)",
+        {**FINE_TUNED_VARIANT, "generous.train.epochs": 120},
+    ),
 }
 PRIMARY = "synthetic100"
 PAIRS: tuple[tuple[str, str], ...] = (("resnet18", "mobilenetv3_small_100"), ("resnet10t", "mobilenetv3_small_050"))

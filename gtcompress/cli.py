@@ -123,6 +123,7 @@ LatencyBudget = Annotated[
 BudgetBackend = Annotated[Optional[str], typer.Option(help="onnxruntime | tensorrt | torch (default: the best here).")]
 BudgetBatch = Annotated[Optional[int], typer.Option(help="Batch size of the budget (default 1).")]
 BudgetPrecision = Annotated[Optional[str], typer.Option(help="fp32 | fp16 | int8 (default fp16 on CUDA, fp32 on CPU).")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any recipe key: --set data.train_fraction=0.2")]
 Students = Annotated[
     Optional[list[str]], typer.Option(help="timm student(s), resolved like --teacher: a,b or repeated.")
 ]
@@ -165,9 +166,7 @@ def distill(
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size of every stage.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of every stage.")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="Input resolution.")] = None,
-    small_stem: Annotated[
-        Optional[bool], typer.Option("--small-stem", help="CIFAR-style stem for 32-px inputs (ResNet, MobileNet).")
-    ] = None,
+    small_stem: Annotated[Optional[bool], typer.Option("--small-stem", help="CIFAR stem for 32-px inputs.")] = None,
     method: Annotated[Optional[str], typer.Option(help="Student distillation: kd | dkd | lskd | dist.")] = None,
     gt_beta: Annotated[
         Optional[float], typer.Option(help="Weight of the GT's non-target term (the authors' --alpha, 1).")
@@ -179,9 +178,7 @@ def distill(
         Optional[str], typer.Option(help="GT init: scratch (the authors', ST's schedule) | standard (fine-tune).")
     ] = None,
     teacher_checkpoint: Annotated[Optional[Path], typer.Option(help="Load the Standard Teacher.")] = None,
-    pretrained: Annotated[
-        Optional[bool], typer.Option("--pretrained", help="Fine-tune timm's pretrained teacher.")
-    ] = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained", help="Fine-tune timm's pretrained ST.")] = None,
     compare: Annotated[Optional[bool], typer.Option("--compare", help="Also train the controls.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
@@ -195,9 +192,7 @@ def distill(
             help="Reuse the frozen teachers' logits across epochs (default: when training has no augmentation).",
         ),
     ] = None,
-    set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Any recipe key: --set data.train_fraction=0.2")
-    ] = None,
+    set_: Sets = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build data, models and optimizers, then stop.")] = False,
@@ -229,7 +224,7 @@ def candidates(
     dataset: Annotated[Optional[str], typer.Option(help="The data set (its class count and image size).")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="Input resolution.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any recipe key.")] = None,
+    set_: Sets = None,
     latency_budget: LatencyBudget = None,
     budget_backend: BudgetBackend = None,
     budget_batch: BudgetBatch = None,

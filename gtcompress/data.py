@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from .config import DataConfig, SyntheticConfig
 from .errors import UserError
+from .stream import Stream, stream_workers, warn_uneven
 from .timmdata import is_timm_name, timm_parts
 
 log = logging.getLogger(__name__)
@@ -63,49 +62,6 @@ class ArrayImages(Dataset):
         return Image.fromarray(self.images[i]).convert("RGB"), self.targets[i]
 
 
-class Stream(IterableDataset):
-    """Applies a transform to the images of a streamed (image, label) data set (timm's wds/ reader).
-
-    timm's reader gives each rank and loader worker (reader) a disjoint share of the shards and the same number
-    of samples, ceil(n / readers), repeating its own shards to make them up: equal steps on every rank as long as
-    every reader has a shard (`stream_workers`); the training loop also takes exactly `len(loader)` batches.
-    """
-
-    def __init__(self, base: IterableDataset, transform: Callable):
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __iter__(self):
-        for img, target in self.base:
-            yield self.transform(img), target
-
-    def set_epoch(self, epoch: int) -> None:
-        self.base.set_epoch(epoch)
-
-    def set_loader_cfg(self, num_workers: int) -> None:
-        self.base.set_loader_cfg(num_workers=num_workers)
-
-    @property
-    def shard_lengths(self) -> tuple[int, ...]:
-        return shard_lengths(self.base)
-
-
-def shard_lengths(dataset: Dataset) -> tuple[int, ...]:
-    """The samples in each shard of a stream (or its `Stream`), where the reader knows them (wds/: `_info.json`)."""
-    split = getattr(getattr(getattr(dataset, "base", dataset), "reader", None), "split_info", None)
-    return tuple(getattr(split, "shard_lengths", ()))
-
-
-def uneven_reads(shard_lengths: Sequence[int], readers: int) -> tuple[int, int]:
-    """(extra, missed): the samples a stream read by `readers` (ranks × loader workers) reads again and leaves
-    out, as timm's reader gives reader g the shards g, g + readers, … cut or repeated to ceil(n / readers)."""
-    per = math.ceil(sum(shard_lengths) / readers)
-    counts = [sum(shard_lengths[g::readers]) for g in range(readers)]
-    return sum(per - c for c in counts if 0 < c < per), sum(c - per for c in counts if c > per)
-
-
 def transformed(base: Dataset, transform: Callable) -> Dataset:
     """`base` under `transform`, map-style or streamed as `base` is."""
     return Stream(base, transform) if isinstance(base, IterableDataset) else Transformed(base, transform)
@@ -123,6 +79,20 @@ class Transformed(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img, target = self.base[i]
         return self.transform(img), target
+
+
+class Indexed(Dataset):
+    """(image, label, index): lets a training step look up per-sample state such as cached logits."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int]:
+        x, y = self.base[i]
+        return x, y, i
 
 
 def _stratified_split(targets: Sequence[int], test_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -410,7 +380,7 @@ def create_loader(
         common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
         dataset.set_loader_cfg(num_workers=workers)
         if not training and world_size > 1 and rank == 0:
-            _warn_uneven(dataset.shard_lengths, world_size * max(1, workers))
+            warn_uneven(dataset.shard_lengths, world_size * max(1, workers))
         return DataLoader(dataset, batch_size=batch_size // world_size if training else batch_size, **common)
     if training:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
@@ -419,54 +389,3 @@ def create_loader(
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **common)
     shard = Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, **common)
-
-
-def stream_workers(dataset: Dataset, workers: int, world_size: int) -> int:
-    """Loader workers per rank for a training stream, so that every reader (rank x worker) has a shard.
-
-    timm's reader gives reader g the shards g, g + readers, ...: a reader without one reads nothing, and its rank
-    would stop while the others still train (DDP then waits in a collective). Fewer shards than ranks is an
-    error; fewer than ranks x workers lowers the workers.
-    """
-    shards = len(shard_lengths(dataset))
-    if not shards:  # the reader does not say (tfds/): as configured
-        return workers
-    if shards < world_size:
-        raise UserError(
-            f"the training stream has {shards} shard(s) for {world_size} ranks: a rank without a shard reads nothing",
-            f"write at least {world_size} training shards (best: a multiple of ranks x loader workers), "
-            "or run fewer ranks",
-        )
-    fit = shards // world_size  # readers per rank; 0 workers is one reader, the rank itself
-    if max(1, workers) <= fit:
-        return workers
-    fewer = fit if fit > 1 else 0
-    _warn_workers(shards, world_size, workers, fewer)
-    return fewer
-
-
-@functools.cache  # once per run, not once per stage
-def _warn_workers(shards: int, world_size: int, workers: int, fewer: int) -> None:
-    log.warning(
-        "training stream: %d shards for %d ranks x %d loader workers; %d loader worker(s) per rank instead, so that "
-        "every reader has a shard",
-        shards,
-        world_size,
-        workers,
-        fewer,
-    )
-
-
-@functools.cache  # once per run, not once per stage
-def _warn_uneven(shard_lengths: tuple[int, ...], readers: int) -> None:
-    extra, missed = uneven_reads(shard_lengths, readers) if shard_lengths else (0, 0)
-    if extra or missed:
-        log.warning(
-            "validation: %d shards over %d readers (ranks × loader workers) is uneven: top-1 reads %d images again "
-            "and leaves %d out; use a number of equal validation shards divisible by %d for an exact top-1",
-            len(shard_lengths),
-            readers,
-            extra,
-            missed,
-            readers,
-        )

@@ -15,7 +15,7 @@ from torch import nn
 
 from .candidates import candidate_table, measure, within_budget
 from .config import RunConfig, differences, dump_config
-from .data import Splits, build_transform, create_loader, load_splits, loader_workers, stream_workers, transformed
+from .data import Splits, build_transform, create_loader, load_splits, loader_workers, transformed
 from .distributed import DistEnv, agree, barrier, broadcast_object, init_distributed, shutdown
 from .environment import command_line, device_name, versions
 from .errors import UserError
@@ -30,6 +30,7 @@ from .models import (
 )
 from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_json, write_text
 from .stages import Models, Stage, stages
+from .stream import stream_workers
 from .train import Context, Job, fit, make_optimizer, seed_everything
 
 

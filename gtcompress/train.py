@@ -6,11 +6,10 @@ evaluation and an atomic resumable checkpoint after every epoch.
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,12 +27,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .config import TrainConfig
-from .data import create_loader
+from .data import Indexed, create_loader
 from .distributed import DistEnv, all_reduce_sum, barrier
 from .errors import UserError
 from .models import unwrap
 from .objectives import Objective
 from .rundir import RunDir, torch_save
+from .stream import epoch_batches
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -95,20 +95,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         return create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     except (AssertionError, ValueError) as e:  # timm asserts on unknown optimizer names
         raise UserError(f"timm has no optimizer '{cfg.opt}' ({e})", "use sgd, adamw, lamb, ... (timm.optim)") from None
-
-
-class Indexed(Dataset):
-    """(image, label, index): lets a training step look up per-sample state such as cached logits."""
-
-    def __init__(self, base: Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int) -> tuple[Any, int, int]:
-        x, y = self.base[i]
-        return x, y, i
 
 
 @torch.no_grad()
@@ -342,23 +328,6 @@ def _say_epoch(job: Job, record: dict[str, Any], ctx: Context) -> None:
     )
 
 
-def _batches(loader: DataLoader, steps: int) -> Iterator:
-    """The epoch's batches: a map-style loader's as they come (its sampler gives every rank the same number); a
-    stream's exactly `steps`, read again from its start if it ends early, so that no rank stops while the others
-    wait for it in DDP's collectives."""
-    if not isinstance(loader.dataset, IterableDataset):
-        yield from loader
-        return
-    done = 0
-    while done < steps:
-        before = done
-        for batch in itertools.islice(loader, steps - done):
-            yield batch
-            done += 1
-        if done == before:
-            raise UserError("the training stream yielded no batch", "check that its shards hold readable samples")
-
-
 @dataclass
 class Epoch:
     """One training pass and its evaluation, for a built job."""
@@ -426,7 +395,7 @@ class Epoch:
         ctx, parts = self.ctx, self.parts
         self.step_model.train()
         steps, sums, images, start = len(parts.loader), {}, 0, time.perf_counter()
-        for i, (x, y, *idx) in enumerate(_batches(parts.loader, steps)):  # map-style batches carry sample indices
+        for i, (x, y, *idx) in enumerate(epoch_batches(parts.loader, steps)):  # map-style batches carry sample indices
             idx = idx[0] if idx else None
             x, y = ctx.to_device(x), y.to(ctx.device, non_blocking=True)
             with ctx.autocast():

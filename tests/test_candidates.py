@@ -69,6 +69,8 @@ def two_students(tmp_path_factory, monkeypatch_module):
         out,
         "--set",
         "data.train_fraction=0.2",
+        "--gt-init",  # a GT fine-tuned from the ST: after one epoch a better teacher than one from scratch
+        "standard",
         "--cache-teacher-logits",
         "--latency-budget",
         1000,

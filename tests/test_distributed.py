@@ -18,6 +18,7 @@ from gtcompress.config import DataConfig, RunConfig, SyntheticConfig
 from gtcompress.data import Transformed, build_transform, load_splits
 from gtcompress.distributed import DistEnv, resolve_device
 from gtcompress.errors import UserError
+from gtcompress.evaluate import evaluate_artefact
 from gtcompress.models import create_model
 from gtcompress.rundir import RunDir
 from gtcompress.train import Context, teacher_logits
@@ -62,8 +63,8 @@ def test_two_process_run_meets_the_contract(ddp_run):
     out, result = ddp_run
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == COMPARE_STAGES, "every stage, the born-again teacher included"
-    for m in metrics.values():
-        assert 0 <= m["top1"] <= 100 and m["epochs"] == 2
+    for stage, m in metrics.items():  # accuracy reduced over the two ranks' shards = one process on the whole split
+        assert m["top1"] == pytest.approx(evaluate_artefact(out / f"{stage}.pt")["top1"]) and m["epochs"] == 2
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in history] == [(s, e) for s in COMPARE_STAGES for e in (1, 2)]
     assert yaml.safe_load((out / "config.yaml").read_text())["environment"]["world_size"] == 2
@@ -180,7 +181,7 @@ def test_two_processes_stream_disjoint_shares_of_webdataset_shards(tmp_path):
         m = metrics[stage]
         # each rank read its own half of the shards: 240 images in all, not 240 per rank
         assert round(m["images_per_second"] * m["train_seconds"]) == 240, stage
-        assert 0 <= m["top1"] <= 100
+        assert m["top1"] == pytest.approx(evaluate_artefact(out / f"{stage}.pt")["top1"]), "2 ranks' top-1 = 1 process'"
 
 
 def test_a_failed_rank_ends_the_job_in_bounded_time_with_one_line_and_the_run_resumes(tmp_path):
