@@ -29,8 +29,11 @@ browser:
 	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
 	  || echo "chromium could not be installed: the browser test will skip"
 
+# One torch thread per pytest-xdist worker (two torch processes on 2 cores each with 2 threads slow each other ~20x);
+# a test file stays on one worker, so its module fixtures are built once. The slow end-to-end checks run under
+# CI=true (as CI runs this target), or with `make test CI=true`.
 test: lint browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist loadfile $(if $(CI),,-m "not slow")
 
 gpu-check: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py

@@ -13,7 +13,7 @@ PLOTS = {
     "latency_batch": "p50 latency by batch size",
     "latency_distribution": "Latency distribution (every timed call)",
     "training_curves": "Training curves",
-    "pareto": "Which student to ship: the accuracy-latency front",
+    "pareto": "What to ship: the accuracy-latency front",
 }
 
 

@@ -1,6 +1,8 @@
-"""Which student to ship: the accuracy-vs-latency Pareto front of the students' artefacts, and the pick.
+"""What to ship: the accuracy-vs-latency Pareto front of the students' and the teachers' artefacts, and the pick.
 
-A point is one student at one precision on one backend and batch size: its verified file, top-1 and p50.
+A point is one model at one precision on one backend and batch size: its role (student or teacher), verified
+file, top-1 and p50. The teachers are candidates too: a student that is not faster than its teacher buys
+nothing, and a deployment should ship the teacher then.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from typing import Any
 from .rundir import RunDir, read_json
 from .stages import distilled_students
 
-Point = dict[str, Any]  # at least "top1" (%) and "p50_ms"
+Point = dict[str, Any]  # at least "top1" (%) and "p50_ms"; "role" "student" (the default) or "teacher"
+TEACHERS = ("standard_teacher", "generous_teacher")  # the deployable teachers (the controls are not)
 
 
 def pareto_front(points: list[Point]) -> list[Point]:
@@ -28,22 +31,44 @@ def pareto_front(points: list[Point]) -> list[Point]:
     return sorted((p for p in points if not dominated(p)), key=lambda p: (p["p50_ms"], -p["top1"]))
 
 
-def recommend(points: list[Point], budget_ms: float | None = None) -> tuple[Point | None, str]:
-    """The most accurate point within the budget (without one: on the front), the faster (then smaller) one on a
-    tie; and why.
+def _role(p: Point) -> str:
+    return p.get("role", "student")
 
-    None, with the reason, when no point fits the budget.
-    """
-    fits = [p for p in points if budget_ms is None or p["p50_ms"] <= budget_ms]
+
+def faster_than_the_teachers(points: list[Point]) -> list[Point]:
+    """The students faster than every teacher artefact (all of them where no teacher is measured)."""
+    fastest = min((p["p50_ms"] for p in points if _role(p) == "teacher"), default=float("inf"))
+    return [p for p in points if _role(p) == "student" and p["p50_ms"] < fastest]
+
+
+def recommend(points: list[Point], budget_ms: float | None = None) -> tuple[Point | None, str]:
+    """With a budget: the most accurate point within it, teachers included. Without one: the most accurate
+    student that is faster than every teacher artefact, else the most accurate teacher artefact. The faster
+    (then smaller) one on a tie; and why. None, with the reason, when no point fits the budget."""
+    if budget_ms is not None:
+        fits, why = (
+            [p for p in points if p["p50_ms"] <= budget_ms],
+            f"the most accurate within the {budget_ms:g} ms budget",
+        )
+    elif faster_than_the_teachers(points):
+        fits, why = faster_than_the_teachers(points), "the most accurate student faster than the teacher"
+    else:
+        fits, why = [p for p in points if _role(p) == "teacher"], "no student is faster than the teacher"
     if not fits:
         return None, f"no verified artefact runs within the {budget_ms:g} ms budget"
-    best = max(fits, key=lambda p: (p["top1"], -p["p50_ms"], -(p.get("bytes") or 0)))
-    why = (
-        f"the most accurate within the {budget_ms:g} ms budget"
-        if budget_ms is not None
-        else "the most accurate on the accuracy-latency front"
+    return max(fits, key=lambda p: (p["top1"], -p["p50_ms"], -(p.get("bytes") or 0))), why
+
+
+def no_speed_line(points: list[Point], backend: str | None, batch_size: int) -> str | None:
+    """One plain line when no student is faster than the fastest teacher artefact, else None."""
+    students, teachers = [p for p in points if _role(p) == "student"], [p for p in points if _role(p) == "teacher"]
+    if not students or not teachers or faster_than_the_teachers(points):
+        return None
+    s, t = min(students, key=lambda p: p["p50_ms"]), min(teachers, key=lambda p: p["p50_ms"])
+    return (
+        f"On {backend} at batch {batch_size} the students buy no speed over the teacher: the fastest student, "
+        f"{s['name']}, takes {s['p50_ms']:.3f} ms against {t['p50_ms']:.3f} ms for {t['name']}."
     )
-    return best, why
 
 
 def which_student(
@@ -54,18 +79,20 @@ def which_student(
     batch_size: int,
     budget_ms: float | None,
 ) -> dict[str, Any]:
-    """`pareto` (every distilled student x precision on the headline backend, and the front) and
-    `recommendation` (None when nothing is benchmarked or nothing fits the budget; `reason` says why)."""
+    """`pareto` (every distilled student and deployable teacher x precision on the headline backend, the front, and
+    the line saying so where the students buy no speed) and `recommendation` (None when nothing is benchmarked
+    or nothing fits the budget; `reason` says why)."""
     budget_set_on = None  # where the run's budget was checked, when that differs from here
     if budget_ms is None and run.candidates.is_file():
         check = read_json(run.candidates)
         budget_ms = check["budget_ms"]
         if (check["backend"], check["batch_size"]) != (backend, batch_size):
             budget_set_on = f"{check['backend']} {check['precision']} at batch {check['batch_size']}"
-    students = set(distilled_students(metrics))
+    roles = {**{t: "teacher" for t in TEACHERS}, **{s: "student" for s in distilled_students(metrics)}}
     points = [
         {
             "name": r["name"],
+            "role": roles[r["model"]],
             "model": r["model"],
             "arch": r["arch"],
             "precision": r["precision"],
@@ -76,7 +103,7 @@ def which_student(
             "p50_ms": r["p50_ms"][backend],
         }
         for r in rows
-        if r["model"] in students and backend in r["p50_ms"]
+        if r["model"] in roles and backend in r["p50_ms"]
     ]
     pick, why = recommend(points, budget_ms) if points else (None, "nothing benchmarked yet: run gtcompress bench")
     return {
@@ -87,17 +114,19 @@ def which_student(
             "budget_set_on": budget_set_on,
             "points": points,
             "front": [p["name"] for p in pareto_front(points)],
+            "no_speed": no_speed_line(points, backend, batch_size),
         },
         "recommendation": {**pick, "reason": why} if pick else {"reason": why},
     }
 
 
 def recommendation_line(report: dict[str, Any]) -> str:
-    """The recommendation in one line (the printed table and report.md)."""
+    """The recommendation in one line (the printed table and report.md), after the no-speed line if there is one."""
     r, b = report["recommendation"], report["pareto"]["batch_size"]
+    before = f"{report['pareto']['no_speed']} " if report["pareto"].get("no_speed") else ""
     if "file" not in r:
-        return f"Recommended: none ({r['reason']})."
-    return (
+        return f"{before}Recommended: none ({r['reason']})."
+    return before + (
         f"Recommended: {r['name']} ({r['file']}, {r['precision']}, {r['backend']}): top-1 {r['top1']:.2f}%, "
         f"p50 {r['p50_ms']:.3f} ms at batch {b}, {r['bytes'] / 1e6:.2f} MB; {r['reason']}."
     )
@@ -108,6 +137,7 @@ def pareto_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cells = [
         [
             p["name"],
+            p.get("role", "student"),
             p["precision"],
             f"{p['top1']:.2f}",
             f"{p['p50_ms']:.3f}",
@@ -116,7 +146,7 @@ def pareto_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ]
         for p in sorted(report["pareto"]["points"], key=lambda p: p["p50_ms"])
     ]
-    return ["student", "precision", "top-1 %", "p50 ms", "MB", "on the front"], cells
+    return ["model", "role", "precision", "top-1 %", "p50 ms", "MB", "on the front"], cells
 
 
 def pareto_note(report: dict[str, Any]) -> str:
@@ -125,6 +155,7 @@ def pareto_note(report: dict[str, Any]) -> str:
     if p.get("budget_set_on"):
         budget += f" (checked before training on {p['budget_set_on']}: here it is applied to these p50s)"
     return (
-        f"Every student distilled from the GT at every verified precision, top-1 against p50 on {p['backend']} "
+        f"Every student distilled from the GT and every teacher at every verified precision, top-1 against p50 on "
+        f"{p['backend']} "
         f"at batch {p['batch_size']}{budget}. On the front: no other artefact is both as accurate and as fast."
     )

@@ -294,7 +294,7 @@ def markdown(report: dict[str, Any], plot_files: dict[str, str]) -> str:
     ]
     if report["pareto"]["points"]:
         parts += [
-            "## Which student to ship",
+            "## What to ship",
             "",
             pareto_note(report),
             "",
@@ -329,7 +329,7 @@ def html_page(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     bench = f"<h2>Every measurement</h2>{table(*bench_rows(report), 'bench')}" if report["bench"] else ""
     if report["pareto"]["points"]:
         bench = (
-            f"<h2>Which student to ship</h2><p>{e(pareto_note(report))}</p>"
+            f"<h2>What to ship</h2><p>{e(pareto_note(report))}</p>"
             f"{table(*pareto_rows(report), 'pareto')}<p id='recommendation'>{e(recommendation_line(report))}</p>"
             + bench
         )

@@ -59,35 +59,37 @@ def uneven_reads(shard_lengths: Sequence[int], readers: int) -> tuple[int, int]:
     return sum(per - c for c in counts if 0 < c < per), sum(c - per for c in counts if c > per)
 
 
-def stream_workers(dataset: Dataset, workers: int, world_size: int) -> int:
-    """Loader workers per rank for a training stream, so that every reader (rank x worker) has a shard.
+def stream_workers(dataset: Dataset, workers: int, world_size: int, training: bool = True) -> int:
+    """Loader workers per rank for a stream, so that every reader (rank x worker) has a shard.
 
     timm's reader gives reader g the shards g, g + readers, ...: a reader without one reads nothing, and its rank
-    would stop while the others still train (DDP then waits in a collective). Fewer shards than ranks is an
-    error; fewer than ranks x workers lowers the workers.
+    would stop while the others still train (DDP then waits in a collective). Fewer training shards than ranks
+    is an error; fewer than ranks x workers lowers the workers (for evaluation too: its reads are then exact
+    when the shards are equal and divide by the ranks).
     """
     shards = len(shard_lengths(dataset))
     if not shards:  # the reader does not say (tfds/): as configured
         return workers
-    if shards < world_size:
+    if shards < world_size and training:
         raise UserError(
             f"the training stream has {shards} shard(s) for {world_size} ranks: a rank without a shard reads nothing",
             f"write at least {world_size} training shards (best: a multiple of ranks x loader workers), "
             "or run fewer ranks",
         )
-    fit = shards // world_size  # readers per rank; 0 workers is one reader, the rank itself
+    fit = max(1, shards // world_size)  # readers per rank; 0 workers is one reader, the rank itself
     if max(1, workers) <= fit:
         return workers
     fewer = fit if fit > 1 else 0
-    _warn_workers(shards, world_size, workers, fewer)
+    _warn_workers("training" if training else "validation", shards, world_size, workers, fewer)
     return fewer
 
 
 @functools.cache  # once per run, not once per stage
-def _warn_workers(shards: int, world_size: int, workers: int, fewer: int) -> None:
+def _warn_workers(split: str, shards: int, world_size: int, workers: int, fewer: int) -> None:
     log.warning(
-        "training stream: %d shards for %d ranks x %d loader workers; %d loader worker(s) per rank instead, so that "
+        "%s stream: %d shards for %d ranks x %d loader workers; %d loader worker(s) per rank instead, so that "
         "every reader has a shard",
+        split,
         shards,
         world_size,
         workers,

@@ -9,6 +9,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 from PIL import Image  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -31,15 +32,31 @@ def distill(*args: str):
     return invoke("distill", *PAIR, *args)
 
 
+def shared(tmp_path_factory, name: str, make) -> Path:
+    """`make(dir)` once for the whole session, every pytest-xdist worker included: the first to get the lock builds
+    it, the others wait and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # the workers' common directory
+    with FileLock(root / f"{name}.lock"):
+        done = root / name / ".complete"
+        if not done.exists():
+            shutil.rmtree(root / name, ignore_errors=True)
+            (root / name).mkdir()
+            make(root / name)
+            done.touch()
+    return root / name
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> Path:
     """One small `distill --compare` run on digits, shared by every test that reads a run directory."""
-    out = tmp_path_factory.mktemp("runs") / "run"
-    result = distill(
-        "--epochs", 2, "--compare", "--out", out, "--set", "data.train_fraction=0.5", "--set", "teacher.train.lr=0.1"
-    )
-    assert result.exit_code == 0, result.output
-    return out
+
+    def make(d: Path) -> None:
+        options = ("--epochs", 2, "--compare", "--set", "data.train_fraction=0.5", "--set", "teacher.train.lr=0.1")
+        result = distill(*options, "--out", d / "run")
+        assert result.exit_code == 0, result.output
+
+    return shared(tmp_path_factory, "pipeline", make) / "run"
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -55,7 +72,10 @@ BENCH_ITERS, BENCH_BATCHES = 6, (1, 4)
 @pytest.fixture(scope="session")
 def workflow_run(pipeline_run, tmp_path_factory) -> Path:
     """The pipeline run taken through `gtcompress run --skip-distill`: exports, bench.json and the report."""
-    run = copy_run(pipeline_run, tmp_path_factory.mktemp("workflow") / "run")
+    return shared(tmp_path_factory, "workflow", lambda d: _workflow(copy_run(pipeline_run, d / "run"))) / "run"
+
+
+def _workflow(run: Path) -> None:
     result = invoke(
         "run",
         "--skip-distill",
@@ -71,7 +91,6 @@ def workflow_run(pipeline_run, tmp_path_factory) -> Path:
         BENCH_ITERS,
     )
     assert result.exit_code == 0, result.output
-    return run
 
 
 def assert_one_line_error(result, *fragments):

@@ -5,7 +5,8 @@ import json
 import pytest
 from conftest import INT8_TOLERANCE, TEACHER, assert_one_line_error, invoke
 
-from gtcompress.recommend import pareto_front, recommend
+from gtcompress.recommend import pareto_front, recommend, recommendation_line, which_student
+from gtcompress.rundir import RunDir
 
 STUDENTS = ("mobilenetv3_small_050", "test_efficientnet")
 
@@ -26,6 +27,43 @@ def test_the_front_keeps_what_nothing_beats_and_the_pick_is_the_most_accurate_wi
     assert recommend(points)[0]["name"] == "big"
     pick, why = recommend(points, 0.5)
     assert pick is None and "0.5 ms budget" in why
+
+
+def _rows(models):
+    """Report rows for (stage, top-1, p50 ms) on onnxruntime."""
+    return [
+        {"name": m, "model": m, "arch": m, "precision": "fp32", "file": f"{m}.onnx", "bytes": 1, "top1": a,
+         "p50_ms": {"onnxruntime": t}}
+        for m, a, t in models
+    ]  # fmt: skip
+
+
+METRICS = {"standard_teacher": {}, "generous_teacher": {}, "student": {"teacher_stage": "generous_teacher"}}
+
+
+def test_a_student_slower_than_its_teacher_is_not_shipped_and_the_report_says_why(tmp_path):
+    rows = _rows([("standard_teacher", 90.0, 0.41), ("generous_teacher", 91.0, 0.45), ("student", 88.0, 1.0)])
+    got = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, None)
+    assert got["recommendation"]["model"] == "generous_teacher" and got["recommendation"]["role"] == "teacher"
+    assert got["recommendation"]["reason"] == "no student is faster than the teacher"
+    assert got["pareto"]["no_speed"] == (
+        "On onnxruntime at batch 1 the students buy no speed over the teacher: the fastest student, student, "
+        "takes 1.000 ms against 0.410 ms for standard_teacher."
+    )
+    line = recommendation_line({**got, "pareto": got["pareto"]})
+    assert (
+        line.startswith("On onnxruntime at batch 1 the students buy no speed")
+        and "Recommended: generous_teacher" in line
+    )
+
+
+def test_without_a_budget_the_pick_is_the_best_student_that_buys_speed(tmp_path):
+    rows = _rows([("generous_teacher", 95.0, 3.0), ("student", 90.0, 0.5)])
+    got = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, None)
+    assert got["recommendation"]["model"] == "student" and got["pareto"]["no_speed"] is None
+    assert {p["role"] for p in got["pareto"]["points"]} == {"student", "teacher"}
+    within = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, 5.0)["recommendation"]
+    assert within["model"] == "generous_teacher", "a budget the teacher meets: the most accurate that fits"
 
 
 def test_candidates_prints_every_students_latency_on_the_target():
@@ -93,6 +131,7 @@ def monkeypatch_module():
         yield patch
 
 
+@pytest.mark.slow
 def test_teachers_are_trained_once_and_every_student_from_the_same_gt(two_students):
     out, _, calls = two_students
     metrics = json.loads((out / "metrics.json").read_text())
@@ -106,6 +145,7 @@ def test_teachers_are_trained_once_and_every_student_from_the_same_gt(two_studen
     assert [c["arch"] for c in candidates["candidates"]] == list(STUDENTS) and candidates["budget_ms"] == 1000
 
 
+@pytest.mark.slow
 def test_every_student_is_exported_benched_and_on_the_front(two_students):
     out, result, _ = two_students
     metrics = json.loads((out / "metrics.json").read_text())
@@ -117,7 +157,8 @@ def test_every_student_is_exported_benched_and_on_the_front(two_students):
     report = json.loads((out / "report.json").read_text())
     points = report["pareto"]["points"]
     assert {(p["model"], p["precision"]) for p in points} == {
-        (f"student_{a}", p) for a in STUDENTS for p in ("fp32", "int8")
+        *((f"student_{a}", p) for a in STUDENTS for p in ("fp32", "int8")),
+        ("generous_teacher", "fp32"),  # the teacher is a candidate too
     }
     pick = report["recommendation"]
     assert pick["top1"] == max(p["top1"] for p in points) and pick["p50_ms"] <= 1000
@@ -125,7 +166,7 @@ def test_every_student_is_exported_benched_and_on_the_front(two_students):
     assert report["pareto"]["budget_ms"] == 1000 and pick["name"] in report["pareto"]["front"]
     assert report["pareto"]["budget_set_on"] is None, "checked on onnxruntime at batch 1, as the report measures"
     md = (out / "report.md").read_text()
-    assert "## Which student to ship" in md and f"Recommended: {pick['name']}" in md
+    assert "## What to ship" in md and f"Recommended: {pick['name']}" in md
     assert f"Recommended: {pick['name']}" in result.stdout
     assert (out / "plots" / "pareto.png").is_file()
 
@@ -147,6 +188,7 @@ def test_a_budget_target_that_cannot_mean_what_it_says_is_refused(monkeypatch):
         target(BudgetConfig(backend="tensorrt", device="cpu"))
 
 
+@pytest.mark.slow
 def test_a_budget_checked_elsewhere_is_said_to_be(two_students):
     from gtcompress.report import build_report
     from gtcompress.rundir import RunDir

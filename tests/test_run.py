@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from conftest import INT8_TOLERANCE, PAIR, TEACHER, assert_one_line_error, invoke
 
 
+@pytest.mark.slow
 def test_run_does_the_whole_workflow_and_resumes_without_redoing_it(tmp_path):
     out = tmp_path / "run"
     args = ["--precision", "fp32,int8", "--tolerance", INT8_TOLERANCE, "--batch-sizes", "1", "--iters", 3]
@@ -52,6 +54,7 @@ def test_unknown_options_are_refused_by_distill(tmp_path):
     assert result.exit_code == 2 and "No such option" in result.output
 
 
+@pytest.mark.slow
 def test_run_goes_on_without_a_precision_that_fails_verification(pipeline_run, tmp_path):
     from conftest import copy_run
 

@@ -141,6 +141,7 @@ def load_digits_targets(start, stop):
     return load_digits().target[start:stop].tolist()
 
 
+@pytest.mark.slow
 def test_distill_and_export_run_end_to_end_on_shards(wds_digits, tmp_path):
     out = tmp_path / "run"
     result = distill(
