@@ -3,6 +3,7 @@ their CPU cost recorded, t-intervals over seeds, Markdown tables, and the machin
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from scipy import stats
 
 from gtcompress import environment
@@ -187,3 +189,50 @@ def publish(directory: Path, name: str, result: dict[str, Any], markdown: str) -
     write_json(directory / f"{name}.json", result)
     write_text(directory / f"{name}.md", markdown)
     print(markdown)
+
+
+def grid_parser(
+    description: str, seeds: Sequence[int], settings: Sequence[str], default: Sequence[str], pairs, runs: str
+) -> argparse.ArgumentParser:
+    """The options every pre-registered grid takes: what to run, how, and where its runs and results go."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    p.add_argument("--settings", nargs="+", default=list(default), choices=list(settings))
+    p.add_argument("--pairs", nargs="+", default=[f"{t}:{s}" for t, s in pairs], help="TEACHER:STUDENT ...")
+    p.add_argument("--jobs", type=int, default=1, help="cells at once (one CPU thread each)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE", help="override, every run")
+    p.add_argument("--runs", type=Path, default=REPO / runs)
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    p.add_argument("--report-only", action="store_true", help="only summarise finished runs")
+    return p
+
+
+def pairs_and_overrides(args: argparse.Namespace) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """The (teacher, student) pairs and the --set overrides; the torch threads of this process (its evaluations)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    pairs = [tuple(x.split(":", 1)) for x in args.pairs]
+    return pairs, {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.extra)}
+
+
+def run_grid(
+    args: argparse.Namespace, runs: dict[Any, dict[str, Task]], record: Callable[[Any], dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """--dry-run: print every command (None). Else run the cells (unless --report-only), each cell's `record`
+    computed and cached as soon as its runs finish, and return every cell's record; exit if a run is unfinished."""
+    if args.dry_run:
+        for group in runs.values():
+            for run in group.values():
+                print(" ".join(distill_command(run)), f"  [{run_state(run)}]")
+        return None
+    cells = list(runs)
+    if not args.report_only:
+        run_groups([list(r.values()) for r in runs.values()], args.jobs, args.threads, after=lambda i: record(cells[i]))
+    missing = [str(r.out) for group in runs.values() for r in group.values() if run_state(r) != "done"]
+    if missing:
+        sys.exit(f"{len(missing)} run(s) unfinished, e.g. {missing[0]}; run without --report-only to finish them")
+    return [record(c) for c in cells]

@@ -15,7 +15,6 @@ Writes benchmarks/results/method.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -504,48 +503,16 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=list(TEACHER_SEEDS))
-    p.add_argument("--settings", nargs="+", default=[PRIMARY, "digits-20%"], choices=list(SETTINGS))
-    p.add_argument("--pairs", nargs="+", default=[f"{t}:{s}" for t, s in PAIRS], help="TEACHER:STUDENT ...")
-    p.add_argument("--jobs", type=int, default=1, help="cells at once (one CPU thread each)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--set",
-        dest="extra",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="recipe override for every run, e.g. precision=bf16",
+    parser = grid.grid_parser(
+        __doc__.split("\n")[0], TEACHER_SEEDS, SETTINGS, [PRIMARY, "digits-20%"], PAIRS, "benchmarks/runs/method"
     )
-    p.add_argument("--runs", type=Path, default=grid.REPO / "benchmarks/runs/method")
-    p.add_argument("--results", type=Path, default=grid.REPO / "benchmarks/results")
-    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    p.add_argument("--report-only", action="store_true", help="only summarise finished runs")
-    args = p.parse_args(argv)
-
-    import torch
-
-    torch.set_num_threads(args.threads)  # the big-test evaluations run in this process
-    pairs = [tuple(x.split(":", 1)) for x in args.pairs]
-    extra = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.extra)}
+    args = parser.parse_args(argv)
+    pairs, extra = grid.pairs_and_overrides(args)
     grid_cells = cells(args.settings, pairs, args.seeds)
     runs = {c: cell_runs(c, args.runs, args.device, extra) for c in grid_cells}
-    if args.dry_run:
-        for group in runs.values():
-            for run in group.values():
-                print(" ".join(grid.distill_command(run)), f"  [{grid.run_state(run)}]")
+    records = grid.run_grid(args, runs, lambda c: cell_record(c, runs[c], c.setting == PRIMARY))
+    if records is None:
         return
-    record = lambda c: cell_record(c, runs[c], c.setting == PRIMARY)  # noqa: E731
-    if not args.report_only:  # each cell's big-test evaluations run (and are cached) as soon as its runs finish
-        grid.run_groups(
-            [list(r.values()) for r in runs.values()], args.jobs, args.threads, after=lambda i: record(grid_cells[i])
-        )
-    missing = [str(r.out) for group in runs.values() for r in group.values() if grid.run_state(r) != "done"]
-    if missing:
-        sys.exit(f"{len(missing)} run(s) unfinished, e.g. {missing[0]}; run without --report-only to finish them")
-    records = [record(c) for c in grid_cells]
     summary = summarize_cells(records)
     primary = [s for s in summary if s["setting"] == PRIMARY]
     for s in summary:
