@@ -19,7 +19,7 @@ from rich.table import Table
 
 from .backends import Backend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 from .bench import latency_stats, time_backend
-from .config import BudgetConfig
+from .config import BudgetConfig, RunConfig
 from .environment import machine_info
 from .errors import UserError
 from .export.graph import convert_fp16, export_onnx, quantize_int8
@@ -71,38 +71,47 @@ def _artefact(
     return TensorRTBackend(tmp / "model.engine", precision)
 
 
-def measure(
-    archs: list[str], num_classes: int, img_size: int, cfg: BudgetConfig, say: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """Every candidate's p50 on the target at the budget's batch size, and whether it fits the budget."""
-    backend, precision, device = target(cfg)
+def _time(arch: str, num_classes: int, img_size: int, cfg: RunConfig, tmp: Path) -> dict[str, Any]:
+    """One untrained model's size and p50 on the budget's target."""
+    backend, precision, device = target(cfg.budget)
+    model = create_model(arch, num_classes, small_stem=cfg.small_stem).eval()
+    runner = _artefact(model, img_size, backend, precision, device, tmp, cfg.budget.batch)
+    x = np.random.default_rng(0).standard_normal((cfg.budget.batch, 3, img_size, img_size), dtype=np.float32)
+    stats = latency_stats(time_backend(runner, x, 5, cfg.budget.iters, None), cfg.budget.batch)
+    size = {"params": count_params(model), "macs": count_macs(model, img_size)}
+    return {"arch": arch, **size, **{k: stats[k] for k in ("p50_ms", "p90_ms", "mean_ms")}}
+
+
+def measure(cfg: RunConfig, num_classes: int, img_size: int, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every candidate's p50 on the target at the budget's batch size, whether it fits the budget, and whether it
+    is faster than the teacher there (timed the same way): a student that is not buys nothing."""
+    backend, precision, device = target(cfg.budget)
+    where = f"{backend} {precision} batch {cfg.budget.batch}"
+    with tempfile.TemporaryDirectory(prefix="gtcompress-candidate-") as tmp:
+        teacher = _time(cfg.teacher.arch, num_classes, img_size, cfg, Path(tmp))
     rows = []
-    for arch in archs:
-        model = create_model(arch, num_classes).eval()
+    for arch in cfg.student.archs:
         with tempfile.TemporaryDirectory(prefix="gtcompress-candidate-") as tmp:
-            runner = _artefact(model, img_size, backend, precision, device, Path(tmp), cfg.batch)
-            x = np.random.default_rng(0).standard_normal((cfg.batch, 3, img_size, img_size), dtype=np.float32)
-            stats = latency_stats(time_backend(runner, x, 5, cfg.iters, None), cfg.batch)
-        fits = cfg.latency_ms is None or stats["p50_ms"] <= cfg.latency_ms
-        rows.append(
-            {
-                "arch": arch,
-                "params": count_params(model),
-                "macs": count_macs(model, img_size),
-                **{k: stats[k] for k in ("p50_ms", "p90_ms", "mean_ms")},
-                "fits": fits,
-            }
-        )
-        say(f"candidate {arch}: p50 {stats['p50_ms']:.3f} ms ({backend} {precision} batch {cfg.batch})")
+            row = _time(arch, num_classes, img_size, cfg, Path(tmp))
+        row["fits"] = cfg.budget.latency_ms is None or row["p50_ms"] <= cfg.budget.latency_ms
+        row["faster_than_teacher"] = row["p50_ms"] < teacher["p50_ms"]
+        rows.append(row)
+        say(f"candidate {arch}: p50 {row['p50_ms']:.3f} ms ({where})")
+        if not row["faster_than_teacher"]:
+            say(
+                f"[yellow]candidate {arch} is not faster than the teacher {teacher['arch']} "
+                f"({teacher['p50_ms']:.3f} ms on {where}): distilling it buys no speed there"
+            )
     return {
-        "budget_ms": cfg.latency_ms,
+        "budget_ms": cfg.budget.latency_ms,
         "backend": backend,
         "precision": precision,
         "device": device,
-        "batch_size": cfg.batch,
+        "batch_size": cfg.budget.batch,
         "img_size": img_size,
         "machine": machine_info(torch.get_num_threads(), device == "cuda"),
         "note": "untrained models with random weights: the target's latency, not the trained artefacts'",
+        "teacher": teacher,
         "candidates": rows,
     }
 
@@ -114,16 +123,18 @@ def candidate_table(result: dict[str, Any]) -> Table:
         f"{result['batch_size']}" + (f", budget {budget:g} ms" if budget is not None else ""),
         title_justify="left",
     )
-    for col in ("student", "params", "MMACs", "p50 ms", "p90 ms", "within budget"):
-        table.add_column(col, justify="left" if col == "student" else "right")
-    for r in result["candidates"]:
+    for col in ("model", "params", "MMACs", "p50 ms", "p90 ms", "× faster than the teacher", "within budget"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    t = result["teacher"]
+    for r in [{**t, "arch": f"{t['arch']} (teacher)"}, *result["candidates"]]:
         table.add_row(
             r["arch"],
             f"{r['params'] / 1e6:.2f}M",
             f"{r['macs'] / 1e6:.1f}",
             f"{r['p50_ms']:.3f}",
             f"{r['p90_ms']:.3f}",
-            "–" if budget is None else "yes" if r["fits"] else "no",
+            "–" if "fits" not in r else f"{t['p50_ms'] / r['p50_ms']:.2f}×",  # the teacher's row has no verdicts
+            "–" if budget is None or "fits" not in r else "yes" if r["fits"] else "no",
         )
     return table
 

@@ -220,6 +220,7 @@ def distill(
 def candidates(
     ctx: typer.Context,
     student: Students = None,
+    teacher: Annotated[Optional[str], typer.Option(help="The teacher the students must beat on speed.")] = None,
     recipe: Annotated[Optional[Path], typer.Option(help="YAML recipe; options given here override it.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="The data set (its class count and image size).")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
@@ -230,7 +231,7 @@ def candidates(
     budget_batch: BudgetBatch = None,
     budget_precision: BudgetPrecision = None,
 ) -> None:
-    """What could I ship here? Each candidate student's latency on the target, untrained, before any training."""
+    """What could I ship here? Each candidate student's latency on the target against the teacher's, untrained."""
     from .candidates import candidate_table, measure
     from .config import load_config
     from .data import load_splits
@@ -240,11 +241,7 @@ def candidates(
     for note in resolve_names(cfg):
         say(f"resolved {note}")
     splits = load_splits(cfg.data)
-    console.print(
-        candidate_table(
-            measure(cfg.student.archs, splits.num_classes, cfg.data.img_size or splits.img_size, cfg.budget, say)
-        )
-    )
+    console.print(candidate_table(measure(cfg, splits.num_classes, cfg.data.img_size or splits.img_size, say)))
 
 
 @app.command()

@@ -136,7 +136,7 @@ def _prepare(
     def check() -> dict[str, Any] | None:
         if not env.is_main:
             return None
-        result = measure(cfg.student.archs, splits.num_classes, cfg.data.img_size or splits.img_size, cfg.budget, say)
+        result = measure(cfg, splits.num_classes, cfg.data.img_size or splits.img_size, say)
         console.print(candidate_table(result))
         return result
 

@@ -1,6 +1,7 @@
 """Several students from one GT, a latency budget checked before training, the front and the recommendation."""
 
 import json
+import re
 
 import pytest
 from conftest import INT8_TOLERANCE, TEACHER, assert_one_line_error, invoke
@@ -67,12 +68,24 @@ def test_without_a_budget_the_pick_is_the_best_student_that_buys_speed(tmp_path)
 
 
 def test_candidates_prints_every_students_latency_on_the_target():
-    result = invoke("candidates", "--student", ",".join(STUDENTS), "--latency-budget", 1000, "--budget-batch", 2)
+    result = invoke(
+        "candidates", "--teacher", TEACHER, "--student", ",".join(STUDENTS), "--latency-budget", 1000,
+        "--budget-batch", 2,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "candidates on onnxruntime fp32 (cpu), batch 2, budget 1000 ms" in result.stdout
-    for arch in STUDENTS:
+    for arch in (f"{TEACHER} (teacher)", *STUDENTS):
         assert arch in result.stdout
     assert result.stdout.count("yes") == len(STUDENTS)
+
+
+def test_a_candidate_slower_than_the_teacher_is_flagged_before_any_training():
+    result = invoke("candidates", "--teacher", TEACHER, "--student", "resnet18", "--set", "budget.iters=10")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.stdout.split())
+    assert f"candidate resnet18 is not faster than the teacher {TEACHER}" in flat and "buys no speed" in flat
+    ratio = re.search(r"resnet18 .*? (\d+\.\d+)×", flat)
+    assert ratio and float(ratio.group(1)) < 1, flat
 
 
 def test_an_impossible_budget_trains_nothing_and_says_why(tmp_path):
