@@ -62,7 +62,10 @@ def environment(env: DistEnv, device: torch.device, requested: dict[str, str]) -
 def _load_resumed(out: Path | None, requested: RunConfig | None, keys: set[str]) -> tuple[RunConfig, RunDir]:
     """The run to continue and its saved configuration; `keys` of `requested` (the command line's) must agree."""
     run = resolve_run(out)
-    saved = RunConfig.model_validate(yaml.safe_load(run.config.read_text()))
+    tree = yaml.safe_load(run.config.read_text())
+    # a run saved before generous.scale existed trained its GT with the k^2-scaled term: it resumes with it
+    tree.setdefault("generous", {}).setdefault("scale", "k_squared")
+    saved = RunConfig.model_validate(tree)
     if requested is not None and keys:
         resolve_names(requested)
         diffs = differences(saved, requested, keys)

@@ -330,3 +330,20 @@ def test_paper_recipe_at_tiny_scale_trains_small_stem_models_that_export_and_ver
     assert result.exit_code == 0, result.output
     (record,) = json.loads((out / "metrics.json").read_text())["export"]
     assert record["max_abs_diff"] <= 1e-3 and record["top1_agreement"] == 100.0
+
+
+def test_a_run_saved_before_the_scale_option_resumes_with_the_loss_it_trained_with(tmp_path):
+    from gtcompress.config import RunConfig, dump_config
+    from gtcompress.pipeline import _load_resumed
+
+    for saved_scale, expected in ((None, "k_squared"), ("st_temperature", "st_temperature")):
+        out = tmp_path / str(saved_scale)
+        out.mkdir()
+        tree = yaml.safe_load(dump_config(RunConfig()))
+        if saved_scale is None:
+            del tree["generous"]["scale"]  # as config.yaml was written before the option existed
+        else:
+            tree["generous"]["scale"] = saved_scale
+        (out / "config.yaml").write_text(yaml.safe_dump(tree))
+        cfg, _ = _load_resumed(out, None, set())
+        assert cfg.generous.scale == expected
