@@ -376,7 +376,7 @@ def create_loader(
     A stream is sharded by its reader; its loader only batches (call the dataset's `set_epoch`)."""
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
     if isinstance(dataset, IterableDataset):
-        workers = stream_workers(dataset, workers, world_size, training)
+        workers = stream_workers(dataset, workers, world_size, training, quiet=rank != 0)
         common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
         dataset.set_loader_cfg(num_workers=workers)
         if not training and world_size > 1 and rank == 0:

@@ -132,7 +132,7 @@ def _prepare(
     _check(cfg)
     splits = agree(env, lambda: load_splits(cfg.data))
     if splits.streaming:  # a rank without a training shard is refused here, before anything is written
-        agree(env, lambda: stream_workers(splits.train, loader_workers(cfg.data, splits), env.world_size))
+        agree(env, lambda: stream_workers(splits.train, loader_workers(cfg.data, splits), env.world_size, quiet=True))
     if cfg.budget.latency_ms is None:
         return splits, None
 

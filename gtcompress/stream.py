@@ -59,7 +59,7 @@ def uneven_reads(shard_lengths: Sequence[int], readers: int) -> tuple[int, int]:
     return sum(per - c for c in counts if 0 < c < per), sum(c - per for c in counts if c > per)
 
 
-def stream_workers(dataset: Dataset, workers: int, world_size: int, training: bool = True) -> int:
+def stream_workers(dataset: Dataset, workers: int, world_size: int, training: bool = True, quiet: bool = False) -> int:
     """Loader workers per rank for a stream, so that every reader (rank x worker) has a shard.
 
     timm's reader gives reader g the shards g, g + readers, ...: a reader without one reads nothing, and its rank
@@ -80,7 +80,8 @@ def stream_workers(dataset: Dataset, workers: int, world_size: int, training: bo
     if max(1, workers) <= fit:
         return workers
     fewer = fit if fit > 1 else 0
-    _warn_workers("training" if training else "validation", shards, world_size, workers, fewer)
+    if not quiet:  # rank 0 says it
+        _warn_workers("training" if training else "validation", shards, world_size, workers, fewer)
     return fewer
 
 
