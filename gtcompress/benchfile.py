@@ -13,6 +13,7 @@ from rich import box
 from rich.table import Table
 
 from .rundir import RunDir, read_json
+from .stages import DEPLOYABLE_TEACHERS
 
 BENCH_FILE = "bench.json"
 
@@ -20,7 +21,7 @@ BENCH_FILE = "bench.json"
 def reference_teacher(results: list[dict[str, Any]]) -> str | None:
     """The teacher that speed-ups are measured against: the Generous Teacher, else the Standard Teacher."""
     measured = {r["model"] for r in results}
-    return next((m for m in ("generous_teacher", "standard_teacher") if m in measured), None)
+    return next((m for m in DEPLOYABLE_TEACHERS if m in measured), None)
 
 
 def find(results: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from .rundir import RunDir, read_json
-from .stages import distilled_students
+from .stages import DEPLOYABLE_TEACHERS, distilled_students
 
 Point = dict[str, Any]  # at least "top1" (%) and "p50_ms"; "role" "student" (the default) or "teacher"
-TEACHERS = ("standard_teacher", "generous_teacher")  # the deployable teachers (the controls are not)
 
 
 def pareto_front(points: list[Point]) -> list[Point]:
@@ -88,7 +87,7 @@ def which_student(
         budget_ms = check["budget_ms"]
         if (check["backend"], check["batch_size"]) != (backend, batch_size):
             budget_set_on = f"{check['backend']} {check['precision']} at batch {check['batch_size']}"
-    roles = {**{t: "teacher" for t in TEACHERS}, **{s: "student" for s in distilled_students(metrics)}}
+    roles = {**{t: "teacher" for t in DEPLOYABLE_TEACHERS}, **{s: "student" for s in distilled_students(metrics)}}
     points = [
         {
             "name": r["name"],

@@ -270,3 +270,5 @@ def distilled_students(metrics: dict[str, Any]) -> list[str]:
 
 
 STAGE_NAMES: tuple[str, ...] = tuple(TITLES)  # the stages of a one-student run, in training order
+# The teachers a deployment could ship instead of a student, the speed reference first (the controls are not).
+DEPLOYABLE_TEACHERS: tuple[str, ...] = ("generous_teacher", "standard_teacher")
