@@ -305,16 +305,26 @@ def paired_test(diffs: Sequence[float]) -> dict[str, Any]:
 
 def verdict(gain: dict[str, Any]) -> str:
     """The plan's reading of a GT - continued interval."""
+    return {
+        None: "not enough seeds",
+        "better": f"the GT's students are better beyond its extra epochs, by {gain['mean']:+.2f} points",
+        "equivalent": f"the continued teacher matches the GT (within ±{MARGIN:g}): the gain is the extra epochs'",
+        "worse": f"the continued teacher's students are better, by {-gain['mean']:.2f} points",
+        "undecided": "not distinguishable from the extra training at this precision",
+    }[decision(gain)]
+
+
+def decision(gain: dict[str, Any]) -> str | None:
+    """The pre-registered rule (both plans) on a 95% interval and the MARGIN: 'better' (lower end > 0),
+    'equivalent' (all within ±MARGIN), 'worse' (upper end < 0), else 'undecided'; None without an interval."""
     if gain["ci95"] is None:
-        return "not enough seeds"
+        return None
     lo, hi = gain["ci95"]
     if lo > 0:
-        return f"the GT's students are better beyond its extra epochs, by {gain['mean']:+.2f} points"
+        return "better"
     if -MARGIN <= lo and hi <= MARGIN:
-        return f"the continued teacher matches the GT (within ±{MARGIN:g}): the gain is the extra epochs'"
-    if hi < 0:
-        return f"the continued teacher's students are better, by {-gain['mean']:.2f} points"
-    return "not distinguishable from the extra training at this precision"
+        return "equivalent"
+    return "worse" if hi < 0 else "undecided"
 
 
 GAINS = {  # secondary, paired per teacher seed: name -> (minuend, subtrahend)

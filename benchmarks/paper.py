@@ -138,16 +138,13 @@ def unit(record: dict[str, Any], a: str, b: str) -> list[float]:
 
 def reading(gain: dict[str, Any], control: str) -> str:
     """The plan's reading of a 95% interval of GT students minus `control` students."""
-    if gain["ci95"] is None:
-        return "not enough seeds"
-    lo, hi = gain["ci95"]
-    if lo > 0:
-        return f"students of the GT are better than those of the {control}, by {gain['mean']:+.2f} points"
-    if -MARGIN <= lo and hi <= MARGIN:
-        return f"students of the GT and of the {control} are equivalent (within ±{MARGIN:g})"
-    if hi < 0:
-        return f"students of the {control} are better, by {-gain['mean']:.2f} points"
-    return f"not shown: not distinguishable from the {control}'s students at this precision"
+    return {
+        None: "not enough seeds",
+        "better": f"students of the GT are better than those of the {control}, by {gain['mean']:+.2f} points",
+        "equivalent": f"students of the GT and of the {control} are equivalent (within ±{MARGIN:g})",
+        "worse": f"students of the {control} are better, by {-gain['mean']:.2f} points",
+        "undecided": f"not shown: not distinguishable from the {control}'s students at this precision",
+    }[method.decision(gain)]
 
 
 HYPOTHESES = {"h1": ("st", "ST"), "h2": ("ba", "born-again teacher")}  # primary: GT minus this arm, 3 student seeds
@@ -202,7 +199,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def claim(summary: Sequence[dict[str, Any]]) -> str:
     """The plan's overall answer: shown only if every pair of the primary setting reads 'better' on H1 and H2."""
     primary = [s for s in summary if s["setting"] == PRIMARY]
-    better = lambda s, h: s[h]["ci95"] is not None and s[h]["ci95"][0] > 0  # noqa: E731
+    better = lambda s, h: method.decision(s[h]) == "better"  # noqa: E731
     if primary and all(better(s, "h1") and better(s, "h2") for s in primary):
         return "shown: students of the GT beat those of the ST and of the born-again teacher on both pairs"
     if primary and all(better(s, "h1") for s in primary):
