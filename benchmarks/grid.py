@@ -219,20 +219,47 @@ def pairs_and_overrides(args: argparse.Namespace) -> tuple[list[tuple[str, str]]
     return pairs, {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.extra)}
 
 
+def code_commit() -> str | None:
+    """The commit of the code that ran (None outside a git checkout)."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return proc.stdout.strip() or None
+
+
+def stored_record(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def run_grid(
-    args: argparse.Namespace, runs: dict[Any, dict[str, Task]], record: Callable[[Any], dict[str, Any]]
+    args: argparse.Namespace,
+    runs: dict[Any, dict[str, Task]],
+    record: Callable[[Any], dict[str, Any]],
+    store: Callable[[Any], Path] | None = None,
 ) -> list[dict[str, Any]] | None:
     """--dry-run: print every command (None). Else run the cells (unless --report-only), each cell's `record`
-    computed and cached as soon as its runs finish, and return every cell's record; exit if a run is unfinished."""
+    computed as soon as its runs finish, and return every cell's record; exit if a run is unfinished.
+
+    With `store`, a finished cell's record (and the commit of the code that ran it) is written to store(cell), a
+    small file to commit, and a cell whose record is stored is not run again: a grid longer than the machine's
+    sessions continues in the next one without its run directories."""
+    stored = {c: stored_record(store(c)) for c in runs} if store else {}
+    todo = {c: group for c, group in runs.items() if stored.get(c) is None}
     if args.dry_run:
-        for group in runs.values():
+        for group in todo.values():
             for run in group.values():
                 print(" ".join(distill_command(run)), f"  [{run_state(run)}]")
         return None
-    cells = list(runs)
+    cells = list(todo)
+
+    def finish(cell: Any) -> dict[str, Any]:
+        if not store:
+            return record(cell)
+        stored[cell] = {**record(cell), "code": code_commit()}
+        write_json(store(cell), stored[cell])
+        return stored[cell]
+
     if not args.report_only:
-        run_groups([list(r.values()) for r in runs.values()], args.jobs, args.threads, after=lambda i: record(cells[i]))
-    missing = [str(r.out) for group in runs.values() for r in group.values() if run_state(r) != "done"]
+        run_groups([list(r.values()) for r in todo.values()], args.jobs, args.threads, after=lambda i: finish(cells[i]))
+    missing = [str(r.out) for group in todo.values() for r in group.values() if run_state(r) != "done"]
     if missing:
         sys.exit(f"{len(missing)} run(s) unfinished, e.g. {missing[0]}; run without --report-only to finish them")
-    return [record(c) for c in cells]
+    return [stored[c] if stored.get(c) is not None else finish(c) for c in runs]

@@ -19,9 +19,10 @@ benchmarks/results/paper.{json,md}.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,11 @@ def markdown(result: dict[str, Any]) -> str:
     )
 
 
+def store(args: argparse.Namespace, extra: dict[str, Any]) -> Callable[[Cell], Path] | None:
+    """Where each finished cell's record is kept (committed, so the grid spans sessions); none with overrides."""
+    return None if extra else lambda cell: method.cell_dir(cell, args.results / "paper-cells").with_suffix(".json")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = grid.grid_parser(
         __doc__.split("\n")[0], method.TEACHER_SEEDS, SETTINGS, [PRIMARY], PAIRS, "benchmarks/runs/paper"
@@ -290,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     pairs, extra = grid.pairs_and_overrides(args)
     grid_cells = cells(args.settings, pairs, args.seeds)
     runs = {c: cell_runs(c, args.runs, args.device, extra) for c in grid_cells}
-    records = grid.run_grid(args, runs, lambda c: cell_record(c, runs[c], c.setting == PRIMARY))
+    records = grid.run_grid(args, runs, lambda c: cell_record(c, runs[c], c.setting == PRIMARY), store(args, extra))
     if records is None:
         return
     summary = summarize(records)

@@ -3,6 +3,7 @@
 No experiment runs here: records are fabricated with the keys `cell_record` writes.
 """
 
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -119,3 +120,33 @@ def test_the_hypotheses_are_tested_on_teacher_seed_means_and_read_by_the_plans_r
 )
 def test_reading_of_an_interval(ci, start):
     assert paper.reading({"mean": sum(ci) / 2, "ci95": ci}, "ST").startswith(start)
+
+
+def test_a_stored_cell_is_not_run_again_and_a_finished_one_is_stored(tmp_path, monkeypatch):
+    args = grid.grid_parser("x", [0, 1], paper.SETTINGS, [paper.PRIMARY], paper.PAIRS, "r").parse_args(
+        ["--results", str(tmp_path / "results")]
+    )
+    store = paper.store(args, {})
+    old, new = (paper.Cell(paper.PRIMARY, *paper.PAIRS[0], seed) for seed in (0, 1))
+    runs = {c: paper.cell_runs(c, tmp_path / "runs") for c in (old, new)}
+    store(old).parent.mkdir(parents=True)
+    store(old).write_text(json.dumps({"seed": 0, "from": "store"}))
+    for run in runs[new].values():  # the new cell's runs finished in this session
+        run.out.mkdir(parents=True)
+        (run.out / "metrics.json").write_text(json.dumps({s: {} for s in run.stages}))
+    monkeypatch.setattr(grid, "execute", lambda *a: pytest.fail("a finished or stored cell must not run"))
+    records = grid.run_grid(args, runs, lambda c: {"seed": c.seed, "from": "runs"}, store)
+    assert [r["from"] for r in records] == ["store", "runs"]
+    kept = json.loads(store(new).read_text())
+    assert kept["from"] == "runs" and kept["code"] == grid.code_commit() and len(kept["code"]) == 40
+    assert paper.store(args, {"seed": 3}) is None, "overridden runs are not the plan's cells"
+
+
+def test_a_missing_run_of_an_unstored_cell_stops_the_report(tmp_path):
+    args = grid.grid_parser("x", [0], paper.SETTINGS, [paper.PRIMARY], paper.PAIRS, "r").parse_args(
+        ["--results", str(tmp_path), "--report-only"]
+    )
+    cell = paper.Cell(paper.PRIMARY, *paper.PAIRS[0], 0)
+    with pytest.raises(SystemExit, match="unfinished"):
+        grid.run_grid(args, {cell: paper.cell_runs(cell, tmp_path)}, lambda c: {}, paper.store(args, {}))
+    assert not paper.store(args, {})(cell).exists()
