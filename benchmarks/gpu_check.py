@@ -3,9 +3,11 @@
     python benchmarks/gpu_check.py [--out benchmarks/results/gpu.json]
 
 On a CUDA machine: the CUDA and TensorRT tests, `gtcompress run` on digits trained in bf16, benched with
-torch-CUDA and onnxruntime-CUDA (student vs teacher), and the GPU, driver and versions. TensorRT is run
-where it is installed; where it is not, gpu.json says so (it is never skipped silently). Without CUDA it
-says so and exits 1. Exit code: 0 only if every check passed.
+torch on CUDA eager and replaying CUDA graphs and onnxruntime (CUDA where onnxruntime-gpu is installed, else the
+CPU at each thread count), student beside teacher; the untrained pair at 224 px on torch-CUDA (the candidates'
+timing); the GPU, driver and versions. TensorRT is run where it is installed; where it is not, gpu.json says so
+(it is never skipped silently). Without CUDA it says so and exits 1. Exit code: 0 only if every check passed.
+`speed` records the issue's ratios as measured (not pass/fail: they are findings).
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_cuda.py", "tests/test_tensorrt.py", "tests/test_bench.py", "tests/test_export.py"]
+TESTS = [
+    "tests/test_cuda.py",
+    "tests/test_tensorrt.py",
+    "tests/test_backends.py",
+    "tests/test_bench.py",
+    "tests/test_export.py",
+]
 RUN_ARGS = [
     "--recipe",
     "recipes/digits.yaml",
@@ -37,7 +45,20 @@ RUN_ARGS = [
     "torch,onnxruntime",
     "--batch-sizes",
     "1,8,32",
+    "--iters",
+    "200",
 ]
+SUMMARY_KEYS = (
+    "stage",
+    "backend",
+    "device",
+    "precision",
+    "batch_size",
+    "threads",
+    "cuda_graph",
+    "p50_ms",
+    "throughput",
+)
 
 
 def _command(args: list[str], timeout: int = 3600) -> dict[str, Any]:
@@ -66,10 +87,54 @@ def _tensorrt() -> str:
 
 
 def _bench_summary(run: Path) -> list[dict[str, Any]]:
-    """Student vs teacher p50 per backend, precision and batch, from the run's bench.json."""
+    """Every result's setting and p50, from the run's bench.json."""
     bench = json.loads((run / "bench.json").read_text())
-    keys = ("model", "backend", "device", "precision", "batch_size", "p50_ms", "throughput")
-    return [{k: r[k] for k in keys} for r in bench["results"]]
+    return [{k: r.get(k) for k in SUMMARY_KEYS} for r in bench["results"]]
+
+
+def _p50(rows: list[dict[str, Any]], **match: Any) -> float | None:
+    """The best p50 of the rows matching every key (None where none does)."""
+    found = [r["p50_ms"] for r in rows if all(r.get(k) == v for k, v in match.items())]
+    return min(found) if found else None
+
+
+def speed(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's ratios: a CUDA graph against eager for the student at batch 1; the student against the teacher
+    with CUDA graphs; onnxruntime's best thread count against all threads, at every batch."""
+    torch_b1 = {"backend": "torch", "device": "cuda", "precision": "fp32", "batch_size": 1}
+    eager = _p50(rows, stage="student", cuda_graph=False, **torch_b1)
+    graph = _p50(rows, stage="student", cuda_graph=True, **torch_b1)
+    teacher_graph = _p50(rows, stage="generous_teacher", cuda_graph=True, **torch_b1)
+    out: dict[str, Any] = {"student_torch_cuda_b1_ms": {"eager": eager, "cuda_graph": graph}}
+    out["student_cuda_graph_over_eager"] = eager / graph if eager and graph else None
+    out["teacher_torch_cuda_graph_b1_ms"] = teacher_graph
+    out["student_faster_than_teacher_with_cuda_graphs"] = bool(graph and teacher_graph and graph < teacher_graph)
+    threads = max((r["threads"] or 0 for r in rows if r["backend"] == "onnxruntime"), default=0)
+    out["onnxruntime_student_best_vs_all_threads"] = {
+        b: {"best": _p50(rows, stage="student", backend="onnxruntime", precision="fp32", batch_size=b),
+            "all": _p50(rows, stage="student", backend="onnxruntime", precision="fp32", batch_size=b, threads=threads)}
+        for b in sorted({r["batch_size"] for r in rows})
+    }  # fmt: skip
+    return out
+
+
+def at_224() -> dict[str, Any]:
+    """The untrained teacher and student at 224 px on torch-CUDA, fp32 and fp16, each at its best setting."""
+    from gtcompress.candidates import measure
+    from gtcompress.config import RunConfig
+
+    out = {}
+    for precision in ("fp32", "fp16"):
+        cfg = RunConfig(
+            teacher={"arch": "resnet18"},
+            student={"arch": "mobilenetv3_small_050"},
+            budget={"backend": "torch", "device": "cuda", "precision": precision, "iters": 100},
+        )
+        result = measure(cfg, 1000, 224, say=lambda line: None)
+        out[precision] = {
+            r["arch"]: {k: r[k] for k in ("p50_ms", "setting")} for r in [result["teacher"], *result["candidates"]]
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(v, dict) and "top1" in v
             }
             result["bench"] = _bench_summary(run)
+            result["speed"] = speed(result["bench"])
+    result["at_224px"] = at_224()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     ok = result["tests"]["returncode"] == 0 and result["run"]["returncode"] == 0

@@ -21,11 +21,12 @@ INTERPOLATION = {
 
 
 def load_meta(artefact: Path) -> dict:
-    """The `<model>.json` written by `gtcompress export` beside `artefact` (`student.int8.onnx` -> `student.json`)."""
-    path = artefact.parent / f"{artefact.name.split('.')[0]}.json"
-    if not path.is_file():
-        raise SystemExit(f"error: {path} not found (gtcompress export writes it beside the model)")
-    return json.loads(path.read_text())
+    """The `<stage>.json` written by `gtcompress export` beside `artefact`: the one whose `files` name it."""
+    for path in sorted(artefact.parent.glob("*.json")):
+        meta = json.loads(path.read_text())
+        if isinstance(meta, dict) and artefact.name in meta.get("files", {}):
+            return meta
+    raise SystemExit(f"error: no <stage>.json naming {artefact.name} beside it (gtcompress export writes one)")
 
 
 def preprocess(path: Path, meta: dict) -> np.ndarray:

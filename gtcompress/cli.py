@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
-import functools
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-import yaml
 from rich.columns import Columns
-from rich.console import Console
-from rich.markup import escape
 
-from .bench import BenchConfig, parse_batch_sizes
-from .distributed import is_main_process, report_rank_failure
+from .backends import backend_help
+from .bench import BenchConfig, parse_batch_sizes, parse_threads
+from .distributed import is_main_process
 from .errors import UserError
 from .export.config import ExportConfig, parse_tolerances
+from .options import (
+    TOLERANCE_HELP,
+    BudgetBackend,
+    BudgetBatch,
+    BudgetPrecision,
+    LatencyBudget,
+    OldModel,
+    OldModels,
+    Sets,
+    Students,
+    console,
+    distill_overrides,
+    only_given,
+    say,
+    split,
+    stage_alias,
+    user_errors,
+)
+from .typed import field_default, field_help, validate
 
 app = typer.Typer(
     add_completion=False,
@@ -26,130 +39,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Generous Teacher distillation of timm models, exported to ONNX/TensorRT and benchmarked.",
 )
-# Tables keep their layout in logs and pipes, where rich would otherwise assume 80 columns.
-WIDTH = None if sys.stdout.isatty() else 120
-console = Console(soft_wrap=True, width=WIDTH)
-err_console = Console(stderr=True, soft_wrap=True, width=WIDTH)
-
-
-def say(line: str) -> None:
-    """A progress line as it is: file names and hints hold brackets that rich would read as markup."""
-    console.print(line, markup=False, highlight=False)
 
 
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False) -> None:
     """Options before the command (read by `user_errors` from the root context)."""
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Turn a UserError into one line on stderr and exit code 2 (unless --debug); Ctrl-C into exit code 130.
-
-    The wrapped command takes `ctx: typer.Context` first, to read the root's --debug.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(ctx: typer.Context, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(ctx, *args, **kwargs)
-        except UserError as e:
-            if ctx.find_root().params.get("debug"):
-                raise
-            # escaped: messages hold brackets (`gtcompress[trt]`) that rich would take for markup
-            if is_main_process():  # under torchrun every rank has the error; rank 0 reports it
-                err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-        except Exception as e:
-            if int(os.environ.get("WORLD_SIZE", "1")) == 1 or ctx.find_root().params.get("debug"):
-                raise
-            report_rank_failure(e)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UserError(f"--set {item!r} is not KEY=VALUE", "e.g. --set data.train_fraction=0.2")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-TOLERANCE_HELP = "Override a verification tolerance: int8.min_agreement=90, fp32.max_abs_diff=1e-2."
-
-
-def _split(values: list[str] | None) -> tuple[str, ...] | None:
-    """Repeatable and comma-separated option values as one tuple (None when not given)."""
-    return tuple(v.strip() for item in values for v in item.split(",") if v.strip()) if values else None
-
-
-# distill's options that set one configuration key, and those that set a key of every stage's schedule
-OPTION_KEYS = {
-    "teacher": "teacher.arch",
-    "student": "student.arch",
-    "dataset": "data.name",
-    "data_root": "data.root",
-    "download": "data.download",
-    "img_size": "data.img_size",
-    "small_stem": "small_stem",
-    "method": "student.method",
-    "gt_beta": "generous.beta",
-    "gt_k": "generous.k",
-    "gt_init": "generous.init",
-    "teacher_checkpoint": "teacher.checkpoint",
-    "pretrained": "teacher.pretrained",
-    "compare": "compare",
-    "seed": "seed",
-    "device": "device",
-    "precision": "precision",
-    "compile_": "compile",
-    "tensorboard": "tensorboard",
-    "cache_teacher_logits": "cache_teacher_logits",
-    "latency_budget": "budget.latency_ms",
-    "budget_backend": "budget.backend",
-    "budget_batch": "budget.batch",
-    "budget_precision": "budget.precision",
-}
-PER_STAGE_OPTIONS = ("epochs", "batch_size", "lr")
-# The latency budget's options, shared by distill (and run) and candidates.
-LatencyBudget = Annotated[
-    Optional[float], typer.Option(help="p50 budget (ms) on the target: slower students are dropped before training.")
-]
-BudgetBackend = Annotated[Optional[str], typer.Option(help="onnxruntime | tensorrt | torch (default: the best here).")]
-BudgetBatch = Annotated[Optional[int], typer.Option(help="Batch size of the budget (default 1).")]
-BudgetPrecision = Annotated[Optional[str], typer.Option(help="fp32 | fp16 | int8 (default fp16 on CUDA, fp32 on CPU).")]
-Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any recipe key: --set data.train_fraction=0.2")]
-Students = Annotated[
-    Optional[list[str]], typer.Option(help="timm student(s), resolved like --teacher: a,b or repeated.")
-]
-
-
-def _distill_overrides(params: dict[str, Any]) -> dict[str, Any]:
-    """The dotted configuration keys that distill's given options set (--set last, so it wins)."""
-    given = {name: value for name, value in params.items() if value not in (None, [], ())}
-    if "student" in given:  # several students: a list, one: a name (as before)
-        students = list(_split(given["student"]))
-        given["student"] = students[0] if len(students) == 1 else students
-    overrides = {
-        f"{stage}.train.{name}": given[name]
-        for name in PER_STAGE_OPTIONS
-        if name in given
-        for stage in ("teacher", "generous", "student")
-    }
-    overrides.update(
-        {
-            key: str(given[name]) if isinstance(given[name], Path) else given[name]
-            for name, key in OPTION_KEYS.items()
-            if name in given
-        }
-    )
-    overrides.update(_parse_set(given.get("set_") or []))
-    return overrides
 
 
 @app.command()
@@ -206,7 +100,7 @@ def distill(
     from .pipeline import run_distill
     from .report import stage_table
 
-    overrides = _distill_overrides(ctx.params)
+    overrides = distill_overrides(ctx.params)
     given = given_keys(recipe, overrides) if resume else None  # re-running the starting command is fine
     cfg = load_config(recipe, overrides) if not resume or given else None
     run = run_distill(cfg, out=out, resume=resume, console=console, dry_run=dry_run, given=given)
@@ -237,7 +131,7 @@ def candidates(
     from .data import load_splits
     from .pipeline import resolve_names
 
-    cfg = load_config(recipe, _distill_overrides(ctx.params))
+    cfg = load_config(recipe, distill_overrides(ctx.params))
     for note in resolve_names(cfg):
         say(f"resolved {note}")
     splits = load_splits(cfg.data)
@@ -262,53 +156,60 @@ def models(
     console.print(f"{len(names)} models", style="dim")
 
 
-def _help(config: type, name: str) -> str:
-    """A configuration field's description: the CLI's help text, written once."""
-    return config.model_fields[name].description
-
-
 @app.command()
 @user_errors
 def export(
     ctx: typer.Context,
-    run: Annotated[Optional[Path], typer.Argument(help=_help(ExportConfig, "run"))] = None,
-    model: Annotated[str, typer.Option(help=_help(ExportConfig, "stage"))] = "student",
-    precision: Annotated[Optional[list[str]], typer.Option(help=_help(ExportConfig, "precisions"))] = None,
-    trt: Annotated[bool, typer.Option("--trt", help=_help(ExportConfig, "trt"))] = False,
-    max_batch: Annotated[int, typer.Option(help=_help(ExportConfig, "max_batch"))] = 32,
-    workspace_gib: Annotated[float, typer.Option(help=_help(ExportConfig, "workspace_gib"))] = 2.0,
-    opt_batches: Annotated[str, typer.Option(help=_help(ExportConfig, "opt_batches"))] = "1,8,32",
-    calibration_images: Annotated[int, typer.Option(help=_help(ExportConfig, "calibration_images"))] = 256,
-    calibration_method: Annotated[str, typer.Option(help=_help(ExportConfig, "calibration_method"))] = "minmax",
-    opset: Annotated[Optional[int], typer.Option(help=_help(ExportConfig, "opset"))] = None,
+    run: Annotated[Optional[Path], typer.Argument(help=field_help(ExportConfig, "run"))] = None,
+    stage: Annotated[Optional[str], typer.Option(help=field_help(ExportConfig, "stage"))] = None,
+    model: OldModel = None,
+    precision: Annotated[Optional[list[str]], typer.Option(help=field_help(ExportConfig, "precisions"))] = None,
+    trt: Annotated[bool, typer.Option("--trt", help=field_help(ExportConfig, "trt"))] = False,
+    max_batch: Annotated[int, typer.Option(help=field_help(ExportConfig, "max_batch"))] = field_default(
+        ExportConfig, "max_batch"
+    ),
+    workspace_gib: Annotated[float, typer.Option(help=field_help(ExportConfig, "workspace_gib"))] = field_default(
+        ExportConfig, "workspace_gib"
+    ),
+    opt_batches: Annotated[str, typer.Option(help=field_help(ExportConfig, "opt_batches"))] = ",".join(
+        map(str, field_default(ExportConfig, "opt_batches"))
+    ),
+    calibration_images: Annotated[
+        int, typer.Option(help=field_help(ExportConfig, "calibration_images"))
+    ] = field_default(ExportConfig, "calibration_images"),
+    calibration_method: Annotated[
+        str, typer.Option(help=field_help(ExportConfig, "calibration_method"))
+    ] = field_default(ExportConfig, "calibration_method"),
+    opset: Annotated[Optional[int], typer.Option(help=field_help(ExportConfig, "opset"))] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP)] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help=_help(ExportConfig, "checkpoint"))] = None,
-    dataset: Annotated[Optional[str], typer.Option(help=_help(ExportConfig, "dataset"))] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help=_help(ExportConfig, "data_root"))] = None,
-    out: Annotated[Optional[Path], typer.Option(help=_help(ExportConfig, "out"))] = None,
-    triton: Annotated[Optional[Path], typer.Option(help=_help(ExportConfig, "triton"))] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "checkpoint"))] = None,
+    dataset: Annotated[Optional[str], typer.Option(help=field_help(ExportConfig, "dataset"))] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "data_root"))] = None,
+    out: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "out"))] = None,
+    triton: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "triton"))] = None,
 ) -> None:
     """Export a run's model to ONNX (fp32/fp16/int8) and TensorRT, each verified against PyTorch on the test set."""
     from .export.exporter import artefact_table, run_export
 
-    cfg = ExportConfig(
-        run=run,
-        checkpoint=checkpoint,
-        stage=model,
-        precisions=_split(precision) or ("fp32",),
-        trt=trt,
-        max_batch=max_batch,
-        workspace_gib=workspace_gib,
-        opt_batches=parse_batch_sizes(opt_batches, "--opt-batches"),
-        calibration_images=calibration_images,
-        calibration_method=calibration_method,
-        opset=opset,
-        dataset=dataset,
-        data_root=data_root,
-        out=out,
-        triton=triton,
-        tolerances=parse_tolerances(tolerance or []),
-    )
+    values = {
+        "run": run,
+        "checkpoint": checkpoint,
+        "stage": stage_alias(stage, model),
+        "precisions": split(precision),
+        "trt": trt,
+        "max_batch": max_batch,
+        "workspace_gib": workspace_gib,
+        "opt_batches": parse_batch_sizes(opt_batches, "--opt-batches"),
+        "calibration_images": calibration_images,
+        "calibration_method": calibration_method,
+        "opset": opset,
+        "dataset": dataset,
+        "data_root": data_root,
+        "out": out,
+        "triton": triton,
+        "tolerances": parse_tolerances(tolerance or []),
+    }
+    cfg = validate(ExportConfig, only_given(values), hint="see gtcompress export --help")
     console.print(artefact_table(run_export(cfg, say=say)))
 
 
@@ -319,12 +220,15 @@ def eval_(
     artefact: Annotated[Path, typer.Argument(help="A .pt checkpoint, .onnx file or .engine file.")],
     dataset: Annotated[Optional[str], typer.Option(help="Data set (default: the artefact's run's).")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda (.pt and .onnx; engines run on CUDA).")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu | cuda (engines run on CUDA).")] = "cpu",
+    backend: Annotated[
+        Optional[str], typer.Option(help=f"{backend_help()} (default: the first that runs the file).")
+    ] = None,
 ) -> None:
-    """Test-set accuracy of a checkpoint, ONNX file or TensorRT engine."""
+    """Test-set accuracy of a checkpoint, ONNX file or TensorRT engine, on any backend that runs it."""
     from .evaluate import evaluate_artefact
 
-    result = evaluate_artefact(artefact, dataset=dataset, data_root=data_root, device=device)
+    result = evaluate_artefact(artefact, dataset=dataset, data_root=data_root, device=device, backend=backend)
     topk = next(k for k in result if k.startswith("top") and k != "top1")
     console.print(
         f"{artefact.name} ({result['backend']} {result['precision']}): top-1 {result['top1']:.2f}%  "
@@ -333,40 +237,54 @@ def eval_(
     )
 
 
+def _bench_config(values: dict[str, Any]) -> BenchConfig:
+    return validate(BenchConfig, only_given(values), hint="see gtcompress bench --help")
+
+
 @app.command()
 @user_errors
 def bench(
     ctx: typer.Context,
-    run: Annotated[Optional[Path], typer.Argument(help=_help(BenchConfig, "run"))] = None,
-    backend: Annotated[Optional[list[str]], typer.Option(help=_help(BenchConfig, "backends"))] = None,
-    precision: Annotated[Optional[list[str]], typer.Option(help=_help(BenchConfig, "precisions"))] = None,
-    model: Annotated[Optional[list[str]], typer.Option(help=_help(BenchConfig, "stages"))] = None,
-    batch_sizes: Annotated[str, typer.Option(help=_help(BenchConfig, "batch_sizes"))] = "1,8,32",
-    iters: Annotated[Optional[int], typer.Option(help=_help(BenchConfig, "iters"))] = None,
-    seconds: Annotated[Optional[float], typer.Option(help=_help(BenchConfig, "seconds"))] = None,
-    warmup: Annotated[int, typer.Option(help=_help(BenchConfig, "warmup"))] = 10,
-    threads: Annotated[Optional[int], typer.Option(help=_help(BenchConfig, "threads"))] = None,
-    device: Annotated[str, typer.Option(help=_help(BenchConfig, "device"))] = "auto",
+    run: Annotated[Optional[Path], typer.Argument(help=field_help(BenchConfig, "run"))] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(help=field_help(BenchConfig, "backends"))] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(help=field_help(BenchConfig, "precisions"))] = None,
+    stage: Annotated[Optional[list[str]], typer.Option(help=field_help(BenchConfig, "stages"))] = None,
+    model: OldModels = None,
+    batch_sizes: Annotated[str, typer.Option(help=field_help(BenchConfig, "batch_sizes"))] = ",".join(
+        map(str, field_default(BenchConfig, "batch_sizes"))
+    ),
+    iters: Annotated[Optional[int], typer.Option(help=field_help(BenchConfig, "iters"))] = None,
+    seconds: Annotated[Optional[float], typer.Option(help=field_help(BenchConfig, "seconds"))] = None,
+    warmup: Annotated[int, typer.Option(help=field_help(BenchConfig, "warmup"))] = field_default(BenchConfig, "warmup"),
+    threads: Annotated[str, typer.Option(help=field_help(BenchConfig, "threads"))] = field_default(
+        BenchConfig, "threads"
+    ),
+    cuda_graph: Annotated[str, typer.Option(help=field_help(BenchConfig, "cuda_graph"))] = field_default(
+        BenchConfig, "cuda_graph"
+    ),
+    device: Annotated[str, typer.Option(help=field_help(BenchConfig, "device"))] = field_default(BenchConfig, "device"),
 ) -> None:
-    """Latency percentiles and throughput of the student and the teacher on every backend -> RUN/bench.json."""
-    from .bench import run_bench
-    from .benchfile import bench_table
+    """Latency percentiles and throughput of the students and the teacher on every backend -> RUN/bench.json."""
+    from .bench import bench_table, run_bench
 
-    cfg = BenchConfig(
-        run=run,
-        backends=_split(backend),
-        precisions=_split(precision),
-        stages=_split(model),
-        batch_sizes=parse_batch_sizes(batch_sizes),
-        iters=iters,
-        seconds=seconds,
-        warmup=warmup,
-        threads=threads,
-        device=device,
+    cfg = _bench_config(
+        {
+            "run": run,
+            "backends": split(backend),
+            "precisions": split(precision),
+            "stages": split(stage_alias(stage, model)),
+            "batch_sizes": parse_batch_sizes(batch_sizes),
+            "iters": iters,
+            "seconds": seconds,
+            "warmup": warmup,
+            "threads": parse_threads(threads),
+            "cuda_graph": cuda_graph,
+            "device": device,
+        }
     )
     result = run_bench(cfg, say=say, console=console)
     console.print(bench_table(result))
-    console.print(f"wrote {Path(result['run']) / 'bench.json'}; next: gtcompress report")
+    console.print(f"wrote {Path(result.run) / 'bench.json'}; next: gtcompress report")
 
 
 @app.command()
@@ -398,10 +316,15 @@ def run(
     ] = None,
     trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (CUDA).")] = False,
     tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP)] = None,
-    backend: Annotated[Optional[list[str]], typer.Option(help="Bench backends (default: every installed one).")] = None,
-    batch_sizes: Annotated[str, typer.Option(help="Bench batch sizes.")] = "1,8,32",
-    iters: Annotated[Optional[int], typer.Option(help="Timed calls per measurement.")] = None,
-    seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement.")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(help=field_help(BenchConfig, "backends"))] = None,
+    batch_sizes: Annotated[str, typer.Option(help=field_help(BenchConfig, "batch_sizes"))] = ",".join(
+        map(str, field_default(BenchConfig, "batch_sizes"))
+    ),
+    iters: Annotated[Optional[int], typer.Option(help=field_help(BenchConfig, "iters"))] = None,
+    seconds: Annotated[Optional[float], typer.Option(help=field_help(BenchConfig, "seconds"))] = None,
+    threads: Annotated[str, typer.Option(help=field_help(BenchConfig, "threads"))] = field_default(
+        BenchConfig, "threads"
+    ),
     skip_distill: Annotated[bool, typer.Option("--skip-distill", help="Use the run as it is.")] = False,
     skip_export: Annotated[bool, typer.Option("--skip-export", help="Use the exports as they are.")] = False,
     skip_bench: Annotated[bool, typer.Option("--skip-bench", help="Use bench.json as it is.")] = False,
@@ -416,12 +339,15 @@ def run(
     tolerances = parse_tolerances(tolerance or [])  # bad options fail here, not after the training
     workflow = Workflow(
         exports=(
-            ExportConfig(
-                stage="student",
-                precisions=_split(precision) or ("fp32", "fp16", "int8"),
-                trt=trt,
-                tolerances=tolerances,
-                keep_going=True,
+            validate(
+                ExportConfig,
+                {
+                    "stage": "student",
+                    "precisions": split(precision) or ("fp32", "fp16", "int8"),
+                    "trt": trt,
+                    "tolerances": tolerances,
+                    "keep_going": True,
+                },
             ),
             ExportConfig(stage="generous_teacher", trt=trt, tolerances=tolerances),
         )
@@ -429,8 +355,14 @@ def run(
         else (),
         bench=None
         if skip_bench
-        else BenchConfig(
-            backends=_split(backend), batch_sizes=parse_batch_sizes(batch_sizes), iters=iters, seconds=seconds
+        else _bench_config(
+            {
+                "backends": split(backend),
+                "batch_sizes": parse_batch_sizes(batch_sizes),
+                "iters": iters,
+                "seconds": seconds,
+                "threads": parse_threads(threads),
+            }
         ),
     )
     if skip_distill and ctx.args:

@@ -6,17 +6,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
-from torch import Tensor
+from pydantic import Field, create_model, field_validator, model_validator
 
-from . import losses
+from .backends import BACKENDS
 from .errors import UserError
-
-
-class Strict(BaseModel):
-    """Base: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from .typed import Strict, validate
 
 
 class AugmentConfig(Strict):
@@ -145,13 +139,10 @@ class GenerousConfig(Strict):
 
 
 class MethodConfig(Strict):
-    """A distillation method: its knobs, and `term`, its loss over (student, teacher) logits."""
+    """A distillation method's knobs (its loss term is objectives.py's, for this class)."""
 
     ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy term")
     warmup: float = Field(0.0, ge=0, le=1, description="fraction of epochs over which the KD term ramps up")
-
-    def term(self, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> Tensor:
-        raise NotImplementedError
 
 
 class KDConfig(MethodConfig):
@@ -159,9 +150,6 @@ class KDConfig(MethodConfig):
 
     kd_weight: float = Field(1.0, ge=0)
     temperature: float = Field(4.0, gt=0)
-
-    def term(self, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> Tensor:
-        return self.kd_weight * losses.kd_loss(logits_s, logits_t, self.temperature)
 
 
 class DKDConfig(MethodConfig):
@@ -172,9 +160,6 @@ class DKDConfig(MethodConfig):
     temperature: float = Field(4.0, gt=0)
     warmup: float = 0.2
 
-    def term(self, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> Tensor:
-        return losses.dkd_loss(logits_s, logits_t, target, self.alpha, self.beta, self.temperature)
-
 
 class LSKDConfig(MethodConfig):
     """KD with logit standardisation (Sun et al. 2024): T = k * std(logits) per sample."""
@@ -182,9 +167,6 @@ class LSKDConfig(MethodConfig):
     ce_weight: float = 0.1
     kd_weight: float = Field(9.0, ge=0)
     k: float = Field(2.0, gt=0)
-
-    def term(self, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> Tensor:
-        return self.kd_weight * losses.lskd_loss(logits_s, logits_t, self.k)
 
 
 class DISTConfig(MethodConfig):
@@ -199,11 +181,8 @@ class DISTConfig(MethodConfig):
     gamma: float = Field(1.0, ge=0, description="intra-class weight")
     temperature: float = Field(1.0, gt=0)
 
-    def term(self, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> Tensor:
-        return self.kd_weight * losses.dist_loss(logits_s, logits_t, self.beta, self.gamma, self.temperature)
 
-
-# Distillation methods by name: adding one is a config class with its `term`, and a line here.
+# Distillation methods by name: adding one is a config class, a line here, and its term in objectives.TERMS.
 METHODS: dict[str, type[MethodConfig]] = {"kd": KDConfig, "dkd": DKDConfig, "lskd": LSKDConfig, "dist": DISTConfig}
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
@@ -249,15 +228,30 @@ class BudgetConfig(Strict):
     """A latency budget on the deployment target, checked before any training with untrained candidates."""
 
     latency_ms: float | None = Field(None, gt=0, description="p50 budget (ms); None: no check")
-    backend: Literal["onnxruntime", "tensorrt", "torch"] | None = Field(
-        None, description="target runtime; None: the best available (tensorrt on CUDA where installed)"
+    backend: str | None = Field(
+        None,
+        description=f"target runtime: {' | '.join(BACKENDS)}; None: the best available (tensorrt on CUDA where "
+        "installed, else onnxruntime)",
     )
     batch: int = Field(1, ge=1, description="batch size of the timed calls")
-    precision: Literal["fp32", "fp16", "int8"] | None = Field(
-        None, description="precision on the target; None: fp16 on CUDA, fp32 on CPU"
-    )
+    precision: str | None = Field(None, description="precision on the target; None: fp16 on CUDA, fp32 on CPU")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the candidates are timed")
     iters: int = Field(50, ge=5, description="timed calls per candidate")
+
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, value: str | None) -> str | None:
+        if value is not None and value not in BACKENDS:
+            raise ValueError(f"unknown backend '{value}' (choose from {', '.join(BACKENDS)})")
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _run_somewhere(cls, value: str | None) -> str | None:
+        known = dict.fromkeys(p for spec in BACKENDS.values() for ps in spec.precisions.values() for p in ps)
+        if value is not None and value not in known:
+            raise ValueError(f"unknown precision '{value}' (choose from {', '.join(known)})")
+        return value
 
 
 class RunConfig(Strict):
@@ -313,15 +307,6 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
-def _describe(err: ValidationError) -> tuple[str, str]:
-    """The first validation error as (message, hint)."""
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"unknown key '{where}'", "see recipes/digits.yaml for the known keys"
-    return f"'{where}' {first['msg'][0].lower()}{first['msg'][1:]}", f"fix the value of {where}"
-
-
 def _read_recipe(recipe: Path) -> dict[str, Any]:
     if not recipe.is_file():
         raise UserError(f"recipe {recipe} not found", "pass an existing YAML file, e.g. recipes/digits.yaml")
@@ -363,11 +348,7 @@ def load_config(recipe: Path | None = None, overrides: dict[str, Any] | None = N
     tree = _read_recipe(recipe) if recipe is not None else {}
     for dotted, value in (overrides or {}).items():
         set_dotted(tree, dotted, value)
-    try:
-        cfg = RunConfig.model_validate(tree)
-    except ValidationError as e:
-        message, hint = _describe(e)
-        raise UserError(f"{f'recipe {recipe}' if recipe else 'configuration'}: {message}", hint) from None
+    cfg = validate(RunConfig, tree, f"recipe {recipe}" if recipe else "configuration")
     cfg.environment = None
     return cfg
 

@@ -16,6 +16,10 @@ class UserError(Exception):
 class VerificationError(UserError):
     """An exported artefact does not match its PyTorch model within the tolerance: it was not kept."""
 
+    def __init__(self, message: str, hint: str, path: str, backend: str, failed: str):
+        super().__init__(message, hint)
+        self.path, self.backend, self.failed = path, backend, failed  # the artefact, where, which tolerance
+
 
 def first_line(error: BaseException) -> str:
     """An exception's first line, or its type's name when it has no message (for one-line errors)."""

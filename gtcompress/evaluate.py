@@ -1,4 +1,5 @@
-"""`gtcompress eval`: the test-split accuracy of any checkpoint, ONNX file or TensorRT engine."""
+"""`gtcompress eval`: the test-split accuracy of any checkpoint, ONNX file or TensorRT engine, on any backend
+that runs it."""
 
 from __future__ import annotations
 
@@ -7,45 +8,50 @@ from typing import Any
 
 import numpy as np
 
-from .backends import load_backend
+from .backends import artefact_kind, load_backend
 from .errors import UserError
 from .export.sidecar import read_sidecar
-from .export.source import _data_config, _run_of, load_eval_data
+from .export.source import data_config, load_eval_data, run_of
 from .export.verify import predict
 from .models import ModelSpec, read_checkpoint, spec_of
 
 
+def _spec_and_precision(path: Path) -> tuple[ModelSpec, str]:
+    """How to rebuild and feed the artefact, and its precision: from the checkpoint, or its export sidecar."""
+    if artefact_kind(path) == "checkpoint":
+        return spec_of(read_checkpoint(path)), "fp32"
+    meta = read_sidecar(path)
+    names = tuple(meta["class_names"])
+    spec = ModelSpec(
+        meta["arch"], meta["num_classes"], meta["img_size"], tuple(meta["mean"]), tuple(meta["std"]), names
+    )
+    return spec, meta["files"][path.name]
+
+
 def evaluate_artefact(
-    path: Path, dataset: str | None = None, data_root: Path | None = None, device: str = "cpu", batch_size: int = 64
+    path: Path,
+    dataset: str | None = None,
+    data_root: Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    backend: str | None = None,
 ) -> dict[str, Any]:
-    """Test-split top-1 of a .pt, .onnx or .engine file; the data set is its run's unless given."""
+    """Test-split top-1 of a .pt, .onnx or .engine file on `backend` (default: the first that runs it); the data
+    set is its run's unless given."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found", "pass a .pt, .onnx or .engine file")
-    if path.suffix not in (".pt", ".onnx", ".engine"):
-        raise UserError(f"{path.name} is not a model artefact gtcompress can run", "pass a .pt, .onnx or .engine file")
-    if path.suffix == ".pt":
-        spec = spec_of(read_checkpoint(path))
-    else:
-        meta = read_sidecar(path)
-        spec = ModelSpec(
-            meta["arch"],
-            meta["num_classes"],
-            meta["img_size"],
-            tuple(meta["mean"]),
-            tuple(meta["std"]),
-            tuple(meta["class_names"]),
-        )
-    data = load_eval_data(_data_config(_run_of(path), dataset, data_root, path.name), spec)
-    backend = load_backend(path, device=device)
-    logits = predict(backend, data, batch_size)
+    spec, precision = _spec_and_precision(path)
+    data = load_eval_data(data_config(run_of(path), dataset, data_root, path.name), spec)
+    runner = load_backend(path, device, backend, precision)
+    logits = predict(runner, data, batch_size)
     top1 = logits.argmax(1)
     k = min(5, spec.num_classes)
     topk = np.argsort(-logits, axis=1)[:, :k]
     return {
         "path": str(path),
-        "backend": backend.name,
-        "precision": backend.precision,
+        "backend": runner.name,
+        "precision": runner.precision,
         "images": len(data.labels),
         "top1": float(100 * (top1 == data.labels).mean()),
         f"top{k}": float(100 * (topk == data.labels[:, None]).any(1).mean()),

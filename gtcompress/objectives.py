@@ -8,13 +8,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
-from .config import GenerousConfig, StudentConfig
+from . import losses
+from .config import DISTConfig, DKDConfig, GenerousConfig, KDConfig, LSKDConfig, MethodConfig, StudentConfig
 from .losses import ce_loss, generous_teacher_loss, warmup_factor
 
 Objective = Callable[[Tensor, Tensor | None, Tensor, float], dict[str, Tensor]]
+Term = Callable[[Any, Tensor, Tensor, Tensor], Tensor]  # (method config, student logits, teacher logits, target)
+
+# Each distillation method's loss term over (student, teacher) logits, by its configuration class.
+TERMS: dict[type[MethodConfig], Term] = {
+    KDConfig: lambda c, s, t, y: c.kd_weight * losses.kd_loss(s, t, c.temperature),
+    DKDConfig: lambda c, s, t, y: losses.dkd_loss(s, t, y, c.alpha, c.beta, c.temperature),
+    LSKDConfig: lambda c, s, t, y: c.kd_weight * losses.lskd_loss(s, t, c.k),
+    DISTConfig: lambda c, s, t, y: c.kd_weight * losses.dist_loss(s, t, c.beta, c.gamma, c.temperature),
+}
+
+
+def method_term(method: MethodConfig, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> Tensor:
+    """The method's knowledge term (without its warm-up and CE)."""
+    return TERMS[type(method)](method, logits_s, logits_t, target)
 
 
 def ce_objective(label_smoothing: float = 0.0) -> Objective:
@@ -49,7 +65,7 @@ def student_objective(cfg: StudentConfig) -> Objective:
     def objective(logits: Tensor, teacher: Tensor | None, target: Tensor, progress: float) -> dict[str, Tensor]:
         logits, teacher = logits.float(), teacher.float()
         ce = method.ce_weight * ce_loss(logits, target, cfg.train.label_smoothing)
-        kd = warmup_factor(progress, warmup_epochs) * method.term(logits, teacher, target)
+        kd = warmup_factor(progress, warmup_epochs) * method_term(method, logits, teacher, target)
         return {"loss": ce + kd, "ce": ce, "kd": kd}
 
     return objective

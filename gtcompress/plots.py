@@ -6,6 +6,7 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+from .backends import Setting
 from .stages import title
 
 PLOTS = {
@@ -67,7 +68,8 @@ def latency_batch(
     fig, ax = plt.subplots(figsize=(6, 4))
     series: dict[str, list[tuple[int, float]]] = {}
     for r in report["bench"]:
-        series.setdefault(f"{r['model']} {r['backend']} {r['precision']}", []).append((r["batch_size"], r["p50_ms"]))
+        label = f"{r['stage']} {r['backend']} {r['precision']} {Setting(r['threads'], r['cuda_graph']).label()}"
+        series.setdefault(label, []).append((r["batch_size"], r["p50_ms"]))
     for label, pts in sorted(series.items()):
         xs, ys = zip(*sorted(pts))
         ax.plot(xs, ys, marker="o", label=label, linestyle="--" if "teacher" in label else "-")
@@ -89,7 +91,10 @@ def latency_distribution(
         [r["samples_ms"] for r in at_b],
         orientation="horizontal",
         showfliers=True,
-        tick_labels=[f"{r['model']} {r['backend']} {r['precision']}" for r in at_b],
+        tick_labels=[
+            f"{r['stage']} {r['backend']} {r['precision']} {Setting(r['threads'], r['cuda_graph']).label()}"
+            for r in at_b
+        ],
     )
     ax.set(xscale="log", xlabel=f"latency per call, ms (batch {b})", title=PLOTS["latency_distribution"])
     ax.tick_params(axis="y", labelsize=7)

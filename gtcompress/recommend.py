@@ -66,7 +66,12 @@ def no_speed_line(points: list[Point], backend: str | None, batch_size: int) -> 
     s, t = min(students, key=lambda p: p["p50_ms"]), min(teachers, key=lambda p: p["p50_ms"])
     return (
         f"On {backend} at batch {batch_size} the students buy no speed over the teacher: the fastest student, "
-        f"{s['name']}, takes {s['p50_ms']:.3f} ms against {t['p50_ms']:.3f} ms for {t['name']}."
+        f"{s['name']}, takes {s['p50_ms']:.3f} ms against {t['p50_ms']:.3f} ms for {t['name']}"
+        + (
+            f" (each at its best setting: {s['setting']}, {t['setting']})."
+            if "setting" in s and "setting" in t
+            else "."
+        )
     )
 
 
@@ -91,8 +96,8 @@ def which_student(
     points = [
         {
             "name": r["name"],
-            "role": roles[r["model"]],
-            "model": r["model"],
+            "role": roles[r["stage"]],
+            "stage": r["stage"],
             "arch": r["arch"],
             "precision": r["precision"],
             "file": r["file"],
@@ -100,9 +105,10 @@ def which_student(
             "top1": r["top1"],
             "backend": backend,
             "p50_ms": r["p50_ms"][backend],
+            "setting": r["setting"][backend],
         }
         for r in rows
-        if r["model"] in roles and backend in r["p50_ms"]
+        if r["stage"] in roles and backend in r["p50_ms"]
     ]
     pick, why = recommend(points, budget_ms) if points else (None, "nothing benchmarked yet: run gtcompress bench")
     return {
@@ -126,8 +132,8 @@ def recommendation_line(report: dict[str, Any]) -> str:
     if "file" not in r:
         return f"{before}Recommended: none ({r['reason']})."
     return before + (
-        f"Recommended: {r['name']} ({r['file']}, {r['precision']}, {r['backend']}): top-1 {r['top1']:.2f}%, "
-        f"p50 {r['p50_ms']:.3f} ms at batch {b}, {r['bytes'] / 1e6:.2f} MB; {r['reason']}."
+        f"Recommended: {r['name']} ({r['file']}, {r['precision']}, {r['backend']}, {r['setting']}): top-1 "
+        f"{r['top1']:.2f}%, p50 {r['p50_ms']:.3f} ms at batch {b}, {r['bytes'] / 1e6:.2f} MB; {r['reason']}."
     )
 
 
@@ -138,6 +144,7 @@ def pareto_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             p["name"],
             p.get("role", "student"),
             p["precision"],
+            p.get("setting", "–"),
             f"{p['top1']:.2f}",
             f"{p['p50_ms']:.3f}",
             f"{p['bytes'] / 1e6:.2f}",
@@ -145,7 +152,7 @@ def pareto_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ]
         for p in sorted(report["pareto"]["points"], key=lambda p: p["p50_ms"])
     ]
-    return ["model", "role", "precision", "top-1 %", "p50 ms", "MB", "on the front"], cells
+    return ["model", "role", "precision", "setting", "top-1 %", "p50 ms", "MB", "on the front"], cells
 
 
 def pareto_note(report: dict[str, Any]) -> str:
@@ -154,7 +161,8 @@ def pareto_note(report: dict[str, Any]) -> str:
     if p.get("budget_set_on"):
         budget += f" (checked before training on {p['budget_set_on']}: here it is applied to these p50s)"
     return (
-        f"Every student distilled from the GT and every teacher at every verified precision, top-1 against p50 on "
+        f"Every student distilled from the GT and every teacher at every verified precision, each at its best "
+        f"setting, top-1 against p50 on "
         f"{p['backend']} "
         f"at batch {p['batch_size']}{budget}. On the front: no other artefact is both as accurate and as fast."
     )

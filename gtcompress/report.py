@@ -18,10 +18,13 @@ import yaml
 from rich import box
 from rich.table import Table
 
-from .benchfile import RESULT_COLUMNS, find, in_order, load_bench, reference_teacher, result_cells
+from .backends import BACKENDS
+from .bench import RESULT_COLUMNS, reference_teacher, result_cells
+from .export.precisions import PRECISIONS
 from .plots import PLOTS, make_plots
 from .recommend import pareto_note, pareto_rows, recommendation_line, which_student
-from .rundir import RunDir, artefact_name, write_bytes, write_json, write_text
+from .records import BenchFile, BenchResult, ExportRecord, in_order
+from .rundir import RunDir, write_bytes, write_json, write_text
 from .stages import distilled_students, sibling, title, trained
 
 # Students' top-1 differences: key -> (the arm subtracted, its column). CE-only asks whether distillation helps;
@@ -40,7 +43,6 @@ DELTA_NOTE = (
     "epochs (does a scratch GT help beyond being a distilled model?); the CE-only student shows whether "
     "distillation helps at all."
 )
-BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")  # the report's headline backend: the first one measured
 
 
 def stage_table(metrics: dict[str, Any]) -> Table:
@@ -64,14 +66,14 @@ def stage_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-def _header(run: RunDir, metrics: dict[str, Any], bench: dict[str, Any] | None) -> dict[str, Any]:
+def _header(run: RunDir, metrics: dict[str, Any], bench: BenchFile | None) -> dict[str, Any]:
     cfg = yaml.safe_load(run.config.read_text()) or {}
     env = cfg.get("environment", {})
     if bench:
-        dev = bench["device"]
-        machine = (
-            f"{dev['gpu']} (CUDA {dev.get('cuda_version')}), " if dev.get("cuda") else ""
-        ) + f"{dev['cpu']}, {dev['threads']} threads"
+        dev = bench.device
+        machine = (f"{dev['gpu']} (CUDA {dev.get('cuda_version')}), " if dev.get("cuda") else "") + (
+            f"{dev['cpu']}, {dev['cores']} cores"
+        )
     else:
         machine = f"{env.get('device_name', '?')} (training device {env.get('device', '?')})"
     student = cfg.get("student", {})
@@ -79,9 +81,9 @@ def _header(run: RunDir, metrics: dict[str, Any], bench: dict[str, Any] | None) 
     return {
         "run": run.path.name,
         "command": env.get("command", "?"),
-        "bench_command": bench["command"] if bench else None,
+        "bench_command": bench.command if bench else None,
         "data": cfg.get("data", {}).get("name", "?"),
-        "num_classes": next((m.get("num_classes") for m in (bench or {}).get("models", {}).values()), None),
+        "num_classes": next((m.num_classes for m in bench.models.values()), None) if bench else None,
         "method": f"{student.get('method', '?')} from the Generous Teacher (beta {generous.get('beta')}, "
         f"k {generous.get('k')}, init {generous.get('init')})",
         "teacher": metrics.get("standard_teacher", {}).get("arch"),
@@ -94,21 +96,22 @@ def _header(run: RunDir, metrics: dict[str, Any], bench: dict[str, Any] | None) 
 
 
 def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | None = None) -> dict[str, Any]:
-    """The report's content: header, one row per model x exported precision, bench results, the students'
-    accuracy-latency front with a recommendation (within `budget_ms`, default the run's latency budget), notes."""
-    metrics, bench = run.metrics(), load_bench(run)
-    results = bench["results"] if bench else []
+    """The report's content: header, one row per model x verified precision (each timed at its best setting),
+    bench results, the accuracy-latency front with a recommendation (within `budget_ms`, default the run's
+    latency budget), notes."""
+    metrics, bench, exports = run.metrics(), run.bench(), run.exports()
+    results = bench.results if bench else []
     if batch_size is None:
-        batch_size = min((r["batch_size"] for r in results), default=1)
-    backends = [b for b in BACKEND_ORDER if any(r["backend"] == b for r in results)]
+        batch_size = min((r.batch_size for r in results), default=1)
+    backends = [b for b in BACKENDS if any(r.backend == b for r in results)]  # the registry's order: headline first
     primary = backends[0] if backends else None
-    teacher = reference_teacher(results) or (
+    teacher = (reference_teacher(bench) if bench else None) or (
         "generous_teacher" if "generous_teacher" in metrics else "standard_teacher"
     )
     rows = [
-        _row(run, metrics, stage, precision, [r for r in results if r["batch_size"] == batch_size], backends)
+        _row(run, metrics, exports, stage, precision, bench, batch_size, backends)
         for stage in trained(metrics)
-        for precision in _precisions(metrics, stage)
+        for precision in _precisions(exports, stage)
     ]
     _add_ratios(rows, teacher, primary)
     return {
@@ -118,39 +121,51 @@ def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | 
         "backends": backends,
         "teacher": teacher,
         "rows": rows,
-        "bench": [{k: v for k, v in r.items() if k != "samples_ms"} for r in results],
+        "bench": [r.model_dump(mode="json", exclude={"samples_ms"}) for r in results],
         **which_student(run, metrics, rows, primary, batch_size, budget_ms),
-        "notes": _notes(bench, metrics),
+        "notes": _notes(bench, run),
     }
 
 
-def _onnx_export(metrics: dict[str, Any], stage: str, precision: str) -> dict[str, Any] | None:
-    """The record of the stage's ONNX file at `precision` made for onnxruntime (the report's backend on CPU)."""
-    path = f"export/{artefact_name(stage, precision, 'onnx')}"
-    return next((r for r in metrics.get("export", []) if r["path"] == path), None)
+def _export(exports: list[ExportRecord], stage: str, precision: str, backend: str | None) -> ExportRecord | None:
+    """The stage's ONNX file at `precision` made for onnxruntime-style runtimes: its record on `backend` where
+    that backend verified it, else its first record."""
+    mine = [
+        r for r in exports if (r.stage, r.precision, r.format, r.target) == (stage, precision, "onnx", "onnxruntime")
+    ]
+    return next((r for r in mine if r.backend == backend), mine[0] if mine else None)
 
 
-def _precisions(metrics: dict[str, Any], stage: str) -> list[str]:
-    """fp32 (the checkpoint's accuracy), then each verified ONNX precision of the stage."""
-    return ["fp32", *(p for p in ("fp16", "int8") if _onnx_export(metrics, stage, p))]
+def _precisions(exports: list[ExportRecord], stage: str) -> list[str]:
+    """fp32 (the checkpoint's accuracy), then each verified reduced precision of the stage."""
+    return ["fp32", *(p for p in PRECISIONS if p != "fp32" and _export(exports, stage, p, None))]
 
 
 def _row(
-    run: RunDir, metrics: dict[str, Any], stage: str, precision: str, results: list[dict[str, Any]], backends: list[str]
+    run: RunDir,
+    metrics: dict[str, Any],
+    exports: list[ExportRecord],
+    stage: str,
+    precision: str,
+    bench: BenchFile | None,
+    batch_size: int,
+    backends: list[str],
 ) -> dict[str, Any]:
-    """One model at one precision: its file, size, accuracy, deltas vs the control students and p50s."""
-    m, onnx, ckpt = metrics[stage], _onnx_export(metrics, stage, precision), run.checkpoint(stage)
-    file, size = (onnx["path"], onnx["bytes"]) if onnx else (ckpt.name, ckpt.stat().st_size if ckpt.is_file() else None)
-    top1 = m["top1"] if precision == "fp32" else onnx["top1"]
+    """One model at one precision: its file, size, accuracy, deltas vs the control students, and its p50 per
+    backend at its best setting (named)."""
+    m, ckpt = metrics[stage], run.checkpoint(stage)
+    onnx = _export(exports, stage, precision, backends[0] if backends else None)
+    file, size = (onnx.path, onnx.bytes) if onnx else (ckpt.name, ckpt.stat().st_size if ckpt.is_file() else None)
+    top1 = m["top1"] if precision == "fp32" else onnx.top1
     bases = {key: sibling(stage, base) for key, (base, _) in DELTAS.items()}  # the same student's controls
     deltas = {
         key: top1 - metrics[base]["top1"] if base in metrics and stage.startswith("student") else None
         for key, base in bases.items()
     }
-    p50 = {b: r["p50_ms"] for b in backends if (r := find(results, model=stage, backend=b, precision=precision))}
+    best = {b: bench.best(stage, b, precision, batch_size) for b in backends} if bench else {}
     return {
         "name": title(stage, m["arch"]) + ("" if precision == "fp32" else f" {precision}"),
-        "model": stage,
+        "stage": stage,
         "arch": m["arch"],
         "precision": precision,
         "file": file,
@@ -160,28 +175,27 @@ def _row(
         **deltas,
         "params": m["params"],
         "macs": m.get("macs"),
-        "p50_ms": p50,
+        "p50_ms": {b: r.p50_ms for b, r in best.items() if r},
+        "setting": {b: r.setting.label() for b, r in best.items() if r},
     }
 
 
 def _add_ratios(rows: list[dict[str, Any]], teacher: str, primary: str | None) -> None:
     """What compression bought, for the students: × faster and × smaller than the teacher at fp32."""
-    ref = next((r for r in rows if r["model"] == teacher and r["precision"] == "fp32"), None)
+    ref = next((r for r in rows if r["stage"] == teacher and r["precision"] == "fp32"), None)
     for row in rows:
-        student = ref is not None and row["model"].startswith("student")
+        student = ref is not None and row["stage"].startswith("student")
         fast = student and primary in ref["p50_ms"] and primary in row["p50_ms"]
         row["speedup"] = ref["p50_ms"][primary] / row["p50_ms"][primary] if fast else None
         row["size_ratio"] = ref["bytes"] / row["bytes"] if student and ref["bytes"] and row["bytes"] else None
 
 
-def _notes(bench: dict[str, Any] | None, metrics: dict[str, Any]) -> list[str]:
-    rejected = [f"not kept: {r['reason']}" for r in metrics.get("export_rejected", [])]
+def _notes(bench: BenchFile | None, run: RunDir) -> list[str]:
+    rejected = [f"not kept on {r.backend}: {r.reason}" for r in run.rejected()]
     if bench is None:
         return [*rejected, "no latency yet: run `gtcompress bench` (then `gtcompress report` again)"]
-    return [*rejected, *(f"not benchmarked: {m}" for m in bench.get("missing", []))] + [
-        f"skipped {' '.join(str(v) for k, v in s.items() if k != 'reason')}: {s['reason']}"
-        for s in bench.get("skipped", [])
-    ]
+    missing = [f"not benchmarked: {m}" for m in bench.missing]
+    return [*rejected, *missing, *(f"skipped {s.what()}: {s.reason}" for s in bench.skipped)]
 
 
 # -- formatting --------------------------------------------------------------------------------------------------
@@ -203,6 +217,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "file",
         "MB",
         *(f"{backend} p50 ms (b{b})" for backend in report["backends"]),
+        f"setting ({report['primary_backend'] or '–'})",
         f"× faster ({report['primary_backend'] or '–'})",
         "× smaller",
     ]
@@ -219,6 +234,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 r["file"],
                 _fmt(r["bytes"] and r["bytes"] / 1e6, ".2f"),
                 *(_fmt(r["p50_ms"].get(backend), ".3f") for backend in report["backends"]),
+                r["setting"].get(report["primary_backend"], "–"),
                 _fmt(r["speedup"], ".1f", "×"),
                 _fmt(r["size_ratio"], ".1f", "×"),
             ]
@@ -227,7 +243,8 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def bench_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    return [*RESULT_COLUMNS, "iters"], [[*result_cells(r), str(r["iters"])] for r in in_order(report["bench"])]
+    results = in_order([BenchResult.model_validate(r) for r in report["bench"]])
+    return [*RESULT_COLUMNS, "iters"], [[*result_cells(r), str(r.iters)] for r in results]
 
 
 def report_table(report: dict[str, Any]) -> Table:
@@ -285,9 +302,10 @@ def markdown(report: dict[str, Any], plot_files: dict[str, str]) -> str:
     ]
     parts += [
         "",
-        f"Latency: p50 at batch {report['batch_size']}; × faster is the {report['teacher']}'s fp32 p50 "
-        f"on {report['primary_backend'] or 'no backend'} over the row's; × smaller compares file sizes. "
-        f"{DELTA_NOTE}",
+        f"Latency: p50 at batch {report['batch_size']}, each model at its best setting on each backend (CPU "
+        f"threads, CUDA graph or eager: every setting is under Every measurement); × faster is the "
+        f"{report['teacher']}'s fp32 p50 on {report['primary_backend'] or 'no backend'} over the row's; "
+        f"× smaller compares file sizes. {DELTA_NOTE}",
         "",
         markdown_table(*table_rows(report)),
         "",
@@ -348,7 +366,8 @@ img#plot-training_curves {{ max-width: 1100px; }}
 </style></head><body>
 <h1>gtcompress report: {e(h["teacher"] or "?")} → {e(h["student"] or "?")}</h1>
 <dl>{meta}</dl>
-<p>Latency is p50 at batch {report["batch_size"]}; × faster is the {e(report["teacher"])}'s fp32 p50 on
+<p>Latency is p50 at batch {report["batch_size"]}, each model at its best setting on each backend;
+× faster is the {e(report["teacher"])}'s fp32 p50 on
 {e(report["primary_backend"] or "no backend")} over the row's; × smaller compares file sizes. {e(DELTA_NOTE)}</p>
 {table(*table_rows(report), "summary")}
 {figures}
@@ -361,8 +380,8 @@ img#plot-training_curves {{ max-width: 1100px; }}
 # -- plots -------------------------------------------------------------------------------------------------------
 def write_report(run: RunDir, report: dict[str, Any]) -> list[Path]:
     """report.json, report.md (+ plots/*.png) and the self-contained report.html, each written atomically."""
-    bench = load_bench(run)
-    plots = make_plots(report, run.history(), bench["results"] if bench else [])
+    bench = run.bench()
+    plots = make_plots(report, run.history(), [r.model_dump() for r in bench.results] if bench else [])
     plot_files = {}
     for name, png in plots.items():
         path = run.path / "plots" / f"{name}.png"

@@ -1,4 +1,5 @@
-"""The run directory: its file names, atomic writes, metrics.json and history.jsonl, runs/latest."""
+"""The run directory: its file names, atomic writes, and its files read and written as typed records (config.yaml,
+metrics.json's stages and exports, history.jsonl, bench.json), runs/latest."""
 
 from __future__ import annotations
 
@@ -14,30 +15,12 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .records import BenchFile, ExportRecord, RejectedExport
 
 RUNS_ROOT = Path("runs")
+BENCH_FILE = "bench.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def artefact_name(model: str, precision: str, fmt: str, target: str = "onnxruntime") -> str:
-    """An export artefact's file name: `student.onnx` (fp32), `student.int8.onnx`, `student.fp16.engine`.
-
-    The int8 ONNX graph differs by where it runs: `student.int8.onnx` for onnxruntime, and
-    `student.int8.tensorrt.onnx`, from which the int8 engine is built.
-    """
-    if fmt == "engine":
-        return f"{model}.{precision}.engine"
-    if precision == "int8" and target == "tensorrt":
-        return f"{model}.int8.tensorrt.onnx"
-    return f"{model}.onnx" if precision == "fp32" else f"{model}.{precision}.onnx"
-
-
-def parse_artefact_name(path: Path) -> tuple[str, str]:
-    """(model, precision) of an artefact named by `artefact_name` (`student.int8.onnx` -> student, int8)."""
-    parts = Path(path).name.split(".")
-    return parts[0], parts[1] if len(parts) > 2 and parts[1] in PRECISIONS else "fp32"
 
 
 @contextmanager
@@ -109,6 +92,38 @@ class RunDir:
         metrics = self.metrics()
         metrics[key] = value
         write_json(self.metrics_path, metrics)
+
+    def exports(self) -> list[ExportRecord]:
+        """Every verified artefact of the run."""
+        return [ExportRecord.model_validate(r) for r in self.metrics().get("export", [])]
+
+    def rejected(self) -> list[RejectedExport]:
+        """Every artefact that failed verification on a backend (and was not kept there)."""
+        return [RejectedExport.model_validate(r) for r in self.metrics().get("export_rejected", [])]
+
+    def keep_export(self, record: ExportRecord) -> None:
+        """Record a verified artefact, replacing its earlier record on that backend and any rejection there."""
+        key = (record.path, record.backend)
+        kept = [r for r in self.exports() if (r.path, r.backend) != key]
+        self._write_exports([*kept, record], [r for r in self.rejected() if (r.path, r.backend) != key])
+
+    def reject_export(self, record: RejectedExport) -> None:
+        """Record an artefact that failed verification on a backend (an earlier verified file stays as it was)."""
+        key = (record.path, record.backend)
+        self._write_exports(self.exports(), [*(r for r in self.rejected() if (r.path, r.backend) != key), record])
+
+    def _write_exports(self, kept: list[ExportRecord], rejected: list[RejectedExport]) -> None:
+        metrics = self.metrics()
+        metrics["export"] = [r.model_dump(mode="json") for r in kept]
+        metrics["export_rejected"] = [r.model_dump(mode="json") for r in rejected]
+        write_json(self.metrics_path, metrics)
+
+    def bench(self) -> BenchFile | None:
+        path = self.path / BENCH_FILE
+        return BenchFile.model_validate(read_json(path)) if path.is_file() else None
+
+    def write_bench(self, bench: BenchFile) -> None:
+        write_json(self.path / BENCH_FILE, bench.model_dump(mode="json"))
 
     def history(self) -> list[dict[str, Any]]:
         if not self.history_path.exists():

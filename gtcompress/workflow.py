@@ -8,8 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .bench import BenchConfig, run_bench
-from .benchfile import bench_table
+from .bench import BenchConfig, bench_table, run_bench
 from .export.config import ExportConfig
 from .export.exporter import artefact_table, is_up_to_date, run_export
 from .recommend import recommendation_line

@@ -66,7 +66,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 # Student int8 agreement floor for the session's barely trained student (see tests/test_export.py).
 INT8_TOLERANCE = "int8.min_agreement=50"
-BENCH_ITERS, BENCH_BATCHES = 6, (1, 4)
+BENCH_ITERS, BENCH_BATCHES, BENCH_THREADS = 6, (1, 4), (1, 2)
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +89,8 @@ def _workflow(run: Path) -> None:
         ",".join(map(str, BENCH_BATCHES)),
         "--iters",
         BENCH_ITERS,
+        "--threads",
+        ",".join(map(str, BENCH_THREADS)),
     )
     assert result.exit_code == 0, result.output
 

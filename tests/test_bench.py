@@ -10,14 +10,15 @@ import pytest
 import torch
 from conftest import BENCH_BATCHES, BENCH_ITERS, assert_one_line_error, copy_run, invoke
 
-from gtcompress.backends import TorchBackend
-from gtcompress.bench import BenchConfig, latency_stats, parse_batch_sizes, time_backend
-from gtcompress.benchfile import find, speedup
+from gtcompress.backends.torch_runner import TorchBackend
+from gtcompress.bench import BenchConfig, parse_batch_sizes, speedup
 from gtcompress.errors import UserError
 from gtcompress.models import create_model
+from gtcompress.records import BenchFile, BenchResult, in_order
+from gtcompress.timing import latency_stats, time_backend
 
 CONTRACT = {
-    "model": str,
+    "stage": str,
     "backend": str,
     "precision": str,
     "batch_size": int,
@@ -27,6 +28,7 @@ CONTRACT = {
     "mean_ms": float,
     "throughput": float,
     "iters": int,
+    "cuda_graph": bool,
 }
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -101,9 +103,9 @@ def test_batch_sizes_parse_in_order_without_duplicates():
 
 
 def test_default_budget_is_count_and_time_but_either_alone_stays_alone():
-    assert (BenchConfig().iters, BenchConfig().seconds) == (200, 2.0)
-    assert (BenchConfig(iters=50).iters, BenchConfig(iters=50).seconds) == (50, None)
-    assert (BenchConfig(seconds=5).iters, BenchConfig(seconds=5).seconds) == (None, 5)
+    assert BenchConfig().limits() == (200, 2.0)
+    assert BenchConfig(iters=50).limits() == (50, None)
+    assert BenchConfig(seconds=5).limits() == (None, 5)
 
 
 def test_bench_json_follows_the_contract(workflow_run):
@@ -117,7 +119,7 @@ def test_bench_json_follows_the_contract(workflow_run):
         assert r["iters"] == BENCH_ITERS == len(r["samples_ms"])
         assert r["p50_ms"] == pytest.approx(np.percentile(r["samples_ms"], 50), abs=1e-4)
         assert r["bytes"] == (workflow_run / r["artefact"]).stat().st_size
-    measured = {(r["model"], r["backend"], r["precision"], r["batch_size"]) for r in bench["results"]}
+    measured = {(r["stage"], r["backend"], r["precision"], r["batch_size"]) for r in bench["results"]}
     for b in BENCH_BATCHES:
         for model in ("student", "generous_teacher"):
             assert {(model, "torch", "fp32", b), (model, "onnxruntime", "fp32", b)} <= measured
@@ -129,17 +131,19 @@ def test_bench_json_follows_the_contract(workflow_run):
 
 @pytest.mark.skipif(HAS_TRT and torch.cuda.is_available(), reason="TensorRT can run here, so it is not skipped")
 def test_an_unavailable_backend_is_listed_as_skipped_with_its_reason(workflow_run):
-    skipped = {s["backend"]: s["reason"] for s in bench_json(workflow_run)["skipped"] if "model" not in s}
+    skipped = {s["backend"]: s["reason"] for s in bench_json(workflow_run)["skipped"] if s.get("stage") is None}
     assert "tensorrt" in skipped and ("gtcompress[trt]" in skipped["tensorrt"] or "CUDA" in skipped["tensorrt"])
 
 
-def test_speedup_is_the_teachers_p50_over_the_students(workflow_run):
-    results = bench_json(workflow_run)["results"]
-    student = find(results, model="student", backend="onnxruntime", precision="int8", batch_size=4)
-    teacher = find(results, model="generous_teacher", backend="onnxruntime", precision="fp32", batch_size=4)
-    assert student is not None and teacher is not None
-    assert speedup(results, student) == pytest.approx(teacher["p50_ms"] / student["p50_ms"])
-    assert speedup(results, teacher) is None
+def test_speedup_is_the_teachers_best_p50_over_the_students(workflow_run):
+    bench = BenchFile.model_validate(bench_json(workflow_run))
+    student = bench.best("student", "onnxruntime", "int8", 4)
+    teachers = [r for r in bench.results if (r.stage, r.backend, r.precision, r.batch_size) ==
+                ("generous_teacher", "onnxruntime", "fp32", 4)]  # fmt: skip
+    assert student is not None and len(teachers) == len(bench.settings["threads"]) >= 1
+    best = min(r.p50_ms for r in teachers)
+    assert speedup(bench, student) == pytest.approx(best / student.p50_ms)
+    assert speedup(bench, teachers[0]) is None
 
 
 def test_bench_cli_prints_the_table_and_rewrites_bench_json(workflow_run, tmp_path):
@@ -151,7 +155,7 @@ def test_bench_cli_prints_the_table_and_rewrites_bench_json(workflow_run, tmp_pa
         "onnxruntime",
         "--precision",
         "int8",
-        "--model",
+        "--stage",
         "student",
         "--batch-sizes",
         "2",
@@ -160,22 +164,46 @@ def test_bench_cli_prints_the_table_and_rewrites_bench_json(workflow_run, tmp_pa
         "--warmup",
         1,
         "--threads",
-        1,
+        "1,2",
     )
     assert result.exit_code == 0, result.output
     assert "gtcompress bench" in result.stdout and "int8" in result.stdout
     bench = bench_json(run)
-    assert [(r["model"], r["backend"], r["precision"], r["batch_size"], r["iters"]) for r in bench["results"]] == [
-        ("student", "onnxruntime", "int8", 2, 3)
+    got = [
+        (r["stage"], r["backend"], r["precision"], r["batch_size"], r["iters"], r["threads"]) for r in bench["results"]
     ]
-    assert bench["device"]["threads"] == 1 and bench["settings"]["warmup"] == 1
+    assert got == [("student", "onnxruntime", "int8", 2, 3, t) for t in (1, 2)]
+    assert bench["settings"]["threads"] == [1, 2] and bench["settings"]["warmup"] == 1
+
+
+def test_the_old_model_option_still_selects_a_stage_with_a_note(workflow_run, tmp_path):
+    run = copy_run(workflow_run, tmp_path / "run")
+    options = ("--backend", "onnxruntime", "--precision", "fp32", "--batch-sizes", "1", "--iters", 2, "--threads", 1)
+    result = invoke("bench", run, "--model", "generous_teacher", *options)
+    assert result.exit_code == 0, result.output
+    assert "--model is deprecated" in result.stderr and "--stage" in result.stderr
+    assert {r["stage"] for r in bench_json(run)["results"]} == {"generous_teacher"}
+
+
+def test_cpu_backends_are_timed_at_each_thread_count_and_auto_means_powers_of_two_to_the_cores():
+    from gtcompress.backends import BACKENDS, Setting, settings, thread_counts
+
+    assert thread_counts("auto", 16) == (1, 2, 4, 8, 16) and thread_counts("auto", 6) == (1, 2, 4, 6)
+    assert thread_counts((3,), 16) == (3,)
+    assert settings(BACKENDS["onnxruntime"], "cpu", (1, 4), "both") == [Setting(1), Setting(4)]
+    assert settings(BACKENDS["torch"], "cuda", (1, 4), "both") == [Setting(), Setting(cuda_graph=True)]
+    assert settings(BACKENDS["torch"], "cuda", (1,), "off") == [Setting()]
+    assert settings(BACKENDS["openvino"], "cpu", (2,), "on") == [Setting(2)]
 
 
 def test_a_run_without_exports_benches_what_exists_and_says_what_is_missing(pipeline_run, tmp_path):
     run = copy_run(pipeline_run, tmp_path / "run")
-    result = invoke("bench", run, "--batch-sizes", "1", "--iters", 2, "--warmup", 0)
+    result = invoke("bench", run, "--batch-sizes", "1", "--iters", 2, "--warmup", 0, "--threads", 1)
     assert result.exit_code == 0, result.output
-    assert "missing: export/student.onnx (make it with gtcompress export --model student)" in result.stdout
+    assert (
+        "missing: student fp32 verified on onnxruntime (make it with gtcompress export --stage student)"
+        in result.stdout
+    )
     assert {r["backend"] for r in bench_json(run)["results"]} == {"torch"}
     if not HAS_TRT:  # printed as it is: rich would take `[trt]` for markup
         assert "skipped tensorrt: tensorrt is not installed (pip install 'gtcompress[trt]'" in result.stdout
@@ -195,12 +223,14 @@ def test_a_run_without_exports_benches_what_exists_and_says_what_is_missing(pipe
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["--backend", "tensorflow"], ["unknown backend 'tensorflow'", "torch, onnxruntime, tensorrt"]),
+        (["--backend", "tensorflow"], ["unknown backend 'tensorflow'", "tensorrt, onnxruntime, openvino, torch"]),
         (["--precision", "int4"], ["unknown precision 'int4'"]),
-        (["--model", "teacher"], ["unknown model 'teacher'", "generous_teacher"]),
+        (["--stage", "teacher"], ["unknown stage 'teacher'", "generous_teacher"]),
         (["--batch-sizes", "0,8"], ["positive integers"]),
         (["--batch-sizes", "eight"], ["positive integers"]),
-        (["--iters", "0"], ["--iters must be positive"]),
+        (["--iters", "0"], ["'iters'", "greater than 0"]),
+        (["--threads", "0"], ["--threads", "positive integers"]),
+        (["--cuda-graph", "sometimes"], ["'cuda_graph'", "'both', 'on' or 'off'"]),
     ],
 )
 def test_bad_bench_options_are_one_line_errors(workflow_run, args, fragments):
@@ -227,6 +257,7 @@ def test_cuda_bench_records_the_gpu_and_times_with_events(workflow_run, tmp_path
     assert bench["device"]["gpu"] == torch.cuda.get_device_name()
     assert {r["device"] for r in bench["results"]} == {"cuda"}
     assert {r["precision"] for r in bench["results"]} == {"fp32", "fp16"}
+    assert {r["cuda_graph"] for r in bench["results"]} == {False, True}, "eager and CUDA-graph rows, labelled"
     assert bench["settings"]["torch_cuda"] == {"tf32": False, "cudnn_benchmark": True}
     assert not torch.backends.cudnn.allow_tf32, "torch fp32 timed like TensorRT's fp32, without TF32"
 
@@ -248,7 +279,7 @@ def test_int8_onnx_on_the_cuda_provider_is_skipped_with_the_reason(workflow_run,
 def test_an_onnxruntime_cuda_provider_that_falls_back_to_cpu_is_an_error(workflow_run, monkeypatch):
     import onnxruntime
 
-    from gtcompress.backends import OnnxRuntimeBackend
+    from gtcompress.backends.onnxruntime_runner import OnnxRuntimeBackend
     from gtcompress.errors import UserError
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -263,23 +294,37 @@ def test_an_onnxruntime_cuda_provider_that_falls_back_to_cpu_is_an_error(workflo
         OnnxRuntimeBackend(workflow_run / "export" / "student.onnx", device="cuda")
 
 
-def test_results_are_listed_by_batch_then_model_then_backend_and_precision():
-    from gtcompress.benchfile import in_order
+STATS = {k: 1.0 for k in ("min_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")}
 
+
+def _result(batch, stage, backend, precision, **setting):
+    stats = STATS
+    return BenchResult(stage=stage, arch="a", backend=backend, device="cpu", precision=precision, batch_size=batch,
+                       artefact="x", bytes=1, throughput=1.0, iters=1, **stats, **setting)  # fmt: skip
+
+
+def test_results_are_listed_by_batch_then_stage_then_backend_precision_and_setting():
     shuffled = [
-        {"batch_size": b, "model": m, "backend": k, "precision": p}
-        for b, m, k, p in [
-            (8, "student", "onnxruntime", "fp32"),
-            (1, "student", "torch", "fp32"),
-            (1, "generous_teacher", "torch", "fp32"),
-            (1, "student", "onnxruntime", "int8"),
-            (1, "student", "onnxruntime", "fp32"),
-        ]
+        _result(8, "student", "onnxruntime", "fp32"),
+        _result(1, "student", "torch", "fp32"),
+        _result(1, "generous_teacher", "torch", "fp32"),
+        _result(1, "student", "onnxruntime", "int8", threads=2),
+        _result(1, "student", "onnxruntime", "int8", threads=1),
+        _result(1, "student", "onnxruntime", "fp32"),
     ]
-    assert [(r["batch_size"], r["model"], r["backend"], r["precision"]) for r in in_order(shuffled)] == [
-        (1, "generous_teacher", "torch", "fp32"),
-        (1, "student", "onnxruntime", "fp32"),
-        (1, "student", "onnxruntime", "int8"),
-        (1, "student", "torch", "fp32"),
-        (8, "student", "onnxruntime", "fp32"),
+    assert [(r.batch_size, r.stage, r.backend, r.precision, r.threads) for r in in_order(shuffled)] == [
+        (1, "generous_teacher", "torch", "fp32", None),
+        (1, "student", "onnxruntime", "fp32", None),
+        (1, "student", "onnxruntime", "int8", 1),
+        (1, "student", "onnxruntime", "int8", 2),
+        (1, "student", "torch", "fp32", None),
+        (8, "student", "onnxruntime", "fp32", None),
     ]
+
+
+def test_a_bench_file_of_an_earlier_gtcompress_still_reads():
+    old = {"model": "student", "arch": "a", "backend": "onnxruntime", "device": "cpu", "precision": "fp32",
+           "batch_size": 1, "artefact": "x", "bytes": 1, "throughput": 1.0, "iters": 1,
+           **STATS}  # fmt: skip
+    r = BenchResult.model_validate(old)
+    assert r.stage == "student" and r.threads is None and r.cuda_graph is False and r.setting.label() == "eager"

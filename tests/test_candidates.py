@@ -33,8 +33,8 @@ def test_the_front_keeps_what_nothing_beats_and_the_pick_is_the_most_accurate_wi
 def _rows(models):
     """Report rows for (stage, top-1, p50 ms) on onnxruntime."""
     return [
-        {"name": m, "model": m, "arch": m, "precision": "fp32", "file": f"{m}.onnx", "bytes": 1, "top1": a,
-         "p50_ms": {"onnxruntime": t}}
+        {"name": m, "stage": m, "arch": m, "precision": "fp32", "file": f"{m}.onnx", "bytes": 1, "top1": a,
+         "p50_ms": {"onnxruntime": t}, "setting": {"onnxruntime": "1 thread"}}
         for m, a, t in models
     ]  # fmt: skip
 
@@ -45,11 +45,11 @@ METRICS = {"standard_teacher": {}, "generous_teacher": {}, "student": {"teacher_
 def test_a_student_slower_than_its_teacher_is_not_shipped_and_the_report_says_why(tmp_path):
     rows = _rows([("standard_teacher", 90.0, 0.41), ("generous_teacher", 91.0, 0.45), ("student", 88.0, 1.0)])
     got = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, None)
-    assert got["recommendation"]["model"] == "generous_teacher" and got["recommendation"]["role"] == "teacher"
+    assert got["recommendation"]["stage"] == "generous_teacher" and got["recommendation"]["role"] == "teacher"
     assert got["recommendation"]["reason"] == "no student is faster than the teacher"
     assert got["pareto"]["no_speed"] == (
         "On onnxruntime at batch 1 the students buy no speed over the teacher: the fastest student, student, "
-        "takes 1.000 ms against 0.410 ms for standard_teacher."
+        "takes 1.000 ms against 0.410 ms for standard_teacher (each at its best setting: 1 thread, 1 thread)."
     )
     line = recommendation_line({**got, "pareto": got["pareto"]})
     assert (
@@ -61,10 +61,10 @@ def test_a_student_slower_than_its_teacher_is_not_shipped_and_the_report_says_wh
 def test_without_a_budget_the_pick_is_the_best_student_that_buys_speed(tmp_path):
     rows = _rows([("generous_teacher", 95.0, 3.0), ("student", 90.0, 0.5)])
     got = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, None)
-    assert got["recommendation"]["model"] == "student" and got["pareto"]["no_speed"] is None
+    assert got["recommendation"]["stage"] == "student" and got["pareto"]["no_speed"] is None
     assert {p["role"] for p in got["pareto"]["points"]} == {"student", "teacher"}
     within = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, 5.0)["recommendation"]
-    assert within["model"] == "generous_teacher", "a budget the teacher meets: the most accurate that fits"
+    assert within["stage"] == "generous_teacher", "a budget the teacher meets: the most accurate that fits"
 
 
 def test_candidates_prints_every_students_latency_on_the_target():
@@ -163,13 +163,14 @@ def test_every_student_is_exported_benched_and_on_the_front(two_students):
     out, result, _ = two_students
     metrics = json.loads((out / "metrics.json").read_text())
     paths = {r["path"] for r in metrics["export"]}
+    assert {r["backend"] for r in metrics["export"]} >= {"onnxruntime"}
     for arch in STUDENTS:
         assert {f"export/student_{arch}.onnx", f"export/student_{arch}.int8.onnx"} <= paths
     bench = json.loads((out / "bench.json").read_text())
-    assert {r["model"] for r in bench["results"]} == {*(f"student_{a}" for a in STUDENTS), "generous_teacher"}
+    assert {r["stage"] for r in bench["results"]} == {*(f"student_{a}" for a in STUDENTS), "generous_teacher"}
     report = json.loads((out / "report.json").read_text())
     points = report["pareto"]["points"]
-    assert {(p["model"], p["precision"]) for p in points} == {
+    assert {(p["stage"], p["precision"]) for p in points} == {
         *((f"student_{a}", p) for a in STUDENTS for p in ("fp32", "int8")),
         ("generous_teacher", "fp32"),  # the teacher is a candidate too
     }
@@ -192,7 +193,7 @@ def test_a_budget_target_that_cannot_mean_what_it_says_is_refused(monkeypatch):
     from gtcompress.errors import UserError
 
     assert target(BudgetConfig(device="cpu")) == ("onnxruntime", "fp32", "cpu")
-    with pytest.raises(UserError, match="torch backend has no int8"):
+    with pytest.raises(UserError, match="torch on cpu has no precision int8"):
         target(BudgetConfig(backend="torch", precision="int8", device="cpu"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(UserError, match="no int8 kernels"):

@@ -15,21 +15,23 @@ import pytest
 import torch
 from conftest import assert_one_line_error, copy_run, invoke
 
-from gtcompress.backends import OnnxRuntimeBackend, TorchBackend, load_backend
+from gtcompress.backends import BACKENDS, load_backend
+from gtcompress.backends.onnxruntime_runner import OnnxRuntimeBackend
+from gtcompress.backends.torch_runner import TorchBackend
 from gtcompress.config import DataConfig
 from gtcompress.errors import UserError
-from gtcompress.export.config import DEFAULT_TOLERANCES, ExportConfig, Tolerance, parse_tolerances
+from gtcompress.export.config import ExportConfig, parse_tolerances
 from gtcompress.export.graph import calibration_indices
+from gtcompress.export.precisions import DEFAULT_TOLERANCES, PRECISIONS, Tolerance
 from gtcompress.export.sidecar import describe_transform
 from gtcompress.export.source import load_eval_data, resolve_source
 from gtcompress.export.triton import triton_config
 from gtcompress.export.verify import agreement, tolerance_failure
 from gtcompress.models import load_model
-from gtcompress.rundir import artefact_name, parse_artefact_name
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD_KEYS = {
-    "model",
+    "stage",
     "format",
     "backend",
     "precision",
@@ -71,8 +73,9 @@ def exported_run(pipeline_run, tmp_path_factory) -> Path:
     return run
 
 
-def records(run: Path) -> list[dict]:
-    return json.loads((run / "metrics.json").read_text())["export"]
+def records(run: Path, backend: str | None = "onnxruntime") -> list[dict]:
+    """The run's export records verified on `backend` (every one with None)."""
+    return [r for r in json.loads((run / "metrics.json").read_text())["export"] if backend in (None, r["backend"])]
 
 
 def test_every_precision_is_written_verified_and_recorded(exported_run):
@@ -85,7 +88,7 @@ def test_every_precision_is_written_verified_and_recorded(exported_run):
         r = recs[precision]
         assert RECORD_KEYS <= set(r), RECORD_KEYS - set(r)
         assert r["path"] == f"export/{name}" and r["bytes"] == (export / name).stat().st_size
-        assert (r["model"], r["format"], r["backend"]) == ("student", "onnx", "onnxruntime")
+        assert (r["stage"], r["format"], r["backend"]) == ("student", "onnx", "onnxruntime")
         assert r["test_images"] == 360 and r["export_seconds"] > 0
         # the reference is the PyTorch model on the same test split the distill stage evaluated
         assert r["reference_top1"] == pytest.approx(student_top1, abs=100 / 360 + 1e-9)
@@ -94,6 +97,20 @@ def test_every_precision_is_written_verified_and_recorded(exported_run):
     assert recs["fp32"]["top1"] == pytest.approx(recs["fp32"]["reference_top1"])
     assert recs["int8"]["calibration_images"] == 64
     assert recs["int8"]["bytes"] < 0.5 * recs["fp32"]["bytes"] and recs["fp16"]["bytes"] < 0.6 * recs["fp32"]["bytes"]
+
+
+@pytest.mark.skipif(BACKENDS["openvino"].missing("cpu") is not None, reason="openvino is not installed")
+def test_every_onnx_file_is_verified_on_openvino_too(exported_run):
+    ort = {r["path"]: r for r in records(exported_run)}
+    ov = {r["path"]: r for r in records(exported_run, "openvino")}
+    assert set(ov) == set(ort) == {f"export/{name}" for name in ARTEFACTS.values()}
+    for path, r in ov.items():
+        assert r["precision"] == ort[path]["precision"] and r["bytes"] == ort[path]["bytes"]
+        assert r["top1_agreement"] >= (INT8_AGREEMENT if r["precision"] == "int8" else 99.0)
+    assert ov["export/student.onnx"]["max_abs_diff"] <= 1e-3
+    assert ov["export/student.onnx"]["top1"] == pytest.approx(ort["export/student.onnx"]["top1"])
+    meta = json.loads((exported_run / "export" / "student.json").read_text())
+    assert meta["files"] == {name: precision for precision, name in ARTEFACTS.items()}
 
 
 def test_graphs_follow_the_onnx_contract(exported_run):
@@ -186,12 +203,12 @@ def test_sidecar_describes_the_graph(exported_run):
     assert (meta["resize"], meta["crop"], meta["interpolation"]) == (32, [32, 32], "bicubic")
 
 
-def test_eval_gives_each_artefacts_test_accuracy(exported_run):
-    recs = {r["path"]: r for r in records(exported_run)}
-    for path, r in recs.items():
-        result = invoke("eval", exported_run / path)
+def test_eval_gives_each_artefacts_test_accuracy_on_the_backend_it_was_verified_on(exported_run):
+    for r in records(exported_run, None):
+        result = invoke("eval", exported_run / r["path"], "--backend", r["backend"])
         assert result.exit_code == 0, result.output
-        assert f"top-1 {r['top1']:.2f}%" in result.stdout and f"onnxruntime {r['precision']}" in result.stdout
+        assert f"top-1 {r['top1']:.2f}%" in result.stdout and f"{r['backend']} {r['precision']}" in result.stdout
+    recs = {r["path"]: r for r in records(exported_run)}
     result = invoke("eval", exported_run / "student.pt")
     assert result.exit_code == 0 and f"top-1 {recs['export/student.onnx']['reference_top1']:.2f}%" in result.stdout
 
@@ -281,7 +298,7 @@ def test_trt_without_tensorrt_still_writes_and_verifies_onnx(exported_run, tmp_p
 def test_trt_without_cuda_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    from gtcompress.tensorrt import require_tensorrt
+    from gtcompress.backends.tensorrt_runner import require_tensorrt
 
     with pytest.raises(UserError, match="CUDA GPU"):
         require_tensorrt()
@@ -312,8 +329,8 @@ def test_any_checkpoint_exports_with_a_named_dataset(pipeline_run, tmp_path):
     assert_one_line_error(invoke("export", "--checkpoint", ckpt), "not inside a gtcompress run", "--dataset")
     result = invoke("export", "--checkpoint", ckpt, "--dataset", "digits", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    (rec,) = json.loads((tmp_path / "out" / "metrics.json").read_text())["export"]
-    assert rec["model"] == "standard_teacher" and rec["path"] == "export/standard_teacher.onnx"
+    (rec,) = records(tmp_path / "out")
+    assert rec["stage"] == "standard_teacher" and rec["path"] == "export/standard_teacher.onnx"
     assert (tmp_path / "out" / "export" / "standard_teacher.json").is_file()
     assert not (ckpt.parent / "export").exists()
 
@@ -331,7 +348,7 @@ def test_export_bad_input(pipeline_run, tmp_path):
     assert not (no_student / "export").exists()
 
     assert_one_line_error(invoke("export", pipeline_run, "--precision", "int4"), "unknown precision 'int4'", "fp16")
-    assert_one_line_error(invoke("export", pipeline_run, "--model", "teacher"), "unknown model 'teacher'")
+    assert_one_line_error(invoke("export", pipeline_run, "--stage", "teacher"), "unknown stage 'teacher'")
     assert_one_line_error(invoke("export", pipeline_run, "--tolerance", "int8=3"), "PRECISION.FIELD=VALUE")
     assert_one_line_error(invoke("export", tmp_path / "nowhere"), "no gtcompress run")
 
@@ -348,7 +365,8 @@ def test_eval_bad_input(exported_run, tmp_path):
     assert_one_line_error(invoke("eval", tmp_path / "missing.onnx"), "not found")
     lonely = tmp_path / "student.onnx"
     shutil.copy(exported_run / "export" / "student.onnx", lonely)
-    assert_one_line_error(invoke("eval", lonely), "no student.json beside student.onnx")
+    assert_one_line_error(invoke("eval", lonely), "no gtcompress export description beside student.onnx")
+    assert_one_line_error(invoke("eval", exported_run / "student.pt", "--backend", "openvino"), "does not run")
     (tmp_path / "notes.txt").write_text("hi")
     assert_one_line_error(invoke("eval", tmp_path / "notes.txt", "--dataset", "digits"), "not a model artefact")
 
@@ -360,11 +378,13 @@ def test_model_option_picks_the_runs_checkpoint(pipeline_run):
 
 
 def test_fp32_is_always_first_and_unknown_options_are_refused():
+    from gtcompress.typed import validate
+
     assert ExportConfig(precisions=("int8", "fp16")).precisions == ("fp32", "fp16", "int8")
-    with pytest.raises(UserError, match="calibration method"):
-        ExportConfig(calibration_method="kl")
-    with pytest.raises(UserError, match="max-batch"):
-        ExportConfig(max_batch=0)
+    with pytest.raises(UserError, match="calibration_method"):
+        validate(ExportConfig, {"calibration_method": "kl"})
+    with pytest.raises(UserError, match="'max_batch' input should be greater than 0"):
+        validate(ExportConfig, {"max_batch": 0})
 
 
 def test_tolerances_parse_and_judge():
@@ -383,19 +403,17 @@ def test_tolerances_parse_and_judge():
     flipped[3] = [0, 6, 0]
     worse = agreement(flipped, reference, labels)
     assert worse["top1"] == 75 and worse["top1_agreement"] == 75 and worse["max_abs_diff"] == 6
-    assert "agreement 75.00% < 95%" in tolerance_failure(worse, DEFAULT_TOLERANCES["int8"])
-    assert "max |delta logits| 6 > 0.001" in tolerance_failure(worse, DEFAULT_TOLERANCES["fp32"])
+    assert tolerance_failure(worse, DEFAULT_TOLERANCES["int8"]) == ("min_agreement", "top-1 agreement 75.00% < 95%")
+    assert tolerance_failure(worse, DEFAULT_TOLERANCES["fp32"]) == ("max_abs_diff", "max |delta logits| 6 > 0.001")
     broken = agreement(np.full_like(reference, np.nan), reference, labels)
-    assert tolerance_failure(broken, Tolerance(None, 0.0)) == "its logits contain NaN or Inf"
+    assert tolerance_failure(broken, Tolerance(None, 0.0)) == ("finite", "its logits contain NaN or Inf")
 
 
-def test_artefact_names_round_trip():
-    for precision in ("fp32", "fp16", "int8"):
-        for fmt in ("onnx", "engine"):
-            name = artefact_name("generous_teacher", precision, fmt)
-            assert parse_artefact_name(Path("x") / name) == ("generous_teacher", precision)
-    assert artefact_name("student", "fp32", "onnx") == "student.onnx"
-    assert artefact_name("student", "fp16", "engine") == "student.fp16.engine"
+def test_each_precision_names_its_files():
+    assert [PRECISIONS[p].onnx_file("student") for p in PRECISIONS] == [ARTEFACTS[p] for p in PRECISIONS]
+    assert PRECISIONS["int8"].onnx_file("student", "tensorrt") == "student.int8.tensorrt.onnx"
+    assert PRECISIONS["fp16"].onnx_file("student", "tensorrt") == "student.fp16.onnx", "one fp16 graph serves both"
+    assert PRECISIONS["fp16"].engine_file("student") == "student.fp16.engine"
 
 
 def test_calibration_sample_is_fixed_and_bounded():
@@ -421,13 +439,14 @@ def test_triton_config_for_an_engine_pins_a_gpu():
 
 def test_load_backend_chooses_by_suffix(exported_run):
     assert load_backend(exported_run / "student.pt").name == "torch"
-    backend = load_backend(exported_run / "export" / "student.int8.onnx")
+    backend = load_backend(exported_run / "export" / "student.int8.onnx", precision="int8")
     assert (backend.name, backend.precision) == ("onnxruntime", "int8")
+    assert load_backend(exported_run / "export" / "student.onnx", name="openvino").name == "openvino"
 
 
 def test_engines_get_a_profile_tuned_for_each_benchmarked_batch():
-    from gtcompress.backends import _profile_for
-    from gtcompress.tensorrt import EngineConfig
+    from gtcompress.backends.tensorrt_runner import _profile_for
+    from gtcompress.export.tensorrt import EngineConfig
 
     profiles = EngineConfig(max_batch=32, opt_batches=(1, 8, 32)).profiles()
     assert profiles == [(1, 1, 1), (2, 8, 8), (9, 32, 32)], "batch 1 is tuned for batch 1, not for the maximum"

@@ -287,7 +287,7 @@ def test_student_objective_combines_weighted_ce_and_method(method):
     out = objective(s, t, y, 10.0)
     mcfg = cfg.method_config
     assert out["ce"].item() == pytest.approx(mcfg.ce_weight * losses.ce_loss(s, y).item(), rel=1e-6)
-    assert out["kd"].item() == pytest.approx(mcfg.term(s, t, y).item(), rel=1e-6)
+    assert out["kd"].item() == pytest.approx(objectives.method_term(mcfg, s, t, y).item(), rel=1e-6)
     assert out["loss"].item() == pytest.approx(out["ce"].item() + out["kd"].item(), rel=1e-6)
 
 
@@ -364,4 +364,15 @@ def test_dist_term_is_weighted_like_the_authors():
     g = torch.Generator().manual_seed(6)
     s, t, y = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g), torch.tensor([0, 1, 2, 3])
     assert cfg.kd_weight == 2.0
-    assert cfg.term(s, t, y).item() == pytest.approx(2.0 * losses.dist_loss(s, t).item(), rel=1e-6)
+    assert objectives.method_term(cfg, s, t, y).item() == pytest.approx(2.0 * losses.dist_loss(s, t).item(), rel=1e-6)
+
+
+def test_every_registered_method_has_its_term_and_the_configuration_needs_no_torch():
+    import subprocess
+    import sys
+
+    from gtcompress.config import METHODS
+
+    assert set(objectives.TERMS) == set(METHODS.values())
+    code = "import sys, gtcompress.config; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

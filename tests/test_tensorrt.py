@@ -16,7 +16,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT 
 
 from conftest import invoke  # noqa: E402
 
-from gtcompress.backends import OnnxRuntimeBackend, TensorRTBackend, load_backend  # noqa: E402
+from gtcompress.backends import Setting, load_backend  # noqa: E402
+from gtcompress.backends.onnxruntime_runner import OnnxRuntimeBackend  # noqa: E402
+from gtcompress.backends.tensorrt_runner import TensorRTBackend  # noqa: E402
 from gtcompress.config import DataConfig  # noqa: E402
 from gtcompress.export.source import load_eval_data  # noqa: E402
 from gtcompress.models import load_model  # noqa: E402
@@ -60,7 +62,7 @@ def test_an_engine_per_precision_is_built_verified_and_recorded(trt_run):
     for precision, r in records.items():
         path = trt_run / "export" / f"student.{precision}.engine"
         assert r["path"] == f"export/student.{precision}.engine" and r["bytes"] == path.stat().st_size
-        assert (r["backend"], r["model"], r["max_batch"]) == ("tensorrt", "student", MAX_BATCH)
+        assert (r["backend"], r["stage"], r["max_batch"]) == ("tensorrt", "student", MAX_BATCH)
         assert r["tensorrt"] and r["gpu"] and r["test_images"] == 360
     # TF32 is off: an fp32 engine reproduces PyTorch's fp32 logits
     assert records["fp32"]["max_abs_diff"] <= 1e-3 and records["fp32"]["top1_agreement"] >= 99.0
@@ -70,13 +72,17 @@ def test_an_engine_per_precision_is_built_verified_and_recorded(trt_run):
 
 
 def test_engine_runs_batches_beyond_its_profile_in_slices(trt_run):
-    engine = TensorRTBackend(trt_run / "export" / "student.fp32.engine")
+    engine = TensorRTBackend(trt_run / "export" / "student.fp32.engine", "fp32")
     assert (engine.name, engine.precision, engine.device, engine.max_batch) == ("tensorrt", "fp32", "cuda", MAX_BATCH)
     x = np.random.default_rng(0).standard_normal((2 * MAX_BATCH + 3, 3, 32, 32)).astype(np.float32)
     out = engine.infer(x)
     assert out.shape == (len(x), 10) and out.dtype == np.float32
     np.testing.assert_allclose(out, OnnxRuntimeBackend(trt_run / "export" / "student.onnx").infer(x), atol=1e-3)
     np.testing.assert_allclose(engine.infer(x[:1]), out[:1], atol=1e-5)
+    graph = TensorRTBackend(trt_run / "export" / "student.fp32.engine", "fp32", Setting(cuda_graph=True))
+    for batch in (1, MAX_BATCH, 1):  # replays of a captured graph per shape give the eager results
+        np.testing.assert_allclose(graph.infer(x[:batch]), out[:batch], atol=1e-4)
+    assert all(b.graph is not None for b in graph.bound.values()) and len(graph.bound) == 2
 
 
 def test_eval_of_an_engine_matches_its_record(trt_run):
@@ -84,7 +90,7 @@ def test_eval_of_an_engine_matches_its_record(trt_run):
         result = invoke("eval", trt_run / r["path"])
         assert result.exit_code == 0, result.output
         assert f"tensorrt {precision}" in result.stdout and f"top-1 {r['top1']:.2f}%" in result.stdout
-    assert load_backend(trt_run / "export" / "student.int8.engine").precision == "int8"
+    assert load_backend(trt_run / "export" / "student.int8.engine", "cuda", precision="int8").precision == "int8"
 
 
 def test_rebuild_reuses_the_timing_cache(trt_run, tmp_path):
@@ -131,7 +137,7 @@ def test_tensorrt_deploy_script_matches_the_engine(trt_run, tmp_path):
     (result,) = json.loads(proc.stdout)
     _, spec, _ = load_model(trt_run / "student.pt")
     data = load_eval_data(DataConfig(name="digits"), spec)
-    expected = TensorRTBackend(engine).infer(data.test[7][0].numpy()[None])
+    expected = TensorRTBackend(engine, "fp16").infer(data.test[7][0].numpy()[None])
     assert result["class_index"] == int(expected.argmax())
 
 
@@ -149,7 +155,7 @@ def test_bench_times_every_engine_and_skips_batches_beyond_the_profile(trt_run):
         trt_run,
         "--backend",
         "tensorrt",
-        "--model",
+        "--stage",
         "student",
         "--batch-sizes",
         f"1,{MAX_BATCH},{MAX_BATCH * 2}",
@@ -158,11 +164,11 @@ def test_bench_times_every_engine_and_skips_batches_beyond_the_profile(trt_run):
     )
     assert result.exit_code == 0, result.output
     bench = json.loads((trt_run / "bench.json").read_text())
-    measured = {(r["precision"], r["batch_size"]) for r in bench["results"]}
-    assert measured == {(p, b) for p in PRECISIONS for b in (1, MAX_BATCH)}
+    measured = {(r["precision"], r["batch_size"], r["cuda_graph"]) for r in bench["results"]}
+    assert measured == {(p, b, g) for p in PRECISIONS for b in (1, MAX_BATCH) for g in (False, True)}
     assert {r["device"] for r in bench["results"]} == {"cuda"} and bench["device"]["gpu"]
     assert {(s["precision"], s["batch_size"]) for s in bench["skipped"] if s.get("backend") == "tensorrt"} == {
-        (p, str(MAX_BATCH * 2)) for p in PRECISIONS
+        (p, MAX_BATCH * 2) for p in PRECISIONS
     }
 
 

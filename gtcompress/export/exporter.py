@@ -1,35 +1,71 @@
-"""Export: a run's model leaves PyTorch as ONNX (fp32, fp16, int8 Q/DQ) and TensorRT engines, each verified.
+"""Export: a run's model leaves PyTorch as ONNX (one graph per registered precision) and TensorRT engines.
 
-Every artefact is written under a temporary name, compared with the PyTorch model on the whole test
-split (top-1 agreement, max |delta logits|, accuracy) and renamed into place only if it is within its
-precision's tolerance; its record then goes to `metrics.json["export"]`.
+Every artefact is one step: written under a temporary name, compared with the PyTorch model on the whole test
+split on each backend that will run it (top-1 agreement, max |delta logits|, accuracy), renamed into place only
+if its first backend accepts it, and its verdict on each backend recorded in metrics.json (`export`, or
+`export_rejected` with the tolerance it failed).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.table import Table
 from torch.utils.data import Dataset, IterableDataset, Subset
 
-from ..backends import Backend, OnnxRuntimeBackend, TorchBackend
+from ..backends import BACKENDS, BackendSpec
+from ..backends.torch_runner import TorchBackend
 from ..errors import UserError, VerificationError
 from ..models import load_model
-from ..rundir import RunDir, artefact_name, atomic_path, write_json
+from ..records import ExportRecord, RejectedExport
+from ..rundir import RunDir, atomic_path, write_json
 from .config import ExportConfig
-from .graph import calibration_indices, convert_fp16, export_onnx, graph_opset, quantize_int8
-from .sidecar import read_sidecar, sidecar, sidecar_path
-from .source import load_eval_data, resolve_source
+from .graph import calibration_indices
+from .precisions import PRECISIONS, Conversion
+from .sidecar import sidecar, sidecar_path
+from .source import Source, load_eval_data, resolve_source
 from .triton import write_triton_repository
 from .verify import agreement, batches, predict, tolerance_failure
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One artefact an export makes: its precision, format, the runtime its graph is for, its file, and the
+    backends that verify it (the first decides whether it is kept)."""
+
+    precision: str
+    format: str  # onnx | engine
+    target: str
+    path: Path  # relative to the run
+    verifiers: tuple[BackendSpec, ...]
+
+
+def onnx_verifiers() -> tuple[BackendSpec, ...]:
+    """The installed CPU runtimes of ONNX files, in the registry's order (onnxruntime first)."""
+    return tuple(s for s in BACKENDS.values() if s.onnx_verifier and s.missing("cpu") is None)
+
+
+def plan(cfg: ExportConfig, stage: str) -> list[Planned]:
+    """Every artefact `cfg` asks for, in the order they are made (fp32 first: the others are converted from it)."""
+    ort, trt = (BACKENDS["onnxruntime"],), (BACKENDS["tensorrt"],)
+    out = [Planned(p, "onnx", "onnxruntime", Path("export") / PRECISIONS[p].onnx_file(stage), onnx_verifiers())
+           for p in cfg.precisions]  # fmt: skip
+    if cfg.trt:
+        out += [
+            Planned(p, "onnx", "tensorrt", Path("export") / PRECISIONS[p].onnx_file(stage, "tensorrt"), ort)
+            for p in cfg.precisions
+            if PRECISIONS[p].graph_per_target
+        ]
+        out += [Planned(p, "engine", "tensorrt", Path("export") / PRECISIONS[p].engine_file(stage), trt)
+                for p in cfg.precisions]  # fmt: skip
+    return out
 
 
 def _writable(directory: Path) -> None:
@@ -54,227 +90,204 @@ class Exporter:
 
     def __init__(self, cfg: ExportConfig, say: Callable[[str], None]):
         self.cfg, self.say = cfg, say
-        self.source = resolve_source(cfg)
+        self.source: Source = resolve_source(cfg)
         self.model, self.spec, _ = load_model(self.source.checkpoint)
-        self.export_dir = self.source.base / "export"
-        for directory in (*([cfg.triton] if cfg.triton else []), self.source.base, self.export_dir):
+        for directory in (*([cfg.triton] if cfg.triton else []), self.source.base, self.source.base / "export"):
             _writable(Path(directory))
+        self.run = RunDir(self.source.base)
         self.data = load_eval_data(self.source.data, self.spec)
-        self.records: list[dict[str, Any]] = []
-        self.reference: np.ndarray | None = None
-        self.reference_top1 = 0.0
+        self.records: list[ExportRecord] = []
+        self.reference = predict(TorchBackend(self.model, "cpu", "fp32"), self.data, cfg.batch_size)
+        self.reference_top1 = float(100 * (self.reference.argmax(1) == self.data.labels).mean())
 
-    def path(self, precision: str, fmt: str) -> Path:
-        return self.export_dir / artefact_name(self.source.name, precision, fmt)
-
-    def export_all(self) -> list[dict[str, Any]]:
-        """ONNX artefacts, then (with --trt) engines; the Triton repository gets whatever was verified."""
+    def export_all(self) -> list[ExportRecord]:
+        """Every planned artefact; the Triton repository gets whatever was verified."""
         try:
-            self.onnx_artefacts()
-            if self.cfg.trt:
-                self.engines()
+            for planned in plan(self.cfg, self.source.name):
+                if planned.format == "engine" and not (self.source.base / self._engine_source(planned)).is_file():
+                    continue  # a reduced precision whose ONNX graph was not kept has no engine either
+                if planned.precision == "fp32" and planned.format == "onnx":
+                    self.step(planned)  # every other artefact is converted from this one: it must pass
+                else:
+                    self.lenient(planned)
         finally:
-            if self.cfg.triton is not None and self.records:
-                write_triton_repository(
-                    Path(self.cfg.triton),
-                    self.records,
-                    self.source.base,
-                    read_sidecar(self.path("fp32", "onnx")),
-                    self.cfg.max_batch,
-                )
-                self.say(f"Triton model repository: {self.cfg.triton}")
+            if self.records:
+                meta = self._write_sidecar()
+                if self.cfg.triton is not None:
+                    write_triton_repository(
+                        Path(self.cfg.triton), self.records, self.source.base, meta, self.cfg.max_batch
+                    )
+                    self.say(f"Triton model repository: {self.cfg.triton}")
         return self.records
 
-    def onnx_artefacts(self) -> None:
-        fp32 = self.path("fp32", "onnx")
-        with atomic_path(fp32) as tmp:
-            start = time.perf_counter()
-            opset = export_onnx(self.model, self.spec.img_size, tmp, self.cfg.opset)
-            seconds = time.perf_counter() - start
-            self.reference = predict(TorchBackend(self.model, "cpu", "fp32"), self.data, self.cfg.batch_size)
-            self.reference_top1 = float(100 * (self.reference.argmax(1) == self.data.labels).mean())
-            record = self.verify(OnnxRuntimeBackend(tmp, "cpu", "fp32"), fp32, tmp, "fp32", seconds, opset=opset)
-        self.keep(record)
-        write_json(sidecar_path(fp32), sidecar(self.spec, self.data.transform, opset, self.source.checkpoint))
-        for precision in self.cfg.precisions[1:]:
-            self.lenient(lambda p=precision: self.converted(p, fp32, "onnxruntime"))
-        if self.cfg.trt and "int8" in self.cfg.precisions:
-            self.lenient(lambda: self.converted("int8", fp32, "tensorrt"))
+    def _write_sidecar(self) -> dict[str, Any]:
+        """`export/<stage>.json`: how to feed the graphs, and which file holds which precision."""
+        mine = [r for r in self.run.exports() if r.stage == self.source.name]
+        opset = next((r.opset for r in mine if r.precision == "fp32" and r.format == "onnx"), None)
+        files = {Path(r.path).name: r.precision for r in mine}
+        meta = sidecar(self.spec, self.data.transform, opset, self.source.checkpoint, files)
+        write_json(sidecar_path(self.source.base / "export", self.source.name), meta)
+        return meta
 
-    def lenient(self, make: Callable[[], None]) -> None:
-        """Make a reduced-precision artefact; with keep_going, one that fails verification is reported (in
-        metrics.json's `export_rejected`) and the others go on."""
+    def _engine_source(self, planned: Planned) -> Path:
+        p = PRECISIONS[planned.precision]
+        return Path("export") / p.onnx_file(self.source.name, "tensorrt")
+
+    def lenient(self, planned: Planned) -> None:
+        """A reduced-precision step; with keep_going, one its first backend rejects is reported (and recorded)
+        and the others go on."""
         try:
-            make()
+            self.step(planned)
         except VerificationError as e:
             if not self.cfg.keep_going:
                 raise
-            run = RunDir(self.source.base)
-            rejected = [r for r in run.metrics().get("export_rejected", []) if r["path"] != e.path]
-            record = {"path": e.path, "reason": e.message, "checkpoint_mtime": self.source.checkpoint.stat().st_mtime}
-            run.update_metrics("export_rejected", [*rejected, record])
             self.say(f"not kept: {e.message}")
 
-    def converted(self, precision: str, fp32: Path, target: str) -> None:
-        """Convert the fp32 file to `precision` for `target`, verify it on the test split and keep it."""
-        path = self.export_dir / artefact_name(self.source.name, precision, "onnx", target)
-        with atomic_path(path) as tmp:
+    def step(self, planned: Planned) -> None:
+        """Make one artefact under a temporary name, verify it on each of its backends, keep it if the first
+        accepts it, and record every verdict."""
+        final = self.source.base / planned.path
+        with atomic_path(final) as tmp:
             start = time.perf_counter()
-            if precision == "fp16":
-                convert_fp16(fp32, tmp)
-            else:
-                subset = calibration_set(self.data.train, self.cfg.calibration_images)
-                quantize_int8(
-                    fp32, tmp, lambda: batches(subset, 32, self.data.workers), self.cfg.calibration_method, target
-                )
+            extra = self._make(planned, tmp)
             seconds = time.perf_counter() - start
-            extra = (
-                {"target": target, "calibration_images": len(subset), "calibration_method": self.cfg.calibration_method}
-                if precision == "int8"
-                else {}
-            )
-            record = self.verify(
-                OnnxRuntimeBackend(tmp, "cpu", precision),
-                path,
-                tmp,
-                precision,
-                seconds,
-                opset=graph_opset(tmp),
-                **extra,
-            )
-        self.keep(record)
+            verdicts = [self._verify(spec, planned, tmp, seconds, extra) for spec in planned.verifiers]
+            for verdict in verdicts[1:]:
+                if isinstance(verdict, VerificationError):
+                    self._reject(verdict, planned)
+            if isinstance(verdicts[0], VerificationError):
+                self._reject(verdicts[0], planned)
+                raise verdicts[0]
+        for record in verdicts:
+            if isinstance(record, ExportRecord):
+                self.keep(record)
 
-    def engines(self) -> None:
-        from ..tensorrt import EngineConfig, require_tensorrt
+    def _make(self, planned: Planned, tmp: Path) -> dict[str, Any]:
+        """Write the artefact's file at `tmp`; its record's extra fields."""
+        if planned.format == "engine":
+            return self._engine(planned, tmp)
+        precision = PRECISIONS[planned.precision]
+        subset = calibration_set(self.data.train, self.cfg.calibration_images) if precision.calibrated else []
+        conversion = Conversion(
+            model=self.model,
+            img_size=self.spec.img_size,
+            fp32=self.source.base / plan(self.cfg, self.source.name)[0].path,
+            dst=tmp,
+            target=planned.target,
+            opset=self.cfg.opset,
+            calibration=lambda: batches(subset, 32, self.data.workers),
+            calibration_images=len(subset),
+            calibration_method=self.cfg.calibration_method,
+        )
+        return precision.convert(conversion)
 
-        require_tensorrt()
+    def _engine(self, planned: Planned, tmp: Path) -> dict[str, Any]:
+        from .tensorrt import EngineConfig, build_engine
+
         engine_cfg = EngineConfig(self.cfg.max_batch, self.cfg.workspace_gib, self.cfg.opt_batches)
-        for precision in self.cfg.precisions:
-            source = self.export_dir / artefact_name(self.source.name, precision, "onnx", "tensorrt")
-            if source.is_file():  # a reduced precision whose ONNX file was not kept has no engine either
-                self.lenient(lambda p=precision, src=source: self.engine(p, src, engine_cfg))
+        source = self.source.base / self._engine_source(planned)
+        version, cache = build_engine(
+            source, tmp, engine_cfg, timing_cache=self.source.base / "export" / "timing.cache"
+        )
+        extra = {"max_batch": self.cfg.max_batch, "profiles": engine_cfg.profiles(), "tensorrt": version}
+        return {**extra, "timing_cache": cache, "gpu": torch.cuda.get_device_name()}
 
-    def engine(self, precision: str, source: Path, engine_cfg: Any) -> None:
-        """Build the engine of one precision from its ONNX file, verify it and keep it."""
-        from ..backends import TensorRTBackend
-        from ..tensorrt import build_engine
-
-        path = self.path(precision, "engine")
-        with atomic_path(path) as tmp:
-            start = time.perf_counter()
-            version, cache = build_engine(source, tmp, engine_cfg, timing_cache=self.export_dir / "timing.cache")
-            seconds = time.perf_counter() - start
-            record = self.verify(
-                TensorRTBackend(tmp, precision),
-                path,
-                tmp,
-                precision,
-                seconds,
-                max_batch=self.cfg.max_batch,
-                profiles=engine_cfg.profiles(),
-                tensorrt=version,
-                timing_cache=cache,
-                gpu=torch.cuda.get_device_name(),
-            )
-        self.keep(record)
-
-    def verify(
-        self, backend: Backend, final: Path, tmp: Path, precision: str, seconds: float, **extra: Any
-    ) -> dict[str, Any]:
-        """Compare `backend` (running `tmp`) with PyTorch: the record of `final`, or a UserError."""
-        stats = agreement(predict(backend, self.data, self.cfg.batch_size), self.reference, self.data.labels)
-        failure = tolerance_failure(stats, self.cfg.tolerances[precision])
+    def _verify(
+        self, spec: BackendSpec, planned: Planned, tmp: Path, seconds: float, extra: dict[str, Any]
+    ) -> ExportRecord | VerificationError:
+        """`spec` running `tmp` against PyTorch: the artefact's record there, or why it failed."""
+        device = "cuda" if planned.format == "engine" else "cpu"
+        runner = spec.open(tmp, device, planned.precision)
+        stats = agreement(predict(runner, self.data, self.cfg.batch_size), self.reference, self.data.labels)
+        failure = tolerance_failure(stats, self.cfg.tolerances[planned.precision])
         if failure:
-            key = "max_abs_diff" if "delta" in failure else "min_agreement"
-            fix = (
-                "try more --calibration-images or --calibration-method entropy"
-                if precision == "int8"
-                else "try another --opset"
+            failed, why = failure
+            key = "max_abs_diff" if failed == "finite" else failed
+            return VerificationError(
+                f"{planned.path.name} failed verification against PyTorch on {spec.name} "
+                f"({self.data.description}): {why}",
+                f"{PRECISIONS[planned.precision].hint}, or accept it with --tolerance {planned.precision}.{key}=VALUE",
+                str(planned.path),
+                spec.name,
+                failed,
             )
-            error = VerificationError(
-                f"{final.name} failed verification against PyTorch on {self.data.description}: {failure}",
-                f"{fix}, or accept it with --tolerance {precision}.{key}=VALUE",
-            )
-            error.path = os.path.relpath(final, self.source.base)
-            raise error
-        fmt = "onnx" if final.suffix == ".onnx" else "engine"
-        record = {
-            "model": self.source.name,
-            "format": fmt,
-            "backend": backend.name,
-            "precision": precision,
-            "path": os.path.relpath(final, self.source.base),
-            "bytes": tmp.stat().st_size,
-            "top1": stats["top1"],
-            "reference_top1": self.reference_top1,
-            "top1_agreement": stats["top1_agreement"],
-            "max_abs_diff": stats["max_abs_diff"],
-            "export_seconds": seconds,
-            "test_images": len(self.data.labels),
+        return ExportRecord(
+            stage=self.source.name,
+            format=planned.format,
+            backend=spec.name,
+            precision=planned.precision,
+            path=str(planned.path),
+            bytes=tmp.stat().st_size,
+            top1=stats["top1"],
+            reference_top1=self.reference_top1,
+            top1_agreement=stats["top1_agreement"],
+            max_abs_diff=stats["max_abs_diff"],
+            export_seconds=seconds,
+            test_images=len(self.data.labels),
+            target=planned.target,
             **extra,
-        }
-        return record
+        )
 
-    def keep(self, record: dict[str, Any]) -> None:
-        """The artefact is in place and verified: record it in metrics.json (replacing its earlier record)."""
+    def _reject(self, error: VerificationError, planned: Planned) -> None:
+        mtime = self.source.checkpoint.stat().st_mtime
+        record = RejectedExport(
+            path=error.path, reason=error.message, checkpoint_mtime=mtime, backend=error.backend,
+            precision=planned.precision, failed=error.failed,
+        )  # fmt: skip
+        self.run.reject_export(record)
+        if error.backend != planned.verifiers[0].name:
+            self.say(f"not verified on {error.backend}: {error.message}")
+
+    def keep(self, record: ExportRecord) -> None:
+        """The artefact is in place and verified on a backend: record it (replacing its earlier record there)."""
         self.records.append(record)
-        run = RunDir(self.source.base)
-        others = [r for r in run.metrics().get("export", []) if r.get("path") != record["path"]]
-        run.update_metrics("export", others + [record])
-        rejected = run.metrics().get("export_rejected", [])
-        if any(r["path"] == record["path"] for r in rejected):
-            run.update_metrics("export_rejected", [r for r in rejected if r["path"] != record["path"]])
+        self.run.keep_export(record)
         self.say(
-            f"verified {record['path']}: top-1 {record['top1']:.2f}% (PyTorch {record['reference_top1']:.2f}%), "
-            f"agreement {record['top1_agreement']:.2f}%, max |delta| {record['max_abs_diff']:.2g}, "
-            f"{record['bytes'] / 1e6:.2f} MB"
+            f"verified {record.path} on {record.backend}: top-1 {record.top1:.2f}% (PyTorch "
+            f"{record.reference_top1:.2f}%), agreement {record.top1_agreement:.2f}%, max |delta| "
+            f"{record.max_abs_diff:.2g}, {record.bytes / 1e6:.2f} MB"
         )
 
 
 def is_up_to_date(cfg: ExportConfig) -> bool:
-    """Whether every artefact `cfg` asks for is verified in metrics.json and newer than its checkpoint (with
-    keep_going, one rejected by verification counts as done: trying it again would fail again)."""
+    """Whether every planned artefact has its verdict on each of its backends for the current checkpoint: verified
+    (and the file newer than the checkpoint), or rejected there (a rejection by the first backend counts only with
+    keep_going: trying it again would fail again)."""
     source = resolve_source(cfg)
-    metrics = RunDir(source.base).metrics()
-    recorded = {r["path"] for r in metrics.get("export", [])}
+    run = RunDir(source.base)
     trained = source.checkpoint.stat().st_mtime
-    rejected = {r["path"] for r in metrics.get("export_rejected", []) if r["checkpoint_mtime"] >= trained}
-    rejected = rejected if cfg.keep_going else set()
-    names = {artefact_name(source.name, p, "onnx") for p in cfg.precisions}
-    if cfg.trt:
-        names |= {artefact_name(source.name, p, f, "tensorrt") for p in cfg.precisions for f in ("onnx", "engine")}
-    paths = [Path("export") / name for name in sorted(names)]
-    return all(
-        str(p) in rejected
-        or (
-            str(p) in recorded
-            and (source.base / p).is_file()
-            and (source.base / p).stat().st_mtime >= source.checkpoint.stat().st_mtime
-        )
-        for p in paths
-    )
+    kept = {(r.path, r.backend) for r in run.exports()}
+    rejected = {(r.path, r.backend) for r in run.rejected() if r.checkpoint_mtime >= trained}
+    for planned in plan(cfg, source.name):
+        file = source.base / planned.path
+        fresh = file.is_file() and file.stat().st_mtime >= trained
+        for i, spec in enumerate(planned.verifiers):
+            key = (str(planned.path), spec.name)
+            if not ((key in kept and fresh) or (key in rejected and (i > 0 or cfg.keep_going))):
+                return False
+    return True
 
 
-def run_export(cfg: ExportConfig, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Export, verify and record the configured artefacts; returns their metrics records."""
+def run_export(cfg: ExportConfig, say: Callable[[str], None] = print) -> list[ExportRecord]:
+    """Export, verify and record the configured artefacts; returns their records."""
     return Exporter(cfg, say).export_all()
 
 
-def artefact_table(records: list[dict[str, Any]]) -> Table:
+def artefact_table(records: list[ExportRecord]) -> Table:
     """The verified artefacts: size, accuracy, agreement with PyTorch, export time."""
     table = Table(title="gtcompress export (verified against PyTorch on the test split)", title_justify="left")
     for col in ("artefact", "backend", "precision", "MB", "top-1 %", "PyTorch %", "agree %", "max |Δ|", "export s"):
         table.add_column(col, justify="left" if col in ("artefact", "backend", "precision") else "right")
     for r in records:
         table.add_row(
-            r["path"],
-            r["backend"],
-            r["precision"],
-            f"{r['bytes'] / 1e6:.2f}",
-            f"{r['top1']:.2f}",
-            f"{r['reference_top1']:.2f}",
-            f"{r['top1_agreement']:.2f}",
-            f"{r['max_abs_diff']:.2g}",
-            f"{r['export_seconds']:.1f}",
+            r.path,
+            r.backend,
+            r.precision,
+            f"{r.bytes / 1e6:.2f}",
+            f"{r.top1:.2f}",
+            f"{r.reference_top1:.2f}",
+            f"{r.top1_agreement:.2f}",
+            f"{r.max_abs_diff:.2g}",
+            f"{r.export_seconds:.1f}",
         )
     return table

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..models import ModelSpec
-from ..rundir import parse_artefact_name, read_json
+from ..rundir import read_json
 from .graph import INPUT_NAME, OUTPUT_NAME
 
 SIDECAR_FORMAT = "gtcompress-export/1"
@@ -33,23 +33,28 @@ def describe_transform(transform: Callable) -> dict[str, Any]:
     return out
 
 
-def sidecar_path(artefact: Path) -> Path:
-    """`<model>.json` beside an artefact: what the deploy scripts and `gtcompress eval` read."""
-    return artefact.parent / f"{parse_artefact_name(artefact)[0]}.json"
+def sidecar_path(export_dir: Path, stage: str) -> Path:
+    """`<stage>.json` in the export folder: what the deploy scripts and `gtcompress eval` read."""
+    return export_dir / f"{stage}.json"
 
 
 def read_sidecar(artefact: Path) -> dict[str, Any]:
-    path = sidecar_path(artefact)
-    if not path.is_file():
-        raise UserError(f"no {path.name} beside {artefact.name}", "re-run gtcompress export, which writes it")
-    meta = read_json(path)
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise UserError(f"{path} is not a gtcompress export description", "re-run gtcompress export")
-    return meta
+    """The description beside `artefact`: the sidecar in its folder whose `files` name it."""
+    for path in sorted(artefact.parent.glob("*.json")):
+        meta = read_json(path)
+        if isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT and artefact.name in meta.get("files", {}):
+            return meta
+    raise UserError(
+        f"no gtcompress export description beside {artefact.name} (a <stage>.json naming it)",
+        "re-run gtcompress export, which writes it",
+    )
 
 
-def sidecar(spec: ModelSpec, transform: Callable, opset: int, source: Path) -> dict[str, Any]:
-    """Everything needed to feed the exported graph without gtcompress (see README, Export)."""
+def sidecar(
+    spec: ModelSpec, transform: Callable, opset: int | None, source: Path, files: dict[str, str]
+) -> dict[str, Any]:
+    """Everything needed to feed the exported graphs without gtcompress (see README, Export); `files` maps each
+    verified artefact's file name to its precision."""
     return {
         "format": SIDECAR_FORMAT,
         "arch": spec.arch,
@@ -66,4 +71,5 @@ def sidecar(spec: ModelSpec, transform: Callable, opset: int, source: Path) -> d
         "opset": opset,
         "dynamic_batch": True,
         "checkpoint": source.name,
+        "files": files,
     }

@@ -41,7 +41,7 @@ class EvalData:
     workers: int
 
 
-def _run_of(path: Path) -> Path | None:
+def run_of(path: Path) -> Path | None:
     """The run directory holding `path` (a checkpoint in it, or an artefact in its export/), if any."""
     for parent in (path.parent, path.parent.parent):
         if (parent / "config.yaml").is_file():
@@ -60,7 +60,7 @@ def _run_data(run: Path) -> DataConfig:
         ) from None
 
 
-def _data_config(run: Path | None, dataset: str | None, data_root: Path | None, what: str) -> DataConfig:
+def data_config(run: Path | None, dataset: str | None, data_root: Path | None, what: str) -> DataConfig:
     """The run's data configuration with --dataset/--data-root applied; --dataset is needed without a run."""
     if run is None and dataset is None:
         raise UserError(
@@ -79,7 +79,7 @@ def resolve_source(cfg: ExportConfig) -> Source:
         if not ckpt.is_file():
             raise UserError(f"checkpoint {ckpt} not found", "pass the path of a .pt file written by gtcompress")
         run = ckpt.parent if (ckpt.parent / "config.yaml").is_file() else None
-        data = _data_config(run, cfg.dataset, cfg.data_root, str(ckpt))
+        data = data_config(run, cfg.dataset, cfg.data_root, str(ckpt))
         # dots would read as a precision in the artefact names (`my.model.onnx`)
         return Source(ckpt.stem.replace(".", "_"), ckpt.resolve(), Path(cfg.out or ckpt.parent).resolve(), data)
     run = resolve_run(cfg.run)
@@ -91,7 +91,7 @@ def resolve_source(cfg: ExportConfig) -> Source:
             else "pick another --model"
         )
         raise UserError(f"{run.path} has no {ckpt.name} (the {cfg.stage} stage did not finish)", hint)
-    data = _data_config(run.path, cfg.dataset, cfg.data_root, str(run.path))
+    data = data_config(run.path, cfg.dataset, cfg.data_root, str(run.path))
     return Source(cfg.stage, ckpt, Path(cfg.out or run.path).resolve(), data)
 
 

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..records import ExportRecord
 from ..rundir import atomic_path, write_text
 
 
@@ -23,24 +24,26 @@ def triton_config(name: str, platform: str, meta: dict[str, Any], max_batch: int
     )
 
 
-def triton_model_name(record: dict[str, Any]) -> str:
-    return f"{record['model']}_{'onnx' if record['format'] == 'onnx' else 'trt'}_{record['precision']}"
+def triton_model_name(record: ExportRecord) -> str:
+    return f"{record.stage}_{'onnx' if record.format == 'onnx' else 'trt'}_{record.precision}"
 
 
 def write_triton_repository(
-    root: Path, records: list[dict[str, Any]], base: Path, meta: dict[str, Any], max_batch: int
+    root: Path, records: list[ExportRecord], base: Path, meta: dict[str, Any], max_batch: int
 ) -> list[str]:
     """One Triton model per verified artefact: `<root>/<name>/{config.pbtxt, labels.txt, 1/model.onnx|plan}`.
 
-    The int8 ONNX graph made for TensorRT is left out: Triton serves the engine built from it.
+    The int8 ONNX graph made for TensorRT is left out: Triton serves the engine built from it. A file verified on
+    several backends is one model.
     """
     names = []
-    for record in (r for r in records if not (r["format"] == "onnx" and r.get("target") == "tensorrt")):
+    served = {r.path: r for r in records if not (r.format == "onnx" and r.target == "tensorrt")}
+    for record in served.values():
         name = triton_model_name(record)
-        onnx_model = record["format"] == "onnx"
+        onnx_model = record.format == "onnx"
         directory = root / name
         with atomic_path(directory / "1" / ("model.onnx" if onnx_model else "model.plan")) as tmp:
-            shutil.copyfile(base / record["path"], tmp)
+            shutil.copyfile(base / record.path, tmp)
         write_text(directory / "labels.txt", "".join(f"{c}\n" for c in meta["class_names"]))
         write_text(
             directory / "config.pbtxt",

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from ..backends import Backend
 from ..data import create_loader
-from .config import Tolerance
+from .precisions import Tolerance
 from .source import EvalData
 
 
@@ -37,12 +37,12 @@ def agreement(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> 
     }
 
 
-def tolerance_failure(stats: dict[str, Any], tol: Tolerance) -> str | None:
-    """Why `stats` fail `tol`, or None when they pass."""
+def tolerance_failure(stats: dict[str, Any], tol: Tolerance) -> tuple[str, str] | None:
+    """The tolerance `stats` fail (finite | max_abs_diff | min_agreement) and why, or None when they pass."""
     if not stats["finite"]:
-        return "its logits contain NaN or Inf"
+        return "finite", "its logits contain NaN or Inf"
     if tol.max_abs_diff is not None and stats["max_abs_diff"] > tol.max_abs_diff:
-        return f"max |delta logits| {stats['max_abs_diff']:.3g} > {tol.max_abs_diff:g}"
+        return "max_abs_diff", f"max |delta logits| {stats['max_abs_diff']:.3g} > {tol.max_abs_diff:g}"
     if stats["top1_agreement"] < tol.min_agreement:
-        return f"top-1 agreement {stats['top1_agreement']:.2f}% < {tol.min_agreement:g}%"
+        return "min_agreement", f"top-1 agreement {stats['top1_agreement']:.2f}% < {tol.min_agreement:g}%"
     return None

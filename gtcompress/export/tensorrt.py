@@ -1,7 +1,5 @@
-"""TensorRT: a serialized engine built from an ONNX file with the TensorRT 10/11 Python API.
+"""TensorRT engines built from an ONNX file with the TensorRT 10/11 Python API (the runner is in backends/).
 
-`tensorrt` is imported lazily (the optional extra `gtcompress[trt]`); where it or a CUDA GPU is
-missing, `require_tensorrt` raises one UserError saying which and how to install it.
 Precision comes from the ONNX graph (fp32, fp16 with fp32 I/O, or int8 Q/DQ): the network is strongly
 typed, as TensorRT 11 requires (it removed the FP16/INT8 builder flags), and TF32 is switched off so an
 fp32 graph runs in IEEE fp32.
@@ -12,48 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from .errors import UserError
-from .rundir import atomic_path
+from ..backends.tensorrt_runner import make_logger, require_tensorrt
+from ..errors import UserError
+from ..rundir import atomic_path
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install 'gtcompress[trt]' on a machine with an NVIDIA GPU and CUDA"
-
-
-def require_tensorrt() -> ModuleType:
-    """The `tensorrt` module, or a UserError naming what is missing: TensorRT itself or a CUDA GPU."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise UserError("TensorRT is not installed", INSTALL_HINT) from None
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError(
-            "TensorRT needs a CUDA GPU and torch sees none here",
-            "run the TensorRT step on a machine with an NVIDIA GPU and a CUDA build of torch",
-        )
-    return trt
-
-
-def make_logger(trt: ModuleType) -> Any:
-    """A TensorRT logger that keeps errors (for the one-line message) and passes warnings to `logging`."""
-
-    class Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                log.warning("TensorRT: %s", msg)
-
-    return Logger()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,128 @@
+"""The run's records as typed models: what export verified (metrics.json's `export`, `export_rejected`) and what
+bench measured (bench.json). `RunDir` reads and writes them; every other module reads these fields.
+
+A bench result is one stage's artefact on one backend, device, precision, setting (CPU threads, CUDA graph) and
+batch size, with its latency percentiles and throughput.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from .backends import Setting
+
+
+class Record(BaseModel):
+    """A run file's record: its fields typed, unknown keys kept (a newer gtcompress may add some)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ExportRecord(Record):
+    """A verified artefact: which stage at which precision, in which file, verified on which backend, how well."""
+
+    stage: str = Field(validation_alias=AliasChoices("stage", "model"))  # records before 0.2 said "model"
+    format: Literal["onnx", "engine"]
+    backend: str  # the runtime it was verified (and will be timed) on
+    precision: str
+    path: str  # relative to the run
+    bytes: int
+    top1: float
+    reference_top1: float
+    top1_agreement: float
+    max_abs_diff: float
+    export_seconds: float
+    test_images: int
+    target: str = "onnxruntime"  # the runtime the graph was made for (an int8 graph differs for TensorRT)
+    opset: int | None = None
+
+
+class RejectedExport(Record):
+    """An artefact that failed verification on a backend: not kept there, with the tolerance it failed."""
+
+    path: str
+    reason: str
+    checkpoint_mtime: float
+    backend: str = "onnxruntime"
+    precision: str | None = None
+    failed: Literal["finite", "max_abs_diff", "min_agreement"] | None = None
+
+
+class BenchResult(Record):
+    stage: str = Field(validation_alias=AliasChoices("stage", "model"))  # bench.json before 0.2 said "model"
+    arch: str
+    backend: str
+    device: str
+    precision: str
+    batch_size: int
+    threads: int | None = None  # CPU backends: the intra-op thread count timed; None: the runtime's default
+    cuda_graph: bool = False  # calls replayed as a captured CUDA graph
+    artefact: str
+    bytes: int
+    min_ms: float
+    mean_ms: float
+    std_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    throughput: float
+    iters: int
+    samples_ms: list[float] = []
+
+    @property
+    def setting(self) -> Setting:
+        return Setting(self.threads, self.cuda_graph)
+
+
+class ModelSize(Record):
+    arch: str
+    img_size: int
+    num_classes: int
+    params: int
+    macs: int
+    checkpoint_bytes: int
+
+
+class Skipped(Record):
+    """Something not timed, and why: a backend (no stage), or one stage's artefact at one batch size."""
+
+    backend: str
+    reason: str
+    stage: str | None = Field(None, validation_alias=AliasChoices("stage", "model"))
+    precision: str | None = None
+    batch_size: int | None = None
+
+    def what(self) -> str:
+        parts = [self.stage, self.backend, self.precision, f"b{self.batch_size}" if self.batch_size else None]
+        return " ".join(p for p in parts if p)
+
+
+class BenchFile(Record):
+    run: str
+    created: str
+    command: str
+    device: dict[str, Any]
+    versions: dict[str, str]
+    settings: dict[str, Any]
+    models: dict[str, ModelSize]
+    results: list[BenchResult]
+    skipped: list[Skipped] = []
+    missing: list[str] = []
+
+    def best(self, stage: str, backend: str, precision: str, batch_size: int) -> BenchResult | None:
+        """The fastest setting (thread count, CUDA graph or not) of one artefact on one backend and batch."""
+        rows = [
+            r
+            for r in self.results
+            if (r.stage, r.backend, r.precision, r.batch_size) == (stage, backend, precision, batch_size)
+        ]
+        return min(rows, key=lambda r: r.p50_ms, default=None)
+
+
+def in_order(results: list[BenchResult]) -> list[BenchResult]:
+    """Results grouped by batch size, then stage, then backend, precision and setting."""
+    return sorted(results, key=lambda r: (r.batch_size, r.stage, r.backend, r.precision, r.cuda_graph, r.threads or 0))

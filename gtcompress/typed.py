@@ -1,0 +1,53 @@
+"""The one configuration style: strict pydantic models, and one translator from their validation errors to
+the one-line UserError (what is wrong, where, and how to fix it)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base of every configuration: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Frozen(BaseModel):
+    """Base of a command's settings, fixed once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def describe(err: ValidationError) -> tuple[str, str]:
+    """The first validation error as (message, hint)."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{where}'", "see recipes/digits.yaml for the known keys"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"'{where}' {message[0].lower()}{message[1:]}", f"fix the value of {where}"
+
+
+def validate(cls: type[M], data: Any, context: str = "", hint: str | None = None) -> M:
+    """`cls.model_validate(data)`, its first error as one UserError (after `context`, with `hint` if given)."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        message, default_hint = describe(e)
+        raise UserError(f"{context}: {message}" if context else message, hint or default_hint) from None
+
+
+def field_help(cls: type[BaseModel], name: str) -> str:
+    """A field's description: the CLI's help text, written once in the model."""
+    return cls.model_fields[name].description or ""
+
+
+def field_default(cls: type[BaseModel], name: str) -> Any:
+    """A field's default: the CLI's default, written once in the model."""
+    return cls.model_fields[name].get_default(call_default_factory=True)

@@ -1,0 +1,77 @@
+"""The backend registry: one entry per runtime, and every consumer offers exactly its entries."""
+
+import re
+
+import pytest
+from conftest import invoke
+from typer.testing import CliRunner
+
+from gtcompress.backends import BACKENDS, Setting, artefact_kind, backend, runs
+from gtcompress.bench import BenchConfig
+from gtcompress.cli import app
+from gtcompress.config import BudgetConfig
+from gtcompress.errors import UserError
+from gtcompress.typed import validate
+
+
+def _help(command: str) -> str:
+    text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"}).stdout
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def test_bench_eval_candidates_and_distill_offer_exactly_the_registrys_backends():
+    names = " | ".join(BACKENDS)
+    for command in ("bench", "eval", "candidates", "distill", "run"):
+        assert names in _help(command), command
+    assert BenchConfig(backends=tuple(BACKENDS)).backends == tuple(BACKENDS)
+    assert all(BudgetConfig(backend=name).backend == name for name in BACKENDS)
+    for wrong in (BenchConfig, BudgetConfig):
+        field = "backends" if wrong is BenchConfig else "backend"
+        value = ("tflite",) if wrong is BenchConfig else "tflite"
+        with pytest.raises(UserError, match="unknown backend 'tflite'"):
+            validate(wrong, {field: value})
+
+
+def test_a_new_registry_entry_is_offered_without_other_edits(monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setitem(BACKENDS, "onnxruntime-copy", replace(BACKENDS["onnxruntime"], name="onnxruntime-copy"))
+    assert BenchConfig(backends=("onnxruntime-copy",)).backends == ("onnxruntime-copy",)
+    assert BudgetConfig(backend="onnxruntime-copy").backend == "onnxruntime-copy"
+    assert [s.name for s in runs("onnx")] == ["onnxruntime", "openvino", "onnxruntime-copy"]
+
+
+def test_each_entry_runs_one_kind_of_artefact_and_says_why_it_cannot_run():
+    assert {spec.artefact for spec in BACKENDS.values()} == {"checkpoint", "onnx", "engine"}
+    assert artefact_kind("x/student.int8.onnx") == "onnx" and artefact_kind("a.pt") == "checkpoint"
+    with pytest.raises(UserError, match="not a model artefact"):
+        artefact_kind("notes.txt")
+    assert BACKENDS["openvino"].missing("cuda") == "openvino does not run on cuda (it runs on cpu)"
+    assert "no int8 kernels" in BACKENDS["onnxruntime"].lacks("cuda", "int8")
+    assert BACKENDS["torch"].lacks("cpu", "bf16") is None and "no precision fp16" in BACKENDS["torch"].lacks(
+        "cpu", "fp16"
+    )
+    with pytest.raises(UserError, match="unknown backend 'tvm'"):
+        backend("tvm")
+
+
+def test_settings_are_labelled_as_a_deployment_names_them():
+    assert [Setting(1).label(), Setting(8).label(), Setting(cuda_graph=True).label(), Setting().label()] == [
+        "1 thread",
+        "8 threads",
+        "CUDA graph",
+        "eager",
+    ]
+
+
+def test_cuda_graphs_need_cuda():
+    from gtcompress.backends.torch_runner import TorchBackend
+    from gtcompress.models import create_model
+
+    with pytest.raises(UserError, match="CUDA graphs need the cuda device"):
+        TorchBackend(create_model("test_resnet", 10), "cpu", setting=Setting(cuda_graph=True))
+
+
+def test_eval_on_a_backend_that_does_not_run_the_file_is_one_line(workflow_run):
+    result = invoke("eval", workflow_run / "export" / "student.onnx", "--backend", "torch")
+    assert result.exit_code == 2 and "backend torch does not run student.onnx" in result.stderr
