@@ -23,7 +23,7 @@ from .config import BudgetConfig, RunConfig
 from .environment import machine_info
 from .errors import UserError
 from .export.graph import convert_fp16, export_onnx, quantize_int8
-from .models import count_macs, count_params, create_model
+from .models import base_arch, count_macs, count_params, create_model
 
 
 def target(cfg: BudgetConfig) -> tuple[str, str, str]:
@@ -74,7 +74,7 @@ def _artefact(
 def _time(arch: str, num_classes: int, img_size: int, cfg: RunConfig, tmp: Path) -> dict[str, Any]:
     """One untrained model's size and p50 on the budget's target."""
     backend, precision, device = target(cfg.budget)
-    model = create_model(arch, num_classes, small_stem=cfg.small_stem).eval()
+    model = create_model(base_arch(arch), num_classes, small_stem=cfg.small_stem).eval()  # latency: any weights
     runner = _artefact(model, img_size, backend, precision, device, tmp, cfg.budget.batch)
     x = np.random.default_rng(0).standard_normal((cfg.budget.batch, 3, img_size, img_size), dtype=np.float32)
     stats = latency_stats(time_backend(runner, x, 5, cfg.budget.iters, None), cfg.budget.batch)

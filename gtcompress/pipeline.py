@@ -21,10 +21,12 @@ from .environment import command_line, device_name, versions
 from .errors import UserError
 from .models import (
     ModelSpec,
+    base_arch,
     count_macs,
     count_params,
     default_normalization,
     load_model,
+    model_source,
     resolve_model_name,
     save_checkpoint,
 )
@@ -88,7 +90,13 @@ def _new_run(out: Path | None) -> RunDir:
 def _check(cfg: RunConfig) -> None:
     if cfg.teacher.pretrained and cfg.teacher.checkpoint:
         raise UserError("--pretrained and --teacher-checkpoint both given", "pick one source of teacher weights")
-    if cfg.generous.init == "standard" and (cfg.generous.arch or cfg.teacher.arch) != cfg.teacher.arch:
+    if model_source(cfg.teacher.arch) and cfg.teacher.checkpoint:
+        raise UserError(
+            f"--teacher {cfg.teacher.arch} brings its weights and --teacher-checkpoint was given too",
+            "pick one source of teacher weights",
+        )
+    gt_arch = base_arch(cfg.generous.arch or cfg.teacher.arch)
+    if cfg.generous.init == "standard" and gt_arch != base_arch(cfg.teacher.arch):
         raise UserError(
             "--gt-init standard needs the Generous Teacher to share the teacher's architecture",
             "drop generous.arch or use --gt-init scratch",
