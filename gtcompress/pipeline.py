@@ -48,10 +48,11 @@ def resolve_names(cfg: RunConfig) -> list[str]:
     return [note for note in [*notes, *(note for _, note in students)] if note]
 
 
-def environment(env: DistEnv, device: torch.device, requested: dict[str, str]) -> dict[str, Any]:
-    """What config.yaml records about where and how the run was started."""
+def environment(env: DistEnv, device: torch.device, requested: dict[str, str], splits: Splits) -> dict[str, Any]:
+    """What config.yaml records about where and how the run was started, and the split it is evaluated on."""
     return {
         "requested": requested,
+        "eval_split": splits.eval_split or "test",
         "device": str(device),
         "device_name": device_name(device),
         "world_size": env.world_size,
@@ -164,12 +165,13 @@ def _start(
     device: torch.device,
     say: Callable[..., None],
     requested: dict[str, Any],
+    splits: Splits,
     candidates: dict[str, Any] | None,
 ) -> RunDir:
     """Create the run directory and write config.yaml (and the latency check's candidates.json)."""
     run = agree(env, lambda: _new_run(out) if env.is_main else None)
     run = RunDir(broadcast_object(run.path if run else None, env))
-    cfg.environment = environment(env, device, requested)
+    cfg.environment = environment(env, device, requested, splits)
     if env.is_main:
         write_text(run.config, dump_config(cfg))
         if candidates is not None:
@@ -305,7 +307,7 @@ def _run(
         requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
         splits, candidates = _prepare(cfg, env, console, say)
         if not dry_run:
-            run = _start(cfg, out, env, device, say, requested, candidates)
+            run = _start(cfg, out, env, device, say, requested, splits, candidates)
     setup = _setup(cfg, run, env, device, console, say, splits)
     if dry_run:
         x, _ = next(iter(create_loader(setup.ctx.train_data, cfg.student.train.batch_size, training=True, workers=0)))
