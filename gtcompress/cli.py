@@ -414,25 +414,11 @@ def run(
     from .workflow import Workflow, run_workflow
 
     tolerances = parse_tolerances(tolerance or [])  # bad options fail here, not after the training
-    workflow = Workflow(
-        exports=(
-            ExportConfig(
-                stage="student",
-                precisions=_split(precision) or ("fp32", "fp16", "int8"),
-                trt=trt,
-                tolerances=tolerances,
-                keep_going=True,
-            ),
-            ExportConfig(stage="generous_teacher", trt=trt, tolerances=tolerances),
-        )
-        if not skip_export
-        else (),
-        bench=None
-        if skip_bench
-        else BenchConfig(
-            backends=_split(backend), batch_sizes=parse_batch_sizes(batch_sizes), iters=iters, seconds=seconds
-        ),
+    batches = parse_batch_sizes(batch_sizes)
+    bench = (
+        None if skip_bench else BenchConfig(backends=_split(backend), batch_sizes=batches, iters=iters, seconds=seconds)
     )
+    workflow = Workflow.default(_split(precision), trt, tolerances, bench, export=not skip_export)
     if skip_distill and ctx.args:
         raise UserError(f"--skip-distill takes no distill options (got {' '.join(ctx.args)})", "drop them")
     if not skip_distill:
