@@ -19,6 +19,7 @@ from .bench import BenchConfig, parse_batch_sizes
 from .distributed import is_main_process, report_rank_failure
 from .errors import UserError
 from .export.config import ExportConfig, parse_tolerances
+from .publish import PublishConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -385,6 +386,24 @@ def report(
     from .workflow import report as write
 
     write(run, batch_size, say, console, latency_budget)
+
+
+@app.command()
+@user_errors
+def publish(
+    ctx: typer.Context,
+    run: Annotated[Optional[Path], typer.Argument(help=_help(PublishConfig, "run"))] = None,
+    out: Annotated[Path, typer.Option(help=_help(PublishConfig, "out"))] = ...,
+    stage: Annotated[Optional[str], typer.Option(help=_help(PublishConfig, "stage"))] = None,
+    license_: Annotated[str, typer.Option("--license", help=_help(PublishConfig, "license"))] = "other",
+    push: Annotated[Optional[str], typer.Option(help=_help(PublishConfig, "push"))] = None,
+    private: Annotated[bool, typer.Option("--private", help=_help(PublishConfig, "private"))] = False,
+    force: Annotated[bool, typer.Option("--force", help=_help(PublishConfig, "force"))] = False,
+) -> None:
+    """Share a run's model as a Hugging Face model folder timm loads (+ model card, ONNX files); --push uploads it."""
+    from .publish import publish as write
+
+    write(PublishConfig(run=run, out=out, stage=stage, license=license_, push=push, private=private, force=force), say)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
