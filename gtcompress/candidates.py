@@ -22,7 +22,7 @@ from .config import BudgetConfig, RunConfig
 from .environment import machine_info
 from .errors import UserError
 from .export.precisions import PRECISIONS, Conversion
-from .models import count_macs, count_params, create_model
+from .models import base_arch, count_macs, count_params, create_model
 from .timing import latency_stats, like_for_like_cuda, time_backend
 
 
@@ -77,7 +77,7 @@ def _time(arch: str, num_classes: int, img_size: int, cfg: RunConfig, tmp: Path)
     """One untrained model's size and p50 on the budget's target, at the target's best setting."""
     name, precision, device = target(cfg.budget)
     spec = BACKENDS[name]
-    model = create_model(arch, num_classes, small_stem=cfg.small_stem).eval()
+    model = create_model(base_arch(arch), num_classes, small_stem=cfg.small_stem).eval()  # latency: any weights
     source = _artefact(model, img_size, spec, precision, tmp, cfg.budget.batch)
     x = np.random.default_rng(0).standard_normal((cfg.budget.batch, 3, img_size, img_size), dtype=np.float32)
     best: tuple[dict[str, Any], Setting] | None = None

@@ -31,6 +31,7 @@ from .options import (
     stage_alias,
     user_errors,
 )
+from .publish import PublishConfig
 from .typed import field_default, field_help, validate
 
 app = typer.Typer(
@@ -305,6 +306,24 @@ def report(
     write(run, batch_size, say, console, latency_budget)
 
 
+@app.command()
+@user_errors
+def publish(
+    ctx: typer.Context,
+    run: Annotated[Optional[Path], typer.Argument(help=field_help(PublishConfig, "run"))] = None,
+    out: Annotated[Path, typer.Option(help=field_help(PublishConfig, "out"))] = ...,
+    stage: Annotated[Optional[str], typer.Option(help=field_help(PublishConfig, "stage"))] = None,
+    license_: Annotated[str, typer.Option("--license", help=field_help(PublishConfig, "license"))] = "other",
+    push: Annotated[Optional[str], typer.Option(help=field_help(PublishConfig, "push"))] = None,
+    private: Annotated[bool, typer.Option("--private", help=field_help(PublishConfig, "private"))] = False,
+    force: Annotated[bool, typer.Option("--force", help=field_help(PublishConfig, "force"))] = False,
+) -> None:
+    """Share a run's model as a Hugging Face model folder timm loads (+ model card, ONNX files); --push uploads it."""
+    from .publish import publish as write
+
+    write(PublishConfig(run=run, out=out, stage=stage, license=license_, push=push, private=private, force=force), say)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @user_errors
 def run(
@@ -337,23 +356,8 @@ def run(
     from .workflow import Workflow, run_workflow
 
     tolerances = parse_tolerances(tolerance or [])  # bad options fail here, not after the training
-    workflow = Workflow(
-        exports=(
-            validate(
-                ExportConfig,
-                {
-                    "stage": "student",
-                    "precisions": split(precision) or ("fp32", "fp16", "int8"),
-                    "trt": trt,
-                    "tolerances": tolerances,
-                    "keep_going": True,
-                },
-            ),
-            ExportConfig(stage="generous_teacher", trt=trt, tolerances=tolerances),
-        )
-        if not skip_export
-        else (),
-        bench=None
+    bench = (
+        None
         if skip_bench
         else _bench_config(
             {
@@ -363,8 +367,9 @@ def run(
                 "seconds": seconds,
                 "threads": parse_threads(threads),
             }
-        ),
+        )
     )
+    workflow = Workflow.default(split(precision), trt, tolerances, bench, export=not skip_export)
     if skip_distill and ctx.args:
         raise UserError(f"--skip-distill takes no distill options (got {' '.join(ctx.args)})", "drop them")
     if not skip_distill:

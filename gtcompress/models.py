@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import pickle
 import zipfile
 from dataclasses import asdict, dataclass
@@ -12,7 +13,15 @@ from typing import Any
 import timm
 import torch
 from timm.data import resolve_data_config
-from timm.models import EfficientNet, MobileNetV3, ResNet, get_pretrained_cfg, load_state_dict
+from timm.models import (
+    EfficientNet,
+    MobileNetV3,
+    ResNet,
+    get_pretrained_cfg,
+    load_state_dict,
+    parse_model_name,
+    resolve_model_input_args,
+)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -26,8 +35,12 @@ def resolve_model_name(name: str) -> tuple[str, str | None]:
     """A timm architecture for `name`: exact, unique prefix, or the width-1.0 (`_100`) variant of a prefix.
 
     Returns the name and, when it differs from the input, a sentence saying how it was resolved.
-    A pretrained tag (`resnet50.a1_in1k`) is kept. Anything else is an error listing close matches.
+    A pretrained tag (`resnet50.a1_in1k`) is kept, and a hub or local name (`hf-hub:ORG/NAME`, `local-dir:PATH`)
+    passes as it is once its config.json is read. Anything else is an error listing close matches.
     """
+    if model_source(name):
+        name = name.strip()
+        return name, f"{name} -> {base_arch(name)} (its config.json's architecture, starting from its weights)"
     arch, dot, tag = name.strip().replace("-", "_").partition(".")
     known = timm.list_models()
     if arch in known:
@@ -51,16 +64,59 @@ def resolve_model_name(name: str) -> tuple[str, str | None]:
     return full, (f"{name} -> {full} ({note})" if note else None)
 
 
-def create_model(arch: str, num_classes: int, pretrained: bool = False, small_stem: bool = False) -> nn.Module:
-    """`timm.create_model` (hub failures as a one-line error), with the small-input stem where asked."""
+# How to fix a hub or local name that cannot be read, by its source.
+SOURCE_HINTS = {
+    "hf-hub": "connect to the internet (and unset HF_HUB_OFFLINE), or download the folder and pass local-dir:PATH",
+    "local-dir": "pass a folder written by `gtcompress publish` or timm's save_for_hf (config.json and weights)",
+}
+
+
+def model_source(name: str) -> str | None:
+    """`hf-hub` or `local-dir` for a name that brings its own config and weights (timm's prefixes), else None."""
     try:
-        model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes)
+        return parse_model_name(name.strip())[0]
+    except ValueError as e:
+        raise UserError(first_line(e), "pass a timm name, hf-hub:ORG/NAME or local-dir:PATH") from None
+
+
+@functools.cache  # a hub name would otherwise cost a request per stage
+def _source_config(name: str) -> tuple[str, dict[str, Any]]:
+    """The timm architecture and the pretrained config (mean, std, input size, ...) of a hub or local model."""
+    source, where = parse_model_name(name)
+    if source == "local-dir" and not (Path(where) / "config.json").is_file():
+        missing = f"no config.json in {where}" if Path(where).is_dir() else f"no folder {where}"
+        raise UserError(f"{name}: {missing}", SOURCE_HINTS[source])
+    try:
+        args = resolve_model_input_args(name)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"could not read the config.json of {name}: {first_line(e)}", SOURCE_HINTS[source]) from None
+    return args["model_name"], args["pretrained_cfg"]
+
+
+def base_arch(name: str) -> str:
+    """The timm architecture a model name stands for: the name, or the one a hub or local model's config.json names
+    (what checkpoints record, so that export and bench rebuild the model without the hub)."""
+    return _source_config(name.strip())[0] if model_source(name) else name
+
+
+def create_model(arch: str, num_classes: int, pretrained: bool = False, small_stem: bool = False) -> nn.Module:
+    """`timm.create_model` (hub failures as a one-line error), with the small-input stem where asked.
+
+    A hub or local name always brings its weights; timm resets its classifier where the class count differs.
+    """
+    source = model_source(arch)
+    if source:
+        base_arch(arch)  # a missing folder or an unreadable config.json is named here
+    try:
+        model = timm.create_model(arch, pretrained=pretrained or bool(source), num_classes=num_classes)
     except (OSError, RuntimeError, ValueError) as e:
-        if not pretrained:
+        if not (pretrained or source):
             raise
         raise UserError(
             f"could not load pretrained weights for {arch}: {first_line(e)}",
-            "connect to the internet (and unset HF_HUB_OFFLINE), or pass --teacher-checkpoint FILE",
+            SOURCE_HINTS[source]
+            if source
+            else "connect to the internet (and unset HF_HUB_OFFLINE), or pass --teacher-checkpoint FILE",
         ) from None
     return adapt_small_stem(model, arch) if small_stem else model
 
@@ -89,9 +145,13 @@ def adapt_small_stem(model: nn.Module, arch: str) -> nn.Module:
 
 
 def default_normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean/std timm's pretrained config gives `arch` (ImageNet's where it has none)."""
-    pretrained_cfg = get_pretrained_cfg(arch)
-    cfg = resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {})
+    """The mean/std of `arch`'s pretrained config: timm's, or a hub or local model's own (ImageNet's where none)."""
+    if model_source(arch):
+        pretrained_cfg = _source_config(arch.strip())[1]
+    else:
+        found = get_pretrained_cfg(arch)
+        pretrained_cfg = found.to_dict() if found else {}
+    cfg = resolve_data_config(pretrained_cfg=pretrained_cfg)
     return tuple(cfg["mean"]), tuple(cfg["std"])
 
 

@@ -21,10 +21,12 @@ from .environment import command_line, device_name, versions
 from .errors import UserError
 from .models import (
     ModelSpec,
+    base_arch,
     count_macs,
     count_params,
     default_normalization,
     load_model,
+    model_source,
     resolve_model_name,
     save_checkpoint,
 )
@@ -46,10 +48,11 @@ def resolve_names(cfg: RunConfig) -> list[str]:
     return [note for note in [*notes, *(note for _, note in students)] if note]
 
 
-def environment(env: DistEnv, device: torch.device, requested: dict[str, str]) -> dict[str, Any]:
-    """What config.yaml records about where and how the run was started."""
+def environment(env: DistEnv, device: torch.device, requested: dict[str, str], splits: Splits) -> dict[str, Any]:
+    """What config.yaml records about where and how the run was started, and the split it is evaluated on."""
     return {
         "requested": requested,
+        "eval_split": splits.eval_split or "test",
         "device": str(device),
         "device_name": device_name(device),
         "world_size": env.world_size,
@@ -88,7 +91,13 @@ def _new_run(out: Path | None) -> RunDir:
 def _check(cfg: RunConfig) -> None:
     if cfg.teacher.pretrained and cfg.teacher.checkpoint:
         raise UserError("--pretrained and --teacher-checkpoint both given", "pick one source of teacher weights")
-    if cfg.generous.init == "standard" and (cfg.generous.arch or cfg.teacher.arch) != cfg.teacher.arch:
+    if model_source(cfg.teacher.arch) and cfg.teacher.checkpoint:
+        raise UserError(
+            f"--teacher {cfg.teacher.arch} brings its weights and --teacher-checkpoint was given too",
+            "pick one source of teacher weights",
+        )
+    gt_arch = base_arch(cfg.generous.arch or cfg.teacher.arch)
+    if cfg.generous.init == "standard" and gt_arch != base_arch(cfg.teacher.arch):
         raise UserError(
             "--gt-init standard needs the Generous Teacher to share the teacher's architecture",
             "drop generous.arch or use --gt-init scratch",
@@ -156,12 +165,13 @@ def _start(
     device: torch.device,
     say: Callable[..., None],
     requested: dict[str, Any],
+    splits: Splits,
     candidates: dict[str, Any] | None,
 ) -> RunDir:
     """Create the run directory and write config.yaml (and the latency check's candidates.json)."""
     run = agree(env, lambda: _new_run(out) if env.is_main else None)
     run = RunDir(broadcast_object(run.path if run else None, env))
-    cfg.environment = environment(env, device, requested)
+    cfg.environment = environment(env, device, requested, splits)
     if env.is_main:
         write_text(run.config, dump_config(cfg))
         if candidates is not None:
@@ -297,7 +307,7 @@ def _run(
         requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
         splits, candidates = _prepare(cfg, env, console, say)
         if not dry_run:
-            run = _start(cfg, out, env, device, say, requested, candidates)
+            run = _start(cfg, out, env, device, say, requested, splits, candidates)
     setup = _setup(cfg, run, env, device, console, say, splits)
     if dry_run:
         x, _ = next(iter(create_loader(setup.ctx.train_data, cfg.student.train.batch_size, training=True, workers=0)))

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from timm.models import parse_model_name
 from torch import nn
 
 from .config import RunConfig, TrainConfig
-from .models import create_model, load_weights
+from .models import base_arch, create_model, load_weights, model_source
 from .objectives import Objective, ce_objective, generous_objective, student_objective
 
 Models = dict[str, nn.Module]  # finished stages' models by name: the teachers of later stages
@@ -45,7 +47,17 @@ def _standard(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
 
 
 def _gt_arch(cfg: RunConfig) -> str:
-    return cfg.generous.arch or cfg.teacher.arch
+    """The GT's timm architecture: it starts from scratch or from the ST, never from a hub model's weights."""
+    return base_arch(cfg.generous.arch or cfg.teacher.arch)
+
+
+def _st_source(cfg: RunConfig) -> str:
+    """Where the ST's weights come from: a checkpoint, timm's pretrained weights, a hub or local model (its name),
+    or nothing."""
+    t = cfg.teacher
+    if t.checkpoint:
+        return "checkpoint"
+    return t.arch if model_source(t.arch) else "pretrained" if t.pretrained else "scratch"
 
 
 def _generous(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
@@ -104,8 +116,13 @@ def _no_born_again(cfg: RunConfig) -> str | None:
 BORN_AGAIN_TEMPERATURE = 4.0
 
 
-def _student_record(teacher: str) -> Callable[[RunConfig], dict[str, Any]]:
-    return lambda cfg: {"teacher_stage": teacher, "method": cfg.student.method}
+def _initial(arch: str) -> dict[str, Any]:
+    """metrics.json's `source` of a student that starts from a hub or local model's weights."""
+    return {"source": arch} if model_source(arch) else {}
+
+
+def _student_record(teacher: str, arch: str) -> Callable[[RunConfig], dict[str, Any]]:
+    return lambda cfg: {"teacher_stage": teacher, "method": cfg.student.method, **_initial(arch)}
 
 
 def _student_stages(arch: str, suffix: str) -> list[Stage]:
@@ -118,7 +135,7 @@ def _student_stages(arch: str, suffix: str) -> list[Stage]:
             base + suffix,
             TITLES[base] + (f" ({arch})" if suffix else ""),
             2,
-            lambda cfg: arch,
+            lambda cfg: base_arch(arch),
             lambda cfg, num_classes, models: create_model(arch, num_classes, small_stem=cfg.small_stem),
             objective,
             lambda cfg: cfg.student.train,
@@ -129,13 +146,19 @@ def _student_stages(arch: str, suffix: str) -> list[Stage]:
 
     kd, ce = (lambda cfg: student_objective(cfg.student)), (lambda cfg: ce_objective(cfg.student.train.label_smoothing))
     return [
-        stage("student", "generous_teacher", lambda cfg: None, kd, _student_record("generous_teacher")),
-        stage("student_from_standard", "standard_teacher", _no_compare, kd, _student_record("standard_teacher")),
-        stage("student_from_continued", "continued_teacher", _no_continued, kd, _student_record("continued_teacher")),
+        stage("student", "generous_teacher", lambda cfg: None, kd, _student_record("generous_teacher", arch)),
+        stage("student_from_standard", "standard_teacher", _no_compare, kd, _student_record("standard_teacher", arch)),
         stage(
-            "student_from_born_again", "born_again_teacher", _no_born_again, kd, _student_record("born_again_teacher")
+            "student_from_continued", "continued_teacher", _no_continued, kd, _student_record("continued_teacher", arch)
         ),
-        stage("student_ce", None, _no_compare, ce, lambda cfg: {"method": "ce"}),
+        stage(
+            "student_from_born_again",
+            "born_again_teacher",
+            _no_born_again,
+            kd,
+            _student_record("born_again_teacher", arch),
+        ),
+        stage("student_ce", None, _no_compare, ce, lambda cfg: {"method": "ce", **_initial(arch)}),
     ]
 
 
@@ -159,13 +182,11 @@ TEACHER_STAGES: tuple[Stage, ...] = (
         "standard_teacher",
         TITLES["standard_teacher"],
         0,
-        lambda cfg: cfg.teacher.arch,
+        lambda cfg: base_arch(cfg.teacher.arch),
         _standard,
         lambda cfg: ce_objective(cfg.teacher.train.label_smoothing),
         lambda cfg: _loaded(cfg.teacher.train, cfg.teacher.checkpoint),
-        record=lambda cfg: {
-            "source": "checkpoint" if cfg.teacher.checkpoint else "pretrained" if cfg.teacher.pretrained else "scratch"
-        },
+        record=lambda cfg: {"source": _st_source(cfg)},
     ),
     Stage(
         "generous_teacher",
@@ -217,8 +238,10 @@ TEACHER_STAGES: tuple[Stage, ...] = (
 
 
 def student_suffix(arch: str) -> str:
-    """`_<arch>`, safe in a file name with precision suffixes (`student_resnet50_a1_in1k.int8.onnx`)."""
-    return "_" + arch.replace(".", "_").replace("-", "_")
+    """`_<arch>`, safe in a file name with precision suffixes (`student_resnet50_a1_in1k.int8.onnx`); a hub or local
+    student is named by its last path part (`local-dir:/models/pub` -> `_pub`)."""
+    name = Path(parse_model_name(arch)[1]).name if model_source(arch) else arch
+    return "_" + "".join(c if c.isalnum() else "_" for c in name)
 
 
 def stages(cfg: RunConfig) -> list[Stage]:

@@ -11,10 +11,12 @@ from rich.console import Console
 from .bench import BenchConfig, bench_table, run_bench
 from .export.config import ExportConfig
 from .export.exporter import artefact_table, is_up_to_date, run_export
+from .export.precisions import Tolerance
 from .recommend import recommendation_line
 from .report import build_report, report_table, write_report
 from .rundir import resolve_run
 from .stages import distilled_students
+from .typed import validate
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,22 @@ class Workflow:
 
     exports: tuple[ExportConfig, ...]
     bench: BenchConfig | None
+
+    @classmethod
+    def default(
+        cls,
+        precisions: tuple[str, ...] | None,
+        trt: bool,
+        tolerances: dict[str, Tolerance],
+        bench: BenchConfig | None,
+        export: bool = True,
+    ) -> Workflow:
+        """`gtcompress run`'s: the students at `precisions` (default fp32, fp16, int8; a reduced precision that fails
+        verification is reported, the others go on) and the Generous Teacher at fp32, the speed reference."""
+        values = {"precisions": precisions or ("fp32", "fp16", "int8"), "trt": trt, "tolerances": tolerances}
+        student = validate(ExportConfig, {"stage": "student", **values, "keep_going": True})
+        teacher = ExportConfig(stage="generous_teacher", trt=trt, tolerances=tolerances)
+        return cls(exports=(student, teacher) if export else (), bench=bench)
 
 
 def _exports(workflow: Workflow, run: Path, students: list[str]) -> list[ExportConfig]:

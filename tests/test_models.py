@@ -3,10 +3,12 @@ import time
 import pytest
 import timm
 import torch
+from timm.models import save_for_hf
 
 from gtcompress.errors import UserError
 from gtcompress.models import (
     ModelSpec,
+    base_arch,
     count_macs,
     count_params,
     create_model,
@@ -45,6 +47,28 @@ def test_ambiguous_prefix_lists_candidates():
     with pytest.raises(UserError, match="ambiguous") as err:
         resolve_model_name("efficientnet_b")
     assert "efficientnet_b0" in err.value.message
+
+
+def test_hub_and_local_names_pass_unmangled_and_bring_their_weights(tmp_path):
+    source = create_model("test_resnet", 10).eval()
+    folder = tmp_path / "my-model.v1"
+    save_for_hf(source, folder, safe_serialization=True)
+    name = f"local-dir:{folder}"
+    resolved, note = resolve_model_name(name)
+    assert resolved == name and "test_resnet" in note
+    assert base_arch(name) == "test_resnet" and base_arch("resnet50.a1_in1k") == "resnet50.a1_in1k"
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(create_model(name, 10).eval()(x), source(x))
+    other = create_model(name, 5)  # another data set: timm resets the classifier, the rest is the folder's
+    head = source.pretrained_cfg["classifier"]
+    assert other.num_classes == 5
+    kept = {k: v for k, v in source.state_dict().items() if not k.startswith(head)}
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in kept.items())
+
+
+def test_names_that_look_like_hub_ids_say_which_prefix_to_use():
+    with pytest.raises(UserError, match="hf-hub:someone/model"):
+        resolve_model_name("someone/model")
 
 
 def spec(arch="test_resnet", num_classes=10):

@@ -1,7 +1,9 @@
 """The stage registry: one student keeps today's names, several get one suffix each, controls included."""
 
 import pytest
+import timm
 import torch
+from timm.models import save_for_hf
 
 from gtcompress import losses
 from gtcompress.config import RunConfig
@@ -86,3 +88,14 @@ def test_titles_siblings_and_names_of_suffixed_stages():
     }
     assert trained(metrics) == ["standard_teacher", "student_a", "student_from_standard_a"]
     assert distilled_students(metrics) == ["student_a"]
+
+
+def test_a_local_student_is_named_by_its_folder_and_recorded_by_its_architecture(tmp_path):
+    folder = tmp_path / "my-student.v1"
+    save_for_hf(timm.create_model("test_resnet", num_classes=10), folder, safe_serialization=True)
+    name = f"local-dir:{folder}"
+    cfg = RunConfig.model_validate({"student": {"arch": [name, "lcnet_050"]}})
+    students = [s for s in stages(cfg) if s.skip(cfg) is None][2:]
+    assert [s.name for s in students] == ["student_my_student_v1", "student_lcnet_050"]
+    assert students[0].arch(cfg) == "test_resnet" and students[0].record(cfg)["source"] == name
+    assert "source" not in students[1].record(cfg)

@@ -1,0 +1,207 @@
+"""Publish: a run's model as a Hugging Face model folder that timm loads as it is, with its card; `--push` uploads it.
+
+The folder is what `timm.models.save_for_hf` writes (config.json with the architecture, classes and preprocessing,
+model.safetensors), beside the run's verified ONNX files (`onnx/`, with their `model.json`), its report.json and a
+model card (README.md) generated from the run's files. It is written as a whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from timm.models import save_for_hf
+from torch import nn
+
+from . import __version__
+from .card import ONNX_DIR, Card, model_card
+from .errors import UserError, first_line
+from .export.precisions import PRECISIONS
+from .export.sidecar import read_sidecar
+from .models import ModelSpec, load_model
+from .report import build_report, write_report
+from .rundir import BENCH_FILE, RunDir, atomic_dir, read_json, resolve_run, write_json, write_text
+from .stages import distilled_students, trained
+
+PUBLISH_FORMAT = "gtcompress-publish/1"  # config.json's `gtcompress.format`: the folder is ours to replace
+
+
+class PublishConfig(BaseModel):
+    """What `gtcompress publish` writes and where it sends it. The field descriptions are the CLI's help texts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: Path | None = Field(None, description="Run directory (default runs/latest).")
+    out: Path = Field(description="The folder to write (an earlier publish folder there is replaced).")
+    stage: str | None = Field(
+        None, description="The model to publish (default: the run's student distilled from the GT)."
+    )
+    license: str = Field("other", description="The card's license, a Hub license id (apache-2.0, mit, cc-by-4.0, ...).")
+    push: str | None = Field(
+        None, description="Then upload the folder to this Hub repo (ORG/NAME); token: HF_TOKEN or hf auth login."
+    )
+    private: bool = Field(False, description="With --push: create the repo private.")
+    force: bool = Field(False, description="Replace --out even where it is not an earlier publish folder.")
+
+
+def publish(cfg: PublishConfig, say: Callable[[str], None] = print) -> Path:
+    """Write the folder (complete before any upload), then push it with `--push`; returns the folder."""
+    run = resolve_run(cfg.run)
+    metrics = run.metrics()
+    stage = _stage(metrics, cfg.stage)
+    out = Path(cfg.out)
+    _check_out(out, run, cfg.force)
+    model, spec, _ = load_model(run.checkpoint(stage))
+    if spec.small_stem:
+        raise UserError(
+            f"{stage} has the --small-stem CIFAR stem, which timm.create_model does not build",
+            "publish a model trained without --small-stem",
+        )
+    report = _report(run, say)
+    onnx = _verified_onnx(run, stage, say)
+    sidecar = read_sidecar(run.path / next(r["path"] for r in onnx if r["precision"] == "fp32"))
+    with atomic_dir(out) as folder:
+        _save_model(model, spec, sidecar, folder, {"license": cfg.license}, {"run": run.path.name, "stage": stage})
+        files = _copy_onnx(run, onnx, sidecar, folder)
+        write_json(folder / "report.json", report)
+        load_name = f"hf-hub:{cfg.push}" if cfg.push else f"local-dir:{out.name}"
+        tree = yaml.safe_load(run.config.read_text())
+        card = Card(report, tree, metrics, stage, files, sidecar, cfg.license, load_name, cfg.push)
+        write_text(folder / "README.md", model_card(card))
+    say(f"wrote {out}: config.json, model.safetensors, {', '.join(r['path'] for r in files)}, report.json, README.md")
+    if cfg.push:
+        say(f"pushed to {push_folder(out, cfg.push, cfg.private)}")
+    return out
+
+
+def _save_model(
+    model: nn.Module,
+    spec: ModelSpec,
+    sidecar: dict[str, Any],
+    folder: Path,
+    pretrained_cfg: dict[str, Any],
+    provenance: dict[str, Any],
+) -> None:
+    """config.json and model.safetensors as timm's save_for_hf writes them, with the run's classes and its eval
+    preprocessing (`pretrained_cfg`: input size, interpolation, crop_pct, mean, std)."""
+    crop = sidecar["crop"][0]
+    data_config = {
+        "input_size": (3, *sidecar["crop"]),
+        "interpolation": sidecar["interpolation"],
+        "crop_pct": _crop_pct(crop, sidecar.get("resize", crop)),
+        "mean": spec.mean,
+        "std": spec.std,
+    }
+    # the lineage of timm's own weights for this architecture (tag, paper, origin) does not describe these
+    lineage = {k: None for k in ("tag", "origin_url", "paper_ids", "notes") if k in model.pretrained_cfg}
+    model_config = {
+        "label_names": list(spec.class_names),
+        "pretrained_cfg": {**lineage, **pretrained_cfg},
+        "gtcompress": {"format": PUBLISH_FORMAT, "version": __version__, **provenance},
+    }
+    save_for_hf(model, folder, model_config=model_config, data_config=data_config, safe_serialization=True)
+
+
+def _stage(metrics: dict[str, Any], name: str | None) -> str:
+    """The stage to publish: the one named, else the run's one student distilled from the GT."""
+    if name is not None:
+        if name not in trained(metrics):
+            raise UserError(f"the run has no finished stage {name!r}", f"pass --stage {' | '.join(trained(metrics))}")
+        return name
+    students = distilled_students(metrics)
+    if len(students) != 1:
+        what = "no finished student" if not students else f"{len(students)} students"
+        raise UserError(f"the run has {what}", f"pass --stage {' | '.join(students or trained(metrics))}")
+    return students[0]
+
+
+def _is_publish_folder(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text())["gtcompress"]["format"] == PUBLISH_FORMAT
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _check_out(out: Path, run: RunDir, force: bool) -> None:
+    """Refuse to replace anything but an earlier publish folder (or, with --force, anything but the run)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file", "pass a folder to --out")
+    if run.path.is_relative_to(out.resolve()):
+        raise UserError(f"--out {out} holds the run {run.path}", "pass another --out")
+    if out.is_dir() and any(out.iterdir()) and not force and not _is_publish_folder(out):
+        raise UserError(
+            f"--out {out} is not empty and not a gtcompress publish folder", "pass another --out, or --force"
+        )
+
+
+def _report(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
+    """The run's report.json, written first by the report code where it is missing or older than what it reads."""
+    path = run.path / "report.json"
+    inputs = [run.metrics_path, run.history_path, run.candidates, run.path / BENCH_FILE]
+    newest = max(p.stat().st_mtime for p in inputs if p.exists())
+    if not path.is_file() or path.stat().st_mtime < newest:
+        say("report.json is missing or older than the run's results: writing the report first")
+        write_report(run, build_report(run))
+    return read_json(path)
+
+
+def _verified_onnx(run: RunDir, stage: str, say: Callable[[str], None]) -> list[dict]:
+    """The stage's ONNX files that `gtcompress export` verified and kept, unchanged since (size, newer than .pt);
+    one record each (its first backend's)."""
+    trained_at = run.checkpoint(stage).stat().st_mtime
+    kept: dict[str, dict] = {}
+    for record in run.exports():
+        if record.stage != stage or record.format != "onnx" or record.path in kept:
+            continue
+        path = run.path / record.path
+        if path.is_file() and path.stat().st_size == record.bytes and path.stat().st_mtime >= trained_at:
+            kept[record.path] = record.model_dump(mode="json")
+        else:
+            say(f"left out {record.path}: missing, changed or older than {stage}.pt since it was verified")
+    if not any(r["precision"] == "fp32" for r in kept.values()):
+        raise UserError(
+            f"{run.path} has no verified ONNX export of {stage}", f"run `gtcompress export {run.path} --stage {stage}`"
+        )
+    return list(kept.values())
+
+
+def _crop_pct(crop: int, resize: int) -> float:
+    """timm's crop_pct for which its eval transform resizes to `resize`: it takes floor(crop / crop_pct)."""
+    pct = crop / resize
+    return pct if math.floor(crop / pct) == resize else math.nextafter(pct, 0.0)
+
+
+def _copy_onnx(run: RunDir, records: list[dict], sidecar: dict[str, Any], folder: Path) -> list[dict]:
+    """The verified files as onnx/model[.precision].onnx beside their model.json; their records, re-pathed."""
+    (folder / ONNX_DIR).mkdir()
+    copied = []
+    for record in records:
+        name = PRECISIONS[record["precision"]].onnx_file("model", record["target"])
+        shutil.copyfile(run.path / record["path"], folder / ONNX_DIR / name)
+        copied.append({**record, "path": f"{ONNX_DIR}/{name}", "run_path": record["path"]})
+    files = {Path(r["path"]).name: r["precision"] for r in copied}
+    write_json(folder / ONNX_DIR / "model.json", {**sidecar, "checkpoint": "model.safetensors", "files": files})
+    return copied
+
+
+def push_folder(folder: Path, repo_id: str, private: bool) -> str:
+    """Upload the folder to a Hub model repo (created where missing); hub failures as one line. Returns its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.whoami()  # no token, a bad one, or no network fail here, before anything is created remotely
+        repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        api.upload_folder(repo_id=repo, folder_path=folder, commit_message=f"gtcompress publish {__version__}")
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"could not push to {repo_id}: {first_line(e)}",
+            f"{folder} is complete; connect and log in (hf auth login, or HF_TOKEN), then run this again",
+        ) from None
+    return f"https://huggingface.co/{repo}"
