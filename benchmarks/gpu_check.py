@@ -46,7 +46,7 @@ RUN_ARGS = [
     "--batch-sizes",
     "1,8,32",
     "--iters",
-    "200",
+    "100",
 ]
 SUMMARY_KEYS = (
     "stage",
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     from gtcompress.environment import machine_info, nvidia_smi, versions
+    from gtcompress.rundir import write_json
 
     result: dict[str, Any] = {
         "benchmark": "gpu-check",
@@ -159,24 +160,29 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "tensorrt": _tensorrt(),
     }
-    result["tests"] = _command([sys.executable, "-m", "pytest", "-q", "-rs", *TESTS])
-    with tempfile.TemporaryDirectory(prefix="gtcompress-gpu-check-") as tmp:
-        run = Path(tmp) / "run"
-        result["run"] = _command([sys.executable, "-m", "gtcompress", "run", *RUN_ARGS, "--out", str(run)])
-        if result["run"]["returncode"] == 0:
-            result["run"]["metrics"] = {
-                k: v["top1"]
-                for k, v in json.loads((run / "metrics.json").read_text()).items()
-                if isinstance(v, dict) and "top1" in v
-            }
-            result["bench"] = _bench_summary(run)
-            result["speed"] = speed(result["bench"])
+    save = lambda: write_json(args.out, result)  # noqa: E731  after each part: a cut-short check keeps what it did
+    result["run"] = _run()
+    save()
     result["at_224px"] = at_224()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save()
+    result["tests"] = _command([sys.executable, "-m", "pytest", "-q", "-rs", *TESTS])
+    save()
     ok = result["tests"]["returncode"] == 0 and result["run"]["returncode"] == 0
     print(f"gpu-check on {result['machine']['gpu']}: {'passed' if ok else 'FAILED'}; wrote {args.out}")
     return 0 if ok else 1
+
+
+def _run() -> dict[str, Any]:
+    """`gtcompress run` on digits in bf16, its accuracy, every bench row and the speed findings."""
+    with tempfile.TemporaryDirectory(prefix="gtcompress-gpu-check-") as tmp:
+        run = Path(tmp) / "run"
+        result = _command([sys.executable, "-m", "gtcompress", "run", *RUN_ARGS, "--out", str(run)])
+        if result["returncode"] == 0:
+            metrics = json.loads((run / "metrics.json").read_text())
+            result["metrics"] = {k: v["top1"] for k, v in metrics.items() if isinstance(v, dict) and "top1" in v}
+            result["bench"] = _bench_summary(run)
+            result["speed"] = speed(result["bench"])
+    return result
 
 
 if __name__ == "__main__":
