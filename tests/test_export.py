@@ -441,6 +441,10 @@ def test_load_backend_chooses_by_suffix(exported_run):
     assert load_backend(exported_run / "student.pt").name == "torch"
     backend = load_backend(exported_run / "export" / "student.int8.onnx", precision="int8")
     assert (backend.name, backend.precision) == ("onnxruntime", "int8")
+
+
+@pytest.mark.skipif(BACKENDS["openvino"].missing("cpu") is not None, reason="openvino is not installed")
+def test_load_backend_runs_an_onnx_file_on_the_backend_named(exported_run):
     assert load_backend(exported_run / "export" / "student.onnx", name="openvino").name == "openvino"
 
 
