@@ -211,3 +211,19 @@ def test_a_budget_checked_elsewhere_is_said_to_be(two_students):
     report = build_report(RunDir(out), batch_size=4)
     assert report["pareto"]["budget_set_on"] == "onnxruntime fp32 at batch 1"
     assert all(p["p50_ms"] > 0 for p in report["pareto"]["points"])
+
+
+@pytest.mark.slow
+def test_a_student_larger_than_its_teacher_is_not_recommended_and_the_report_says_so(tmp_path):
+    out = tmp_path / "run"
+    result = invoke(
+        "run", "--teacher", TEACHER, "--student", "resnet18", "--epochs", 1, "--set", "data.train_fraction=0.2",
+        "--out", out, "--precision", "fp32", "--backend", "onnxruntime", "--batch-sizes", 1, "--iters", 20,
+        "--threads", 1,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["pareto"]["no_speed"].startswith("On onnxruntime at batch 1 the students buy no speed")
+    assert report["recommendation"]["role"] == "teacher" and report["recommendation"]["stage"] == "generous_teacher"
+    flat = " ".join(result.stdout.split())
+    assert "the students buy no speed over the teacher" in flat and "Recommended: Generous Teacher" in flat

@@ -90,7 +90,9 @@ class BackendSpec:
             raise UserError(lack, f"choose from {', '.join(self.precisions.get(device, ())) or 'another backend'}")
         reason = self.missing(device)
         if reason is not None:
-            raise UserError(f"backend {self.name} cannot run here: {reason}", self.install)
+            raise UserError(
+                f"backend {self.name} cannot run here: {reason}", "" if self.install in reason else self.install
+            )
         return self._runner().open(source, device, precision, setting)
 
     def _runner(self) -> Any:
