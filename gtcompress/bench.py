@@ -30,7 +30,7 @@ from .errors import UserError
 from .models import count_macs, count_params, load_model
 from .records import BenchFile, BenchResult, ModelSize, Skipped, in_order
 from .rundir import RunDir, resolve_run
-from .stages import DEPLOYABLE_TEACHERS, STAGE_NAMES, distilled_students, is_stage
+from .stages import STAGE_NAMES, deployable_teachers, distilled_students, stage_records, stages
 from .timing import CUDA_TIMING, latency_stats, like_for_like_cuda, time_backend
 from .typed import Frozen
 
@@ -91,14 +91,6 @@ class BenchConfig(Frozen):
                 raise ValueError(f"unknown precision '{name}' (choose from {', '.join(ALL_PRECISIONS)})")
         return value
 
-    @field_validator("stages")
-    @classmethod
-    def _stages(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        for name in value or ():
-            if not is_stage(name):
-                raise ValueError(f"unknown stage '{name}' (choose from {', '.join(STAGE_NAMES)}, or <stage>_<student>)")
-        return value
-
     def limits(self) -> tuple[int | None, float | None]:
         """(iters, seconds) of each measurement: both defaults when neither is set, else what is set."""
         if self.iters is None and self.seconds is None:
@@ -149,7 +141,7 @@ class Bench:
         self.skipped: list[Skipped] = []
         self.missing: list[str] = []
         self.models: dict[str, ModelSize] = {}
-        self.metrics = self.run.metrics()
+        self.records = stage_records(self.run)
         self.exports = self.run.exports()
 
     # -- what can run -----------------------------------------------------------------------------------------
@@ -203,9 +195,18 @@ class Bench:
                 self.skipped.append(Skipped(stage=stage, backend=spec.name, precision=precision, reason=lack))
         return [p for p in self.cfg.precisions if spec.lacks(device, p) is None]
 
+    def stages(self) -> list[str]:
+        """The stages asked for (each one of the run's), else every student distilled from the GT and the
+        reference teacher."""
+        known = [s.name for s in stages(self.run.saved_config())]
+        for name in self.cfg.stages or ():
+            if name not in known:
+                raise UserError(f"unknown stage '{name}'", f"this run's stages: {', '.join(known)}")
+        return list(self.cfg.stages or (*distilled_students(self.records), *deployable_teachers(self.records)[:1]))
+
     def targets(self) -> list[Target]:
         backends, out = self.backends(), []
-        for stage in self.cfg.stages or (*distilled_students(self.metrics), DEPLOYABLE_TEACHERS[0]):
+        for stage in self.stages():
             net = self._load(stage)
             for spec, device in backends if net is not None else ():
                 for precision in self._precisions(stage, spec, device):
@@ -308,6 +309,7 @@ class Bench:
             versions=versions(),
             settings=settings | ({"torch_cuda": CUDA_TIMING} if cuda else {}),
             models=self.models,
+            reference=next((t for t in deployable_teachers(self.records) if t in self.models), None),
             results=results,
             skipped=self.skipped,
             missing=self.missing,
@@ -359,9 +361,9 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = print, console: Con
 
 
 def reference_teacher(bench: BenchFile) -> str | None:
-    """The teacher that speed-ups are measured against: the Generous Teacher, else the Standard Teacher."""
-    measured = {r.stage for r in bench.results}
-    return next((m for m in DEPLOYABLE_TEACHERS if m in measured), None)
+    """The teacher that speed-ups are measured against (the Generous Teacher, else the Standard Teacher), where
+    it was timed."""
+    return bench.reference if any(r.stage == bench.reference for r in bench.results) else None
 
 
 def speedup(bench: BenchFile, result: BenchResult) -> float | None:

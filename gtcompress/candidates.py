@@ -100,7 +100,7 @@ def measure(cfg: RunConfig, num_classes: int, img_size: int, say: Callable[[str]
     with tempfile.TemporaryDirectory(prefix="gtcompress-candidate-") as tmp:
         teacher = _time(cfg.teacher.arch, num_classes, img_size, cfg, Path(tmp))
     rows = []
-    for arch in cfg.student.archs:
+    for arch in cfg.student.arch:
         with tempfile.TemporaryDirectory(prefix="gtcompress-candidate-") as tmp:
             row = _time(arch, num_classes, img_size, cfg, Path(tmp))
         row["fits"] = cfg.budget.latency_ms is None or row["p50_ms"] <= cfg.budget.latency_ms

@@ -14,7 +14,7 @@ import yaml
 from . import __version__
 from .backends import BACKENDS
 from .report import markdown_table
-from .stages import distilled_students, title
+from .stages import distilled_students
 
 ONNX_DIR = "onnx"  # the folder's ONNX files and their model.json
 TAGS = ("image-classification", "timm", "knowledge-distillation", "generous-teacher", "gtcompress", "onnx")
@@ -32,7 +32,8 @@ class Card:
 
     report: dict[str, Any]
     config: dict[str, Any]  # the run's config.yaml
-    metrics: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]  # the run's stage records (metrics.json with each stage's identity)
+    engines: bool  # the run has TensorRT engines of the published stage
     stage: str
     files: list[dict[str, Any]]  # the folder's ONNX records (path in the folder, run_path in the run)
     sidecar: dict[str, Any]
@@ -56,7 +57,7 @@ def model_card(card: Card) -> str:
 
 def _heading(card: Card) -> str:
     m = card.metrics[card.stage]
-    return f"{m['arch']}: {title(card.stage, m['arch'])} on {_dataset_id(card.config['data']['name'])}, by gtcompress"
+    return f"{m['arch']}: {m['title']} on {_dataset_id(card.config['data']['name'])}, by gtcompress"
 
 
 def _dataset_id(name: str) -> str:
@@ -118,13 +119,14 @@ def _method(card: Card) -> str:
     """One paragraph: the teacher, the Generous Teacher's settings, the distillation method and the epochs."""
     metrics, student, data = card.metrics, card.config["student"], _dataset_id(card.config["data"]["name"])
     said = []
-    if st := metrics.get("standard_teacher"):
+    by_role = {m["role"]: m for m in metrics.values()}
+    if st := by_role.get("standard"):
         source = {"scratch": "random weights", "pretrained": "timm's pretrained weights", "checkpoint": "a checkpoint"}
         said.append(
             f"A Standard Teacher, {st['arch']} starting from {source.get(st['source'], st['source'])}, was trained "
             f"with cross-entropy on {data} ({_trained(st)})."
         )
-    if gt := metrics.get("generous_teacher"):
+    if gt := by_role.get("generous"):
         init = {"checkpoint": "loaded from a checkpoint"}.get(gt.get("source")) or (
             "from scratch" if gt.get("init") == "scratch" else "fine-tuned from the Standard Teacher"
         )
@@ -141,7 +143,7 @@ def _method(card: Card) -> str:
         )
     m = metrics[card.stage]
     said.append(
-        f"This folder holds the {title(card.stage, m['arch'])}: {m['arch']}, {m['params'] / 1e6:.2f}M parameters, "
+        f"This folder holds the {m['title']}: {m['arch']}, {m['params'] / 1e6:.2f}M parameters, "
         f"{m['macs'] / 1e6:.1f} MMACs per {card.sidecar['img_size']}-px image, {_trained(m)}{_start(card)}; made "
         f"with gtcompress {__version__}."
     )
@@ -187,7 +189,7 @@ def _results(card: Card) -> list[str]:
     where = (
         f"Latency is the p50 of end-to-end calls (a float32 batch in host memory to logits) timed by `gtcompress "
         f"bench` on {h['machine']}, each model at its best setting (CPU threads, CUDA graph); × faster and "
-        f"× smaller compare with the {title(report['teacher'])} at fp32 on "
+        f"× smaller compare with the {report['titles'].get(report['teacher'], report['teacher'])} at fp32 on "
         f"{report['primary_backend']} at batch {report['batch_size']}."
         if report["bench"]
         else "Latency was not measured (`gtcompress bench` was not run)."
@@ -265,7 +267,7 @@ def _limits(card: Card) -> list[str]:
             if delta is not None
             else "The run has no controls (`--compare`): it does not show whether the Generous Teacher helped."
         )
-    if any(x.get("stage") == card.stage and x["format"] == "engine" for x in card.metrics.get("export", [])):
+    if card.engines:
         lines.append("TensorRT engines are not included (each is bound to one GPU model and TensorRT version).")
     if card.license == "other":
         lines.append("No license was chosen when publishing (`--license`): the data set's and the teacher's apply.")

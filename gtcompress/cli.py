@@ -100,13 +100,14 @@ def distill(
     from .config import given_keys, load_config
     from .pipeline import run_distill
     from .report import stage_table
+    from .stages import stage_records
 
     overrides = distill_overrides(ctx.params)
     given = given_keys(recipe, overrides) if resume else None  # re-running the starting command is fine
     cfg = load_config(recipe, overrides) if not resume or given else None
     run = run_distill(cfg, out=out, resume=resume, console=console, dry_run=dry_run, given=given)
     if run is not None and is_main_process():
-        console.print(stage_table(run.metrics()))
+        console.print(stage_table(stage_records(run)))
         console.print(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
 
 

@@ -190,9 +190,11 @@ Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 class _StudentBase(Strict):
     """The student(s): distilled from the Generous Teacher with `method` (the other blocks wait unused)."""
 
-    arch: str | list[str] = Field(
-        "mobilenetv3_small_100",
-        description="timm model name, or a list: several students of one GT, teachers trained once",
+    arch: list[str] = Field(
+        ["mobilenetv3_small_100"],
+        min_length=1,
+        description="timm model name(s): several students of one GT, teachers trained once (a recipe may give one "
+        "name)",
     )
     method: Method = Field("kd", description=f"distillation method: {' | '.join(METHODS)}")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, warmup_epochs=2, clip_grad=5.0))
@@ -201,15 +203,18 @@ class _StudentBase(Strict):
     def method_config(self) -> MethodConfig:
         return getattr(self, self.method)
 
-    @property
-    def archs(self) -> list[str]:
-        return [self.arch] if isinstance(self.arch, str) else list(self.arch)
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _a_list(cls, value: Any) -> Any:
+        """One name is a list of one: the students stay a list from the recipe to the report."""
+        return [value] if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _distinct(self) -> _StudentBase:
-        if not self.archs or len(set(self.archs)) != len(self.archs):
-            raise ValueError(f"student.arch must name distinct students, got {self.archs}")
-        return self
+    @field_validator("arch")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"student.arch must name distinct students, got {value}")
+        return value
 
 
 # One block per registered method (student.kd, student.dkd, ...), as recipes spell them.

@@ -121,9 +121,8 @@ Students = Annotated[
 def distill_overrides(params: dict[str, Any]) -> dict[str, Any]:
     """The dotted configuration keys that distill's given options set (--set last, so it wins)."""
     given = {name: value for name, value in params.items() if value not in (None, [], ())}
-    if "student" in given:  # several students: a list, one: a name (as before)
-        students = list(split(given["student"]))
-        given["student"] = students[0] if len(students) == 1 else students
+    if "student" in given:
+        given["student"] = list(split(given["student"]))
     overrides = {
         f"{stage}.train.{name}": given[name]
         for name in PER_STAGE_OPTIONS

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 from torch import nn
 
@@ -43,8 +42,8 @@ def resolve_names(cfg: RunConfig) -> list[str]:
         if block.arch is not None:
             block.arch, note = resolve_model_name(block.arch)
             notes.append(note)
-    students = [resolve_model_name(arch) for arch in cfg.student.archs]
-    cfg.student.arch = students[0][0] if isinstance(cfg.student.arch, str) else [name for name, _ in students]
+    students = [resolve_model_name(arch) for arch in cfg.student.arch]
+    cfg.student.arch = [name for name, _ in students]
     return [note for note in [*notes, *(note for _, note in students)] if note]
 
 
@@ -65,10 +64,7 @@ def environment(env: DistEnv, device: torch.device, requested: dict[str, str], s
 def _load_resumed(out: Path | None, requested: RunConfig | None, keys: set[str]) -> tuple[RunConfig, RunDir]:
     """The run to continue and its saved configuration; `keys` of `requested` (the command line's) must agree."""
     run = resolve_run(out)
-    tree = yaml.safe_load(run.config.read_text())
-    # a run saved before generous.scale existed trained its GT with the k^2-scaled term: it resumes with it
-    tree.setdefault("generous", {}).setdefault("scale", "k_squared")
-    saved = RunConfig.model_validate(tree)
+    saved = run.saved_config()
     if requested is not None and keys:
         resolve_names(requested)
         diffs = differences(saved, requested, keys)
@@ -154,7 +150,7 @@ def _prepare(
 
     result = broadcast_object(agree(env, check), env)
     kept = within_budget(result)  # every rank has the result: none fits is one error on all of them
-    cfg.student.arch = kept[0] if len(kept) == 1 else kept
+    cfg.student.arch = kept
     return splits, result
 
 
@@ -279,6 +275,7 @@ def _train(
     arch = stage.arch(cfg)
     metrics = {
         "arch": arch,
+        **stage.identity(),
         **metrics,
         "params": count_params(job.model),
         "macs": count_macs(job.model, setup.img_size),

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import Setting
-from .stages import title
 
 PLOTS = {
     "accuracy_latency": "Top-1 accuracy vs p50 latency",
@@ -109,8 +108,9 @@ def training_curves(
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     for stage in dict.fromkeys(h["stage"] for h in history):
         recs = [h for h in history if h["stage"] == stage]
-        acc.plot([h["epoch"] for h in recs], [h["top1"] for h in recs], marker=".", label=title(stage))
-        loss.plot([h["epoch"] for h in recs], [h["train_loss"] for h in recs], marker=".", label=title(stage))
+        label = report["titles"].get(stage, stage)
+        acc.plot([h["epoch"] for h in recs], [h["top1"] for h in recs], marker=".", label=label)
+        loss.plot([h["epoch"] for h in recs], [h["train_loss"] for h in recs], marker=".", label=label)
     acc.set(xlabel="epoch", ylabel="val top-1 %", title=PLOTS["training_curves"])
     loss.set(xlabel="epoch", ylabel="train loss", yscale="log")
     acc.legend(fontsize=7)

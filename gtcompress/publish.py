@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from timm.models import save_for_hf
 from torch import nn
@@ -27,7 +26,7 @@ from .export.sidecar import read_sidecar
 from .models import ModelSpec, load_model
 from .report import build_report, write_report
 from .rundir import BENCH_FILE, RunDir, atomic_dir, read_json, resolve_run, write_json, write_text
-from .stages import distilled_students, trained
+from .stages import distilled_students, stage_records
 
 PUBLISH_FORMAT = "gtcompress-publish/1"  # config.json's `gtcompress.format`: the folder is ours to replace
 
@@ -53,8 +52,8 @@ class PublishConfig(BaseModel):
 def publish(cfg: PublishConfig, say: Callable[[str], None] = print) -> Path:
     """Write the folder (complete before any upload), then push it with `--push`; returns the folder."""
     run = resolve_run(cfg.run)
-    metrics = run.metrics()
-    stage = _stage(metrics, cfg.stage)
+    records = stage_records(run)
+    stage = _stage(records, cfg.stage)
     out = Path(cfg.out)
     _check_out(out, run, cfg.force)
     model, spec, _ = load_model(run.checkpoint(stage))
@@ -71,8 +70,9 @@ def publish(cfg: PublishConfig, say: Callable[[str], None] = print) -> Path:
         files = _copy_onnx(run, onnx, sidecar, folder)
         write_json(folder / "report.json", report)
         load_name = f"hf-hub:{cfg.push}" if cfg.push else f"local-dir:{out.name}"
-        tree = yaml.safe_load(run.config.read_text())
-        card = Card(report, tree, metrics, stage, files, sidecar, cfg.license, load_name, cfg.push)
+        tree = run.saved_config().model_dump(mode="json")
+        engines = any(r.stage == stage and r.format == "engine" for r in run.exports())
+        card = Card(report, tree, records, engines, stage, files, sidecar, cfg.license, load_name, cfg.push)
         write_text(folder / "README.md", model_card(card))
     say(f"wrote {out}: config.json, model.safetensors, {', '.join(r['path'] for r in files)}, report.json, README.md")
     if cfg.push:
@@ -108,16 +108,16 @@ def _save_model(
     save_for_hf(model, folder, model_config=model_config, data_config=data_config, safe_serialization=True)
 
 
-def _stage(metrics: dict[str, Any], name: str | None) -> str:
+def _stage(records: dict[str, dict[str, Any]], name: str | None) -> str:
     """The stage to publish: the one named, else the run's one student distilled from the GT."""
     if name is not None:
-        if name not in trained(metrics):
-            raise UserError(f"the run has no finished stage {name!r}", f"pass --stage {' | '.join(trained(metrics))}")
+        if name not in records:
+            raise UserError(f"the run has no finished stage {name!r}", f"pass --stage {' | '.join(records)}")
         return name
-    students = distilled_students(metrics)
+    students = distilled_students(records)
     if len(students) != 1:
         what = "no finished student" if not students else f"{len(students)} students"
-        raise UserError(f"the run has {what}", f"pass --stage {' | '.join(students or trained(metrics))}")
+        raise UserError(f"the run has {what}", f"pass --stage {' | '.join(students or records)}")
     return students[0]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .rundir import RunDir, read_json
-from .stages import DEPLOYABLE_TEACHERS, distilled_students
+from .stages import deployable_teachers, distilled_students
 
 Point = dict[str, Any]  # at least "top1" (%) and "p50_ms"; "role" "student" (the default) or "teacher"
 
@@ -77,7 +77,7 @@ def no_speed_line(points: list[Point], backend: str | None, batch_size: int) -> 
 
 def which_student(
     run: RunDir,
-    metrics: dict[str, Any],
+    records: dict[str, dict[str, Any]],
     rows: list[dict[str, Any]],
     backend: str | None,
     batch_size: int,
@@ -92,7 +92,10 @@ def which_student(
         budget_ms = check["budget_ms"]
         if (check["backend"], check["batch_size"]) != (backend, batch_size):
             budget_set_on = f"{check['backend']} {check['precision']} at batch {check['batch_size']}"
-    roles = {**{t: "teacher" for t in DEPLOYABLE_TEACHERS}, **{s: "student" for s in distilled_students(metrics)}}
+    roles = {
+        **{t: "teacher" for t in deployable_teachers(records)},
+        **{s: "student" for s in distilled_students(records)},
+    }
     points = [
         {
             "name": r["name"],

@@ -109,6 +109,7 @@ class BenchFile(Record):
     versions: dict[str, str]
     settings: dict[str, Any]
     models: dict[str, ModelSize]
+    reference: str | None = None  # the teacher stage speed-ups are measured against
     results: list[BenchResult]
     skipped: list[Skipped] = []
     missing: list[str] = []

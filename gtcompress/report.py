@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich import box
 from rich.table import Table
 
@@ -25,15 +24,15 @@ from .plots import PLOTS, make_plots
 from .recommend import pareto_note, pareto_rows, recommendation_line, which_student
 from .records import BenchFile, BenchResult, ExportRecord, in_order
 from .rundir import RunDir, write_bytes, write_json, write_text
-from .stages import distilled_students, sibling, title, trained
+from .stages import controls_of, deployable_teachers, distilled_students, stage_records
 
-# Students' top-1 differences: key -> (the arm subtracted, its column). CE-only asks whether distillation helps;
-# <-ST whether the GT helps; <-continued whether a fine-tuned GT helps beyond its extra epochs; <-born-again
-# whether a scratch GT helps beyond being itself a distilled model.
+# Students' top-1 differences: key -> (the teacher of the control student subtracted, its column). <-ST asks
+# whether the GT helps; <-continued whether a fine-tuned GT helps beyond its extra epochs; <-born-again whether a
+# scratch GT helps beyond being itself a distilled model (the CE-only student: whether distillation helps at all).
 DELTAS = {
-    "delta_vs_st_student": ("student_from_standard", "Δ vs ←ST"),
-    "delta_vs_continued_student": ("student_from_continued", "Δ vs ←continued"),
-    "delta_vs_born_again_student": ("student_from_born_again", "Δ vs ←born-again"),
+    "delta_vs_st_student": ("standard_teacher", "Δ vs ←ST"),
+    "delta_vs_continued_student": ("continued_teacher", "Δ vs ←continued"),
+    "delta_vs_born_again_student": ("born_again_teacher", "Δ vs ←born-again"),
 }
 DELTA_NOTE = (
     "Δ vs ←ST is top-1 minus the student distilled from the Standard Teacher (does the GT help?); "
@@ -45,16 +44,15 @@ DELTA_NOTE = (
 )
 
 
-def stage_table(metrics: dict[str, Any]) -> Table:
+def stage_table(records: dict[str, dict[str, Any]]) -> Table:
     """One row per trained stage: accuracy, size and training cost."""
     table = Table(title="gtcompress distill", title_justify="left")
     for col in ("stage", "model", "top-1 %", "top-5 %", "params", "MMACs", "epochs", "train s"):
         table.add_column(col, justify="left" if col in ("stage", "model") else "right")
-    for name in trained(metrics):
-        m = metrics[name]
+    for m in records.values():
         top5 = f"{m['top5']:.2f}" if "top5" in m else "-"
         table.add_row(
-            title(name, m["arch"]),
+            m["title"],
             m["arch"],
             f"{m['top1']:.2f}",
             top5,
@@ -66,9 +64,9 @@ def stage_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-def _header(run: RunDir, metrics: dict[str, Any], bench: BenchFile | None) -> dict[str, Any]:
-    cfg = yaml.safe_load(run.config.read_text()) or {}
-    env = cfg.get("environment", {})
+def _header(run: RunDir, records: dict[str, dict[str, Any]], bench: BenchFile | None) -> dict[str, Any]:
+    cfg = run.saved_config()
+    env = cfg.environment or {}
     if bench:
         dev = bench.device
         machine = (f"{dev['gpu']} (CUDA {dev.get('cuda_version')}), " if dev.get("cuda") else "") + (
@@ -76,18 +74,16 @@ def _header(run: RunDir, metrics: dict[str, Any], bench: BenchFile | None) -> di
         )
     else:
         machine = f"{env.get('device_name', '?')} (training device {env.get('device', '?')})"
-    student = cfg.get("student", {})
-    generous = cfg.get("generous", {})
+    g = cfg.generous
     return {
         "run": run.path.name,
         "command": env.get("command", "?"),
         "bench_command": bench.command if bench else None,
-        "data": cfg.get("data", {}).get("name", "?"),
+        "data": cfg.data.name,
         "num_classes": next((m.num_classes for m in bench.models.values()), None) if bench else None,
-        "method": f"{student.get('method', '?')} from the Generous Teacher (beta {generous.get('beta')}, "
-        f"k {generous.get('k')}, init {generous.get('init')})",
-        "teacher": metrics.get("standard_teacher", {}).get("arch"),
-        "student": ", ".join(metrics[s]["arch"] for s in distilled_students(metrics)) or None,
+        "method": f"{cfg.student.method} from the Generous Teacher (beta {g.beta}, k {g.k}, init {g.init})",
+        "teacher": next((m["arch"] for m in records.values() if m["role"] == "standard"), None),
+        "student": ", ".join(records[s]["arch"] for s in distilled_students(records)) or None,
         "machine": machine,
         "trained_on": f"{env.get('device', '?')} x{env.get('world_size', 1)}",
         "run_started": env.get("started"),
@@ -99,30 +95,30 @@ def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | 
     """The report's content: header, one row per model x verified precision (each timed at its best setting),
     bench results, the accuracy-latency front with a recommendation (within `budget_ms`, default the run's
     latency budget), notes."""
-    metrics, bench, exports = run.metrics(), run.bench(), run.exports()
+    records, bench, exports = stage_records(run), run.bench(), run.exports()
     results = bench.results if bench else []
     if batch_size is None:
         batch_size = min((r.batch_size for r in results), default=1)
     backends = [b for b in BACKENDS if any(r.backend == b for r in results)]  # the registry's order: headline first
     primary = backends[0] if backends else None
-    teacher = (reference_teacher(bench) if bench else None) or (
-        "generous_teacher" if "generous_teacher" in metrics else "standard_teacher"
-    )
+    teachers = deployable_teachers(records)
+    teacher = (reference_teacher(bench) if bench else None) or (teachers[0] if teachers else None)
     rows = [
-        _row(run, metrics, exports, stage, precision, bench, batch_size, backends)
-        for stage in trained(metrics)
+        _row(run, records, exports, stage, precision, bench, batch_size, backends)
+        for stage in records
         for precision in _precisions(exports, stage)
     ]
     _add_ratios(rows, teacher, primary)
     return {
-        "header": _header(run, metrics, bench),
+        "header": _header(run, records, bench),
         "batch_size": batch_size,
         "primary_backend": primary,
         "backends": backends,
         "teacher": teacher,
+        "titles": {name: m["title"] for name, m in records.items()},
         "rows": rows,
         "bench": [r.model_dump(mode="json", exclude={"samples_ms"}) for r in results],
-        **which_student(run, metrics, rows, primary, batch_size, budget_ms),
+        **which_student(run, records, rows, primary, batch_size, budget_ms),
         "notes": _notes(bench, run),
     }
 
@@ -143,7 +139,7 @@ def _precisions(exports: list[ExportRecord], stage: str) -> list[str]:
 
 def _row(
     run: RunDir,
-    metrics: dict[str, Any],
+    records: dict[str, dict[str, Any]],
     exports: list[ExportRecord],
     stage: str,
     precision: str,
@@ -153,19 +149,17 @@ def _row(
 ) -> dict[str, Any]:
     """One model at one precision: its file, size, accuracy, deltas vs the control students, and its p50 per
     backend at its best setting (named)."""
-    m, ckpt = metrics[stage], run.checkpoint(stage)
+    m, ckpt = records[stage], run.checkpoint(stage)
     onnx = _export(exports, stage, precision, backends[0] if backends else None)
     file, size = (onnx.path, onnx.bytes) if onnx else (ckpt.name, ckpt.stat().st_size if ckpt.is_file() else None)
     top1 = m["top1"] if precision == "fp32" else onnx.top1
-    bases = {key: sibling(stage, base) for key, (base, _) in DELTAS.items()}  # the same student's controls
-    deltas = {
-        key: top1 - metrics[base]["top1"] if base in metrics and stage.startswith("student") else None
-        for key, base in bases.items()
-    }
+    controls = controls_of(records, stage)  # the same student's control students, by their teachers
+    deltas = {key: top1 - records[controls[t]]["top1"] if t in controls else None for key, (t, _) in DELTAS.items()}
     best = {b: bench.best(stage, b, precision, batch_size) for b in backends} if bench else {}
     return {
-        "name": title(stage, m["arch"]) + ("" if precision == "fp32" else f" {precision}"),
+        "name": m["title"] + ("" if precision == "fp32" else f" {precision}"),
         "stage": stage,
+        "role": m["role"],
         "arch": m["arch"],
         "precision": precision,
         "file": file,
@@ -184,7 +178,7 @@ def _add_ratios(rows: list[dict[str, Any]], teacher: str, primary: str | None) -
     """What compression bought, for the students: × faster and × smaller than the teacher at fp32."""
     ref = next((r for r in rows if r["stage"] == teacher and r["precision"] == "fp32"), None)
     for row in rows:
-        student = ref is not None and row["stage"].startswith("student")
+        student = ref is not None and row["role"] == "student"
         fast = student and primary in ref["p50_ms"] and primary in row["p50_ms"]
         row["speedup"] = ref["p50_ms"][primary] / row["p50_ms"][primary] if fast else None
         row["size_ratio"] = ref["bytes"] / row["bytes"] if student and ref["bytes"] and row["bytes"] else None

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from .errors import UserError
+from .config import RunConfig
+from .errors import UserError, first_line
 from .records import BenchFile, ExportRecord, RejectedExport
+from .typed import validate
 
 RUNS_ROOT = Path("runs")
 BENCH_FILE = "bench.json"
@@ -98,6 +101,17 @@ class RunDir:
     export_dir = property(lambda self: self.path / "export")
     progress_dir = property(lambda self: self.path / "checkpoints")
     candidates = property(lambda self: self.path / "candidates.json")  # the latency pre-check, when a budget was set
+
+    def saved_config(self) -> RunConfig:
+        """config.yaml as the run's configuration. A run saved before generous.scale existed trained its GT with
+        the k^2-scaled term: it reads (and resumes) with it."""
+        try:
+            tree = yaml.safe_load(self.config.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{self.config} is not valid YAML ({first_line(e)})", "restore it from the run") from None
+        if isinstance(tree.get("generous"), dict):
+            tree["generous"].setdefault("scale", "k_squared")
+        return validate(RunConfig, tree, f"{self.config} is not a gtcompress run configuration", "restore it")
 
     def checkpoint(self, stage: str) -> Path:
         """The finished stage's model checkpoint."""

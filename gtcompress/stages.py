@@ -1,8 +1,9 @@
 """The stages of a distill run, defined once: Standard Teacher -> Generous Teacher -> students, and the controls.
 
-Each stage is data: its name (the checkpoint, metrics.json and history.jsonl key), title, seed offset, the stage
-that teaches it, how its model is built, its objective and schedule, and when it runs. The pipeline loops over
-`stages(cfg)` in order; report, bench, export and the benchmarks read names and titles from here.
+Each stage is data: its name (the checkpoint, metrics.json and history.jsonl key), title, role (standard,
+generous, control, student), the student architecture it trains, the stage that teaches it, how its model is built,
+its objective and schedule, and when it runs. The pipeline loops over `stages(cfg)` in order and writes each stage's
+identity into metrics.json; report, bench, publish and the CLI read those fields (`stage_records`), never a name.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Stage:
 
     name: str
     title: str
+    role: str  # standard | generous | control (a teacher's control) | student
     seed_offset: int  # stages that share an offset share initial weights and data order
     arch: Callable[[RunConfig], str]
     build: Callable[[RunConfig, int, Models], nn.Module]  # (cfg, num_classes, finished models) -> model
@@ -36,6 +38,11 @@ class Stage:
     teacher: str | None = None  # the stage whose frozen model feeds the objective
     skip: Callable[[RunConfig], str | None] = lambda cfg: None  # why the stage does not run, or None
     record: Callable[[RunConfig], dict[str, Any]] = field(default=lambda cfg: {})  # extra metrics.json keys
+    student: str | None = None  # a student stage's architecture, as configured
+
+    def identity(self) -> dict[str, Any]:
+        """What metrics.json records of who the stage is: read by everything downstream instead of its name."""
+        return {"title": self.title, "role": self.role, "teacher_stage": self.teacher, "student": self.student}
 
 
 def _standard(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
@@ -89,27 +96,26 @@ def _no_compare(cfg: RunConfig) -> str | None:
     return None if cfg.compare else "without --compare"
 
 
-def _no_continued(cfg: RunConfig) -> str | None:
-    """The continued teacher controls for the GT's extra epochs; it has none to control for in these cases."""
-    if not cfg.compare:
-        return "without --compare"
-    if cfg.generous.checkpoint is not None:
-        return "the Generous Teacher was loaded, so its extra training is not known"
-    if cfg.generous.init == "scratch":
-        return "the Generous Teacher is trained from scratch, so it has no extra epochs over the ST"
-    return None
+def _control(init: str, why_not: str) -> Callable[[RunConfig], str | None]:
+    """When a control teacher runs: with --compare, for a GT trained here with `init` (the continued teacher controls
+    for a fine-tuned GT's extra epochs, the born-again teacher for a scratch GT being itself a distilled model)."""
+
+    def skip(cfg: RunConfig) -> str | None:
+        if not cfg.compare:
+            return "without --compare"
+        if cfg.generous.checkpoint is not None:
+            return "the Generous Teacher was loaded, so its training is not known"
+        return None if cfg.generous.init == init else why_not
+
+    return skip
 
 
-def _no_born_again(cfg: RunConfig) -> str | None:
-    """The born-again teacher controls for a scratch GT being itself a distilled model; a fine-tune has the
-    continued teacher instead."""
-    if not cfg.compare:
-        return "without --compare"
-    if cfg.generous.checkpoint is not None:
-        return "the Generous Teacher was loaded, so its training is not known"
-    if cfg.generous.init == "standard":
-        return "the Generous Teacher is fine-tuned from the ST: its control is the continued teacher"
-    return None
+_no_continued = _control(
+    "standard", "the Generous Teacher is trained from scratch, so it has no extra epochs over the ST"
+)
+_no_born_again = _control(
+    "scratch", "the Generous Teacher is fine-tuned from the ST: its control is the continued teacher"
+)
 
 
 # The born-again teacher's plain KD (Furlanello et al. 2018): all classes at this fixed T, scaled by T^2.
@@ -121,8 +127,8 @@ def _initial(arch: str) -> dict[str, Any]:
     return {"source": arch} if model_source(arch) else {}
 
 
-def _student_record(teacher: str, arch: str) -> Callable[[RunConfig], dict[str, Any]]:
-    return lambda cfg: {"teacher_stage": teacher, "method": cfg.student.method, **_initial(arch)}
+def _student_record(arch: str) -> Callable[[RunConfig], dict[str, Any]]:
+    return lambda cfg: {"method": cfg.student.method, **_initial(arch)}
 
 
 def _student_stages(arch: str, suffix: str) -> list[Stage]:
@@ -134,6 +140,7 @@ def _student_stages(arch: str, suffix: str) -> list[Stage]:
         return Stage(
             base + suffix,
             TITLES[base] + (f" ({arch})" if suffix else ""),
+            "student",
             2,
             lambda cfg: base_arch(arch),
             lambda cfg, num_classes, models: create_model(arch, num_classes, small_stem=cfg.small_stem),
@@ -142,22 +149,15 @@ def _student_stages(arch: str, suffix: str) -> list[Stage]:
             teacher,
             skip,
             record,
+            student=arch,
         )
 
     kd, ce = (lambda cfg: student_objective(cfg.student)), (lambda cfg: ce_objective(cfg.student.train.label_smoothing))
     return [
-        stage("student", "generous_teacher", lambda cfg: None, kd, _student_record("generous_teacher", arch)),
-        stage("student_from_standard", "standard_teacher", _no_compare, kd, _student_record("standard_teacher", arch)),
-        stage(
-            "student_from_continued", "continued_teacher", _no_continued, kd, _student_record("continued_teacher", arch)
-        ),
-        stage(
-            "student_from_born_again",
-            "born_again_teacher",
-            _no_born_again,
-            kd,
-            _student_record("born_again_teacher", arch),
-        ),
+        stage("student", "generous_teacher", lambda cfg: None, kd, _student_record(arch)),
+        stage("student_from_standard", "standard_teacher", _no_compare, kd, _student_record(arch)),
+        stage("student_from_continued", "continued_teacher", _no_continued, kd, _student_record(arch)),
+        stage("student_from_born_again", "born_again_teacher", _no_born_again, kd, _student_record(arch)),
         stage("student_ce", None, _no_compare, ce, lambda cfg: {"method": "ce", **_initial(arch)}),
     ]
 
@@ -181,6 +181,7 @@ TEACHER_STAGES: tuple[Stage, ...] = (
     Stage(
         "standard_teacher",
         TITLES["standard_teacher"],
+        "standard",
         0,
         lambda cfg: base_arch(cfg.teacher.arch),
         _standard,
@@ -191,6 +192,7 @@ TEACHER_STAGES: tuple[Stage, ...] = (
     Stage(
         "generous_teacher",
         TITLES["generous_teacher"],
+        "generous",
         1,
         _gt_arch,
         _generous,
@@ -209,6 +211,7 @@ TEACHER_STAGES: tuple[Stage, ...] = (
     Stage(
         "continued_teacher",
         TITLES["continued_teacher"],
+        "control",
         1,
         _gt_arch,
         _continued,
@@ -223,6 +226,7 @@ TEACHER_STAGES: tuple[Stage, ...] = (
     Stage(
         "born_again_teacher",
         TITLES["born_again_teacher"],
+        "control",
         1,
         _gt_arch,
         _born_again,
@@ -249,7 +253,7 @@ def stages(cfg: RunConfig) -> list[Stage]:
 
     One student keeps the plain names (`student`, `student_ce`, ...); several get `_<student>` suffixes.
     """
-    archs = cfg.student.archs
+    archs = cfg.student.arch
     suffix = (lambda arch: "") if len(archs) == 1 else student_suffix
     return [*TEACHER_STAGES, *(s for arch in archs for s in _student_stages(arch, suffix(arch)))]
 
@@ -259,39 +263,44 @@ def run_stages(cfg: RunConfig) -> list[str]:
     return [s.name for s in stages(cfg) if s.skip(cfg) is None]
 
 
-def _base(name: str) -> str | None:
-    """The one-student stage a stage name derives from (`student_ce_lcnet_050` -> `student_ce`), or None."""
-    return next((b for b in sorted(TITLES, key=len, reverse=True) if name == b or name.startswith(b + "_")), None)
-
-
-def title(name: str, arch: str | None = None) -> str:
-    """A stage's title from its name (and, for a suffixed student stage, its student's arch)."""
-    base = _base(name)
-    if base is None:
-        return name
-    return TITLES[base] + (f" ({arch})" if name != base and arch else "")
-
-
-def sibling(name: str, base: str) -> str:
-    """The stage `base` of the same student as `name` (`student_lcnet_050`, `student_ce` -> `student_ce_lcnet_050`)."""
-    own = _base(name)
-    return base + (name[len(own) :] if own else "")
-
-
-def is_stage(name: str) -> bool:
-    return title(name) != name
-
-
 def trained(metrics: dict[str, Any]) -> list[str]:
     """The stages recorded in a run's metrics.json, in training order."""
     return [k for k, m in metrics.items() if k != "export" and isinstance(m, dict) and "top1" in m]
 
 
-def distilled_students(metrics: dict[str, Any]) -> list[str]:
+def stage_records(run: Any) -> dict[str, dict[str, Any]]:
+    """Every finished stage's metrics.json record with its identity (title, role, teacher_stage, student), in
+    training order. A run from before identities were recorded gets them from its saved configuration's stages."""
+    metrics = run.metrics()
+    known = {s.name: s.identity() for s in stages(run.saved_config())} if metrics else {}
+    records = {}
+    for name in trained(metrics):
+        identity = known.get(name, {"title": name, "role": None, "teacher_stage": None, "student": None})
+        records[name] = {**identity, **metrics[name]}
+    return records
+
+
+def distilled_students(records: dict[str, dict[str, Any]]) -> list[str]:
     """The run's students distilled from the GT (one per student architecture), in training order."""
-    return [k for k, m in metrics.items() if isinstance(m, dict) and m.get("teacher_stage") == "generous_teacher"]
+    return [
+        k for k, m in records.items() if m.get("role") == "student" and m.get("teacher_stage") == "generous_teacher"
+    ]
+
+
+def controls_of(records: dict[str, dict[str, Any]], stage: str) -> dict[str, str]:
+    """A student stage's control students (same student, seed and schedule): teacher stage -> stage name."""
+    me = records[stage]
+    if me.get("role") != "student":
+        return {}
+    same = [k for k, m in records.items() if m.get("role") == "student" and m.get("student") == me.get("student")]
+    return {records[k]["teacher_stage"]: k for k in same if k != stage and records[k].get("teacher_stage")}
+
+
+def deployable_teachers(records: dict[str, dict[str, Any]]) -> list[str]:
+    """The teachers a deployment could ship instead of a student (the controls are not), the GT first: the speed
+    reference."""
+    return [k for role in DEPLOYABLE_ROLES for k, m in records.items() if m.get("role") == role]
 
 
 STAGE_NAMES: tuple[str, ...] = tuple(TITLES)  # the stages of a one-student run, in training order
-# The teachers a deployment could ship instead of a student, the speed reference first (the controls are not).
-DEPLOYABLE_TEACHERS: tuple[str, ...] = ("generous_teacher", "standard_teacher")
+DEPLOYABLE_ROLES: tuple[str, ...] = ("generous", "standard")

@@ -15,7 +15,7 @@ from .export.precisions import Tolerance
 from .recommend import recommendation_line
 from .report import build_report, report_table, write_report
 from .rundir import resolve_run
-from .stages import distilled_students
+from .stages import distilled_students, stage_records
 from .typed import validate
 
 
@@ -52,7 +52,7 @@ def _exports(workflow: Workflow, run: Path, students: list[str]) -> list[ExportC
 def run_workflow(run: Path | None, workflow: Workflow, say: Callable[[str], None], console: Console) -> None:
     """Export what is stale, bench, and write the report of the run at `run` (default runs/latest)."""
     rundir = resolve_run(run)
-    for cfg in _exports(workflow, rundir.path, distilled_students(rundir.metrics())):
+    for cfg in _exports(workflow, rundir.path, distilled_students(stage_records(rundir))):
         if is_up_to_date(cfg):
             say(f"{cfg.stage}: exports are up to date")
         else:

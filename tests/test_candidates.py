@@ -39,7 +39,11 @@ def _rows(models):
     ]  # fmt: skip
 
 
-METRICS = {"standard_teacher": {}, "generous_teacher": {}, "student": {"teacher_stage": "generous_teacher"}}
+METRICS = {  # stage records: their identities decide who is a candidate, not their names
+    "standard_teacher": {"role": "standard"},
+    "generous_teacher": {"role": "generous"},
+    "student": {"role": "student", "teacher_stage": "generous_teacher"},
+}
 
 
 def test_a_student_slower_than_its_teacher_is_not_shipped_and_the_report_says_why(tmp_path):

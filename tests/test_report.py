@@ -105,6 +105,22 @@ def test_html_is_self_contained_with_every_plot_a_decodable_png(workflow_run):
         assert width > 300 and height > 200
 
 
+def test_a_stage_of_a_new_role_reaches_the_report_without_other_edits(workflow_run, tmp_path):
+    """The report reads each stage's recorded identity: a role it has never heard of is shown as it is."""
+    import shutil
+
+    run = copy_run(workflow_run, tmp_path / "run")
+    m = metrics(run)
+    m["assistant_teacher"] = {**m["standard_teacher"], "title": "teacher assistant", "role": "assistant"}
+    (run / "metrics.json").write_text(json.dumps(m))
+    shutil.copy(run / "standard_teacher.pt", run / "assistant_teacher.pt")
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
+    (row,) = [r for r in json.loads((run / "report.json").read_text())["rows"] if r["stage"] == "assistant_teacher"]
+    assert (row["name"], row["role"], row["top1"]) == ("teacher assistant", "assistant", m["standard_teacher"]["top1"])
+    assert "teacher assistant" in (run / "report.md").read_text() and "teacher assistant" in result.stdout
+
+
 def test_report_without_bench_says_how_to_get_latency(pipeline_run, tmp_path):
     run = copy_run(pipeline_run, tmp_path / "run")
     result = invoke("report", run)

@@ -7,7 +7,7 @@ from timm.models import save_for_hf
 
 from gtcompress import losses
 from gtcompress.config import RunConfig
-from gtcompress.stages import distilled_students, is_stage, run_stages, sibling, stages, title, trained
+from gtcompress.stages import controls_of, deployable_teachers, distilled_students, run_stages, stages, trained
 
 FINE_TUNE = {"init": "standard", "train": {"epochs": 4}}
 
@@ -74,20 +74,55 @@ def test_several_students_each_get_their_stages_and_controls_after_the_teachers_
     assert [s.arch(cfg) for s in stages(cfg) if s.skip(cfg) is None][2:] == ["lcnet_050", "resnet18"]
 
 
-def test_titles_siblings_and_names_of_suffixed_stages():
-    assert title("student_ce_lcnet_050", "lcnet_050") == "student (CE only) (lcnet_050)"
-    assert title("student") == "student <- GT" and title("export") == "export"
-    assert sibling("student_lcnet_050", "student_from_standard") == "student_from_standard_lcnet_050"
-    assert sibling("student", "student_from_continued") == "student_from_continued"
-    assert is_stage("student_from_continued_lcnet_050") and not is_stage("teacher")
-    metrics = {
-        "standard_teacher": {"top1": 1.0},
-        "student_a": {"top1": 2.0, "teacher_stage": "generous_teacher"},
-        "student_from_standard_a": {"top1": 3.0, "teacher_stage": "standard_teacher"},
-        "export": [],
+def test_each_stage_carries_its_identity_as_fields():
+    cfg = RunConfig.model_validate({"compare": True, "student": {"arch": ["lcnet_050", "resnet18"]}})
+    by = {s.name: s.identity() for s in stages(cfg)}
+    assert by["standard_teacher"] == {"title": "Standard Teacher", "role": "standard", "teacher_stage": None,
+                                      "student": None}  # fmt: skip
+    assert by["born_again_teacher"]["role"] == "control" and by["generous_teacher"]["role"] == "generous"
+    assert by["student_from_standard_lcnet_050"] == {
+        "title": "student <- ST (lcnet_050)",
+        "role": "student",
+        "teacher_stage": "standard_teacher",
+        "student": "lcnet_050",
     }
-    assert trained(metrics) == ["standard_teacher", "student_a", "student_from_standard_a"]
-    assert distilled_students(metrics) == ["student_a"]
+    assert by["student_ce_resnet18"]["teacher_stage"] is None and by["student_ce_resnet18"]["student"] == "resnet18"
+
+
+def test_students_controls_and_teachers_are_found_by_their_fields_not_their_names():
+    records = {
+        "standard_teacher": {"top1": 1.0, "role": "standard"},
+        "generous_teacher": {"top1": 1.0, "role": "generous"},
+        "x": {"top1": 2.0, "role": "student", "student": "a", "teacher_stage": "generous_teacher"},
+        "y": {"top1": 3.0, "role": "student", "student": "a", "teacher_stage": "standard_teacher"},
+        "z": {"top1": 3.0, "role": "student", "student": "b", "teacher_stage": "standard_teacher"},
+        "w": {"top1": 3.0, "role": "student", "student": "a", "teacher_stage": None},
+    }
+    assert distilled_students(records) == ["x"]
+    assert controls_of(records, "x") == {"standard_teacher": "y"}, "the same student's controls only"
+    assert controls_of(records, "standard_teacher") == {}
+    assert deployable_teachers(records) == ["generous_teacher", "standard_teacher"]
+    assert trained({"a": {"top1": 1.0}, "export": [], "b": {}}) == ["a"]
+
+
+def test_a_run_records_identities_and_an_older_run_gets_them_from_its_configuration(pipeline_run, tmp_path):
+    import json
+    import shutil
+
+    from gtcompress.rundir import RunDir
+    from gtcompress.stages import stage_records
+
+    metrics = json.loads((pipeline_run / "metrics.json").read_text())
+    assert metrics["student_from_born_again"]["role"] == "student"
+    assert metrics["student_from_born_again"]["teacher_stage"] == "born_again_teacher"
+    old = tmp_path / "old"
+    shutil.copytree(pipeline_run, old, symlinks=True)
+    for m in (v for v in metrics.values() if isinstance(v, dict)):
+        for key in ("title", "role", "student"):
+            m.pop(key)
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    records = stage_records(RunDir(old))
+    assert records == stage_records(RunDir(pipeline_run))
 
 
 def test_a_local_student_is_named_by_its_folder_and_recorded_by_its_architecture(tmp_path):

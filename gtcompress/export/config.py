@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from ..errors import UserError
-from ..stages import STAGE_NAMES, is_stage
+from ..stages import STAGE_NAMES
 from ..typed import Frozen
 from .precisions import DEFAULT_TOLERANCES, PRECISIONS, Tolerance
 
@@ -80,13 +80,6 @@ class ExportConfig(Frozen):
         if unknown:
             raise ValueError(f"unknown precision '{unknown[0]}' (choose from {', '.join(PRECISIONS)})")
         return tuple(p for p in PRECISIONS if p in {"fp32", *value})
-
-    @field_validator("stage")
-    @classmethod
-    def _known_stage(cls, value: str) -> str:
-        if not is_stage(value):
-            raise ValueError(f"unknown stage '{value}' (choose from {', '.join(STAGE_NAMES)})")
-        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ExportConfig:

@@ -7,15 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
-from pydantic import ValidationError
 from torch.utils.data import Dataset, IterableDataset, Subset
 
-from ..config import DataConfig, RunConfig
+from ..config import DataConfig
 from ..data import Splits, build_transform, load_splits, loader_workers, transformed
-from ..errors import UserError, first_line
+from ..errors import UserError
 from ..models import ModelSpec
-from ..rundir import resolve_run
+from ..rundir import RunDir, resolve_run
+from ..stages import stages
 from .config import ExportConfig
 
 
@@ -51,13 +50,9 @@ def run_of(path: Path) -> Path | None:
 
 def _run_data(run: Path) -> DataConfig:
     try:
-        return RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text())).data
-    except (yaml.YAMLError, ValidationError) as e:  # a hand-edited or foreign config.yaml
-        reason = first_line(e)
-        raise UserError(
-            f"{run / 'config.yaml'} is not a gtcompress run configuration ({reason})",
-            "pass --dataset NAME to name the data set instead",
-        ) from None
+        return RunDir(run).saved_config().data
+    except UserError as e:  # a hand-edited or foreign config.yaml
+        raise UserError(e.message, "pass --dataset NAME to name the data set instead") from None
 
 
 def data_config(run: Path | None, dataset: str | None, data_root: Path | None, what: str) -> DataConfig:
@@ -83,13 +78,12 @@ def resolve_source(cfg: ExportConfig) -> Source:
         # dots would read as a precision in the artefact names (`my.model.onnx`)
         return Source(ckpt.stem.replace(".", "_"), ckpt.resolve(), Path(cfg.out or ckpt.parent).resolve(), data)
     run = resolve_run(cfg.run)
+    known = [s.name for s in stages(run.saved_config())]
+    if cfg.stage not in known:
+        raise UserError(f"unknown stage '{cfg.stage}'", f"this run's stages: {', '.join(known)}")
     ckpt = run.checkpoint(cfg.stage)
     if not ckpt.is_file():
-        hint = (
-            "finish it with `gtcompress distill --resume --out RUN`"
-            if cfg.stage == "student"
-            else "pick another --model"
-        )
+        hint = "finish it with `gtcompress distill --resume --out RUN`"
         raise UserError(f"{run.path} has no {ckpt.name} (the {cfg.stage} stage did not finish)", hint)
     data = data_config(run.path, cfg.dataset, cfg.data_root, str(run.path))
     return Source(cfg.stage, ckpt, Path(cfg.out or run.path).resolve(), data)
