@@ -77,15 +77,20 @@ def summary(run: Path) -> dict[str, Any]:
 
 
 def checks(s: dict[str, Any]) -> dict[str, bool]:
-    """The issue's numbers: best threads never slower than all threads (onnxruntime, student, every batch);
-    OpenVINO's agreement with PyTorch at least 99.5% for every file."""
+    """The issue's numbers: best threads never slower than all threads (onnxruntime, student, every batch); OpenVINO's
+    agreement with PyTorch at least 99.5% for the float files, and (said apart: int8 rounding is the graph's, the
+    same on both runtimes) for the int8 files."""
     student = [r for r in s["rows"] if r["stage"] == "student" and r["backend"] == "onnxruntime"]
     openvino = [a for a in s["agreement"] if a["backend"] == "openvino"]
+    floats = [a for a in openvino if a["precision"] != "int8"]
     return {
         "student_onnxruntime_best_threads_le_all_threads": all(
             r["best_p50_ms"] <= r["all_threads_p50_ms"] for r in student
         ),
-        "openvino_agreement_ge_99_5": bool(openvino) and all(a["top1_agreement"] >= 99.5 for a in openvino),
+        "openvino_fp32_fp16_agreement_ge_99_5": bool(floats) and all(a["top1_agreement"] >= 99.5 for a in floats),
+        "openvino_int8_agreement_ge_99_5": all(
+            a["top1_agreement"] >= 99.5 for a in openvino if a["precision"] == "int8"
+        ),
     }
 
 
@@ -122,12 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, help="an existing run (default: train the digits pair)")
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
+    parser.add_argument("--report-only", action="store_true", help="re-read backends.json, re-write backends.md")
     args = parser.parse_args(argv)
-    from gtcompress.rundir import write_json, write_text
+    from gtcompress.rundir import read_json, write_json, write_text
 
-    with tempfile.TemporaryDirectory(prefix="gtcompress-backends-") as tmp:
-        run = make(args.run, Path(tmp), args.batch_sizes)
-        result = {"benchmark": "backends", "command": " ".join(["python", *sys.argv]), "summary": summary(run)}
+    if args.report_only:
+        result = read_json(args.results / "backends.json")
+    else:
+        with tempfile.TemporaryDirectory(prefix="gtcompress-backends-") as tmp:
+            run = make(args.run, Path(tmp), args.batch_sizes)
+            result = {"benchmark": "backends", "command": " ".join(["python", *sys.argv]), "summary": summary(run)}
     result["checks"] = checks(result["summary"])
     args.results.mkdir(parents=True, exist_ok=True)
     write_json(args.results / "backends.json", result)
