@@ -1,9 +1,12 @@
 """The backend registry: one entry per runtime, and every consumer offers exactly its entries."""
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from conftest import invoke
+from conftest import copy_run, invoke
 from typer.testing import CliRunner
 
 from gtcompress.backends import BACKENDS, Setting, artefact_kind, backend, runs
@@ -75,3 +78,26 @@ def test_cuda_graphs_need_cuda():
 def test_eval_on_a_backend_that_does_not_run_the_file_is_one_line(workflow_run):
     result = invoke("eval", workflow_run / "export" / "student.onnx", "--backend", "torch")
     assert result.exit_code == 2 and "backend torch does not run student.onnx" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_loader_with_workers_after_openvino_in_the_same_process(workflow_run, tmp_path):
+    """OpenVINO's thread pool is not fork-safe: after it timed the int8 files, a training run in the same process
+    with loader workers crashed the process (it killed a pytest worker). Run in a child, so a crash is a failure."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -e '.[openvino]')")
+    run = copy_run(workflow_run, tmp_path / "timed")
+    script = f"""
+import sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import distill, invoke
+from test_timmdata import write_parquet_digits
+r = invoke("bench", {str(run)!r}, "--backend", "openvino", "--batch-sizes", "1", "--iters", "5", "--threads", "1,2")
+assert r.exit_code == 0, r.output
+hf = write_parquet_digits(Path({str(tmp_path / "hf")!r}))
+r = distill("--dataset", f"hfds/{{hf}}", "--img-size", "32", "--epochs", "1", "--set", "data.workers=2",
+            "--out", {str(tmp_path / "run")!r})
+assert r.exit_code == 0, r.output
+"""
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-2000:]
