@@ -32,8 +32,10 @@ browser:
 # One torch thread per pytest-xdist worker (two torch processes on 2 cores each with 2 threads slow each other ~20x);
 # a test file stays on one worker, so its module fixtures are built once. The slow end-to-end checks run under
 # CI=true (as CI runs this target), or with `make test CI=true`.
+# A crashed worker fails the run rather than being replaced, and the whole run is bounded (each test is, at 10 min).
 test: lint browser
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist loadfile $(if $(CI),,-m "not slow")
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 timeout --kill-after=60 2400 $(BIN)/python -m pytest -q -n auto --dist loadfile \
+	  --max-worker-restart 0 $(if $(CI),,-m "not slow")
 
 gpu-check: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py

@@ -109,7 +109,7 @@ def measure(cfg: RunConfig, num_classes: int, img_size: int, say: Callable[[str]
         say(f"candidate {arch}: p50 {row['p50_ms']:.3f} ms ({where})")
         if not row["faster_than_teacher"]:
             say(
-                f"[yellow]candidate {arch} is not faster than the teacher {teacher['arch']} "
+                f"warning: candidate {arch} is not faster than the teacher {teacher['arch']} "
                 f"({teacher['p50_ms']:.3f} ms on {where}): distilling it buys no speed there"
             )
     return {

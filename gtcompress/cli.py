@@ -24,15 +24,14 @@ from .options import (
     OldModels,
     Sets,
     Students,
-    console,
     distill_overrides,
     only_given,
-    say,
     split,
     stage_alias,
     user_errors,
 )
 from .publish import PublishConfig
+from .terminal import console, say
 from .typed import field_default, field_help, validate
 
 app = typer.Typer(
@@ -110,7 +109,7 @@ def distill(
     run = run_distill(cfg, out=out, resume=resume, console=console, dry_run=dry_run, given=given)
     if run is not None and is_main_process():
         console.print(stage_table(stage_records(run)))
-        console.print(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
+        say(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
 
 
 @app.command()
@@ -288,7 +287,7 @@ def bench(
     )
     result = run_bench(cfg, say=say, console=console)
     console.print(bench_table(result))
-    console.print(f"wrote {Path(result.run) / 'bench.json'}; next: gtcompress report")
+    say(f"wrote {Path(result.run) / 'bench.json'}; next: gtcompress report")
 
 
 @app.command()
@@ -304,7 +303,7 @@ def report(
     ] = None,
 ) -> None:
     """Accuracy, size and latency of every model and artefact, and which student to ship -> RUN/report.*"""
-    from .workflow import report as write
+    from .report import report as write
 
     write(run, batch_size, say, console, latency_budget)
 

@@ -1,34 +1,23 @@
-"""What the command line shares: its consoles, the one error wrapper, and the options and parsers several
+"""What the command line shares: the one error wrapper, and the options and parsers several
 commands take (cli.py keeps only the commands)."""
 
 from __future__ import annotations
 
 import functools
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 import yaml
-from rich.console import Console
 from rich.markup import escape
 
 from .config import BudgetConfig
 from .distributed import is_main_process, report_rank_failure
 from .errors import UserError
+from .terminal import err_console
 from .typed import field_help
-
-# Tables keep their layout in logs and pipes, where rich would otherwise assume 80 columns.
-WIDTH = None if sys.stdout.isatty() else 120
-console = Console(soft_wrap=True, width=WIDTH)
-err_console = Console(stderr=True, soft_wrap=True, width=WIDTH)
-
-
-def say(line: str) -> None:
-    """A progress line as it is: file names and hints hold brackets that rich would read as markup."""
-    console.print(line, markup=False, highlight=False)
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from . import terminal
 from .candidates import candidate_table, measure, within_budget
 from .config import RunConfig, differences, dump_config
 from .data import Splits, build_transform, create_loader, load_splits, loader_workers, transformed
@@ -208,7 +210,7 @@ def _setup(
     if splits.skipped:
         names = ", ".join(Path(p).name for p in splits.skipped[:10])
         say(
-            f"[yellow]skipped {len(splits.skipped)} unreadable image(s): {names}"
+            f"warning: skipped {len(splits.skipped)} unreadable image(s): {names}"
             f"{', ...' if len(splits.skipped) > 10 else ''}"
         )
     if splits.eval_split:
@@ -298,7 +300,7 @@ def _run(
     console: Console,
     dry_run: bool,
 ) -> RunDir | None:
-    say = console.print if env.is_main else (lambda *a, **k: None)
+    say = functools.partial(terminal.say, to=console) if env.is_main else (lambda line: None)
     splits = None
     if run is None:
         requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
@@ -330,7 +332,7 @@ def _run(
             )
     except KeyboardInterrupt:
         if run is not None:
-            say(f"\n[yellow]interrupted: continue with `gtcompress distill --resume --out {run.path}`")
+            say(f"\ninterrupted: continue with `gtcompress distill --resume --out {run.path}`")
         raise
     finally:
         if writer is not None:

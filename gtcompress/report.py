@@ -2,7 +2,8 @@
 
 `build_report` joins metrics.json (accuracy, params, MACs, exports), bench.json (latency) and history.jsonl
 (training curves) into one table; `write_report` writes it as report.md, report.json and a self-contained
-report.html with the plots embedded (PNG files of the plots also go to `<run>/plots/`).
+report.html with the plots embedded (PNG files of the plots also go to `<run>/plots/`); `report` is the
+`gtcompress report` command's work (both, then the table, recommendation and notes printed).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import base64
 import html
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from .backends import BACKENDS
@@ -23,7 +25,7 @@ from .export.precisions import PRECISIONS
 from .plots import PLOTS, make_plots
 from .recommend import pareto_note, pareto_rows, recommendation_line, which_student
 from .records import BenchFile, BenchResult, ExportRecord, in_order
-from .rundir import RunDir, write_bytes, write_json, write_text
+from .rundir import RunDir, resolve_run, write_bytes, write_json, write_text
 from .stages import controls_of, deployable_teachers, distilled_students, stage_records
 
 # Students' top-1 differences: key -> (the teacher of the control student subtracted, its column). <-ST asks
@@ -387,3 +389,22 @@ def write_report(run: RunDir, report: dict[str, Any]) -> list[Path]:
     write_json(paths[1], report)
     write_text(paths[2], html_page(report, plots))
     return paths
+
+
+def report(
+    run: Path | None,
+    batch_size: int | None,
+    say: Callable[[str], None],
+    console: Console,
+    budget_ms: float | None = None,
+) -> None:
+    """Write report.{md,json,html} of the run and print its table, its recommendation and notes."""
+    rundir = resolve_run(run)
+    content = build_report(rundir, batch_size, budget_ms)
+    paths = write_report(rundir, content)
+    console.print(report_table(content))
+    if content["pareto"]["points"]:
+        say(recommendation_line(content))
+    for note in content["notes"]:
+        console.print(f"note: {note}", markup=False, highlight=False, style="dim")
+    say(f"wrote {', '.join(str(p) for p in paths)}")

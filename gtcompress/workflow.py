@@ -12,8 +12,7 @@ from .bench import BenchConfig, bench_table, run_bench
 from .export.config import ExportConfig
 from .export.exporter import artefact_table, is_up_to_date, run_export
 from .export.precisions import Tolerance
-from .recommend import recommendation_line
-from .report import build_report, report_table, write_report
+from .report import report
 from .rundir import resolve_run
 from .stages import distilled_students, stage_records
 from .typed import validate
@@ -61,22 +60,3 @@ def run_workflow(run: Path | None, workflow: Workflow, say: Callable[[str], None
         result = run_bench(workflow.bench.model_copy(update={"run": rundir.path}), say=say, console=console)
         console.print(bench_table(result))
     report(rundir.path, None, say, console)
-
-
-def report(
-    run: Path | None,
-    batch_size: int | None,
-    say: Callable[[str], None],
-    console: Console,
-    budget_ms: float | None = None,
-) -> None:
-    """Write report.{md,json,html} of the run and print its table, its recommendation and notes."""
-    rundir = resolve_run(run)
-    content = build_report(rundir, batch_size, budget_ms)
-    paths = write_report(rundir, content)
-    console.print(report_table(content))
-    if content["pareto"]["points"]:
-        say(recommendation_line(content))
-    for note in content["notes"]:
-        console.print(f"note: {note}", markup=False, highlight=False, style="dim")
-    say(f"wrote {', '.join(str(p) for p in paths)}")

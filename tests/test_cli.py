@@ -79,3 +79,13 @@ def test_models_lists_and_filters():
     result = invoke("models", "mobilenetv3_small")
     assert result.exit_code == 0 and "mobilenetv3_small_050" in result.stdout and "resnet50" not in result.stdout
     assert_one_line_error(invoke("models", "zzz_no_such"), "no timm model matches")
+
+
+def test_say_prints_brackets_as_they_are():
+    from rich.console import Console
+
+    from gtcompress.terminal import say
+
+    out = Console(record=True, width=200)
+    say("wrote runs/x[1]/report.md; pip install 'gtcompress[trt]' [yellow]", to=out)
+    assert out.export_text().strip() == "wrote runs/x[1]/report.md; pip install 'gtcompress[trt]' [yellow]"

@@ -31,7 +31,8 @@ def torchrun(*args, nproc=2, entry=("-m", "gtcompress"), env=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
     cmd = [*launcher, "--master-port", str(free_port()), *entry, *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    # its own session: torchrun signals its workers' process groups as it stops them, never the test's
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env, start_new_session=True)
 
 
 def free_port() -> int:

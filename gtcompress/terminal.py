@@ -1,0 +1,17 @@
+"""The consoles the commands print to, and the one way to print a progress line."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+# Tables keep their layout in logs and pipes, where rich would otherwise assume 80 columns.
+WIDTH = None if sys.stdout.isatty() else 120
+console = Console(soft_wrap=True, width=WIDTH)
+err_console = Console(stderr=True, soft_wrap=True, width=WIDTH)
+
+
+def say(line: str, to: Console | None = None) -> None:
+    """A progress line as it is: file names and hints hold brackets that rich would read as markup."""
+    (to or console).print(line, markup=False, highlight=False)
