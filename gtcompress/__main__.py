@@ -1,4 +1,4 @@
 from .cli import app
 
-if __name__ == "__main__":  # loader workers import this module from a forkserver: it must not run the app again
+if __name__ == "__main__":
     app(prog_name="gtcompress")

@@ -10,7 +10,6 @@ from rich.columns import Columns
 
 from .backends import backend_help
 from .bench import BenchConfig, parse_batch_sizes, parse_threads
-from .data import start_workers_from_forkserver
 from .distributed import is_main_process
 from .errors import UserError
 from .export.config import ExportConfig, parse_tolerances
@@ -45,7 +44,6 @@ app = typer.Typer(
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False) -> None:
     """Options before the command (read by `user_errors` from the root context)."""
-    start_workers_from_forkserver()
 
 
 @app.command()

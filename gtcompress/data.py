@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -352,14 +351,6 @@ def _pad_crop_transform(img_size: int, pad: int, hflip: float, mean: Sequence[fl
     resize = T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC)
     crop = T.RandomCrop(img_size, padding=pad)
     return T.Compose([resize, crop, T.RandomHorizontalFlip(hflip), T.ToTensor(), T.Normalize(mean, std)])
-
-
-def start_workers_from_forkserver() -> None:
-    """Loader workers start from a forkserver, not as forks of this process: a runtime used here earlier (OpenVINO's
-    thread pool, after a timing or a verification) is not fork-safe, and a forked worker then crashes the process.
-    It is the default start method that changes, because timm's stream readers create their shared epoch counter
-    in it, and that counter must travel to the workers."""
-    multiprocessing.set_start_method("forkserver", force=True)
 
 
 def loader_workers(cfg: DataConfig, splits: Splits) -> int:

@@ -15,10 +15,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from gtcompress.cli import app  # noqa: E402
 from gtcompress.config import RunConfig  # noqa: E402
-from gtcompress.data import start_workers_from_forkserver  # noqa: E402
 from gtcompress.stages import run_stages  # noqa: E402
-
-start_workers_from_forkserver()  # as the CLI does, for the tests that build loaders without it
 
 TEACHER, STUDENT = "test_resnet", "mobilenetv3_small_050"
 PAIR = ("--teacher", TEACHER, "--student", STUDENT)  # the tiny pair every CLI test trains

@@ -7,6 +7,7 @@ so an artefact's precision is the one it was exported at (fp16 weights, int8 Q/D
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,16 @@ def missing(device: str) -> str | None:
     return None
 
 
+@functools.cache
+def core() -> Any:
+    """One Core for the process. Each Core's CPU plugin sets the main thread's alternate signal stack and, when the
+    Core goes, restores the one it found and unmaps its own (openvinotoolkit/openvino#11894): Cores closed out of
+    order left the thread on an unmapped stack, and the next signal handled in Python killed the process."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 def open(source: Path, device: str, precision: str, setting: Setting) -> OpenVINOBackend:
     return OpenVINOBackend(Path(source), precision, setting)
 
@@ -34,13 +45,11 @@ class OpenVINOBackend:
     device = "cpu"
 
     def __init__(self, path: Path, precision: str = "fp32", setting: Setting = Setting()):
-        import openvino as ov
-
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if setting.threads:
             config["INFERENCE_NUM_THREADS"] = setting.threads
         try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+            self.compiled = core().compile_model(str(path), "CPU", config)
         except RuntimeError as e:  # OpenVINO raises RuntimeError for files it cannot read or convert
             raise UserError(f"openvino cannot load {Path(path).name}: {first_line(e)}", "re-run gtcompress export")
         self.request = self.compiled.create_infer_request()
