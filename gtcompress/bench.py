@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .backends import BACKENDS, Backend, BackendSpec, Setting, settings, thread_counts
+from .backends import BACKENDS, RUN_PRECISIONS, Backend, BackendSpec, Setting, settings, thread_counts
 from .environment import command_line, machine_info, versions
 from .errors import UserError
 from .models import count_macs, count_params, load_model
@@ -32,10 +32,9 @@ from .records import BenchFile, BenchResult, ModelSize, Skipped, in_order
 from .rundir import RunDir, resolve_run
 from .stages import STAGE_NAMES, deployable_teachers, distilled_students, stage_records, stages
 from .timing import CUDA_TIMING, latency_stats, like_for_like_cuda, time_backend
-from .typed import Frozen
+from .typed import Frozen, one_of
 
 DEFAULT_ITERS, DEFAULT_SECONDS = 200, 2.0
-ALL_PRECISIONS = tuple(dict.fromkeys(p for s in BACKENDS.values() for ps in s.precisions.values() for p in ps))
 
 
 class BenchConfig(Frozen):
@@ -47,7 +46,7 @@ class BenchConfig(Frozen):
     )
     precisions: tuple[str, ...] | None = Field(
         None,
-        description=f"{' | '.join(ALL_PRECISIONS)}, repeatable or comma-separated (default: every verified one; "
+        description=f"{' | '.join(RUN_PRECISIONS)}, repeatable or comma-separated (default: every verified one; "
         "torch: fp32, and fp16 on CUDA).",
     )
     stages: tuple[str, ...] | None = Field(
@@ -78,17 +77,13 @@ class BenchConfig(Frozen):
     @field_validator("backends")
     @classmethod
     def _registered(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        for name in value or ():
-            if name not in BACKENDS:
-                raise ValueError(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")
+        one_of("backend", value or (), BACKENDS)
         return value
 
     @field_validator("precisions")
     @classmethod
     def _known(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        for name in value or ():
-            if name not in ALL_PRECISIONS:
-                raise ValueError(f"unknown precision '{name}' (choose from {', '.join(ALL_PRECISIONS)})")
+        one_of("precision", value or (), RUN_PRECISIONS)
         return value
 
     def limits(self) -> tuple[int | None, float | None]:

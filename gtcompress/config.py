@@ -8,9 +8,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, create_model, field_validator, model_validator
 
-from .backends import BACKENDS
+from .backends import BACKENDS, RUN_PRECISIONS
 from .errors import UserError
-from .typed import Strict, validate
+from .typed import Strict, one_of, validate
 
 
 class AugmentConfig(Strict):
@@ -246,16 +246,13 @@ class BudgetConfig(Strict):
     @field_validator("backend")
     @classmethod
     def _registered(cls, value: str | None) -> str | None:
-        if value is not None and value not in BACKENDS:
-            raise ValueError(f"unknown backend '{value}' (choose from {', '.join(BACKENDS)})")
+        one_of("backend", () if value is None else (value,), BACKENDS)
         return value
 
     @field_validator("precision")
     @classmethod
     def _run_somewhere(cls, value: str | None) -> str | None:
-        known = dict.fromkeys(p for spec in BACKENDS.values() for ps in spec.precisions.values() for p in ps)
-        if value is not None and value not in known:
-            raise ValueError(f"unknown precision '{value}' (choose from {', '.join(known)})")
+        one_of("precision", () if value is None else (value,), RUN_PRECISIONS)
         return value
 
 

@@ -3,6 +3,7 @@ the one-line UserError (what is wrong, where, and how to fix it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,6 +23,14 @@ class Frozen(BaseModel):
     """Base of a command's settings, fixed once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def one_of(what: str, values: Iterable[str], known: Iterable[str]) -> None:
+    """A validator's check that each of `values` is `known`: the first that is not is an error naming the choices."""
+    known = tuple(known)
+    for value in values:
+        if value not in known:
+            raise ValueError(f"unknown {what} '{value}' (choose from {', '.join(known)})")
 
 
 def describe(err: ValidationError) -> tuple[str, str]:

@@ -154,6 +154,8 @@ BACKENDS: dict[str, BackendSpec] = {
     )
 }
 ARTEFACT_SUFFIX: dict[str, Artefact] = {".pt": "checkpoint", ".onnx": "onnx", ".engine": "engine"}
+# Every precision some backend runs, in the registry's order.
+RUN_PRECISIONS = tuple(dict.fromkeys(p for spec in BACKENDS.values() for ps in spec.precisions.values() for p in ps))
 
 
 def backend(name: str) -> BackendSpec:

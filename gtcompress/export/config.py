@@ -10,7 +10,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from ..errors import UserError
 from ..stages import STAGE_NAMES
-from ..typed import Frozen
+from ..typed import Frozen, one_of
 from .precisions import DEFAULT_TOLERANCES, PRECISIONS, Tolerance
 
 
@@ -76,9 +76,7 @@ class ExportConfig(Frozen):
     @classmethod
     def _known_precisions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         """Known ones only, in the registry's order (fp32 first: the others are converted from it)."""
-        unknown = [p for p in value if p not in PRECISIONS]
-        if unknown:
-            raise ValueError(f"unknown precision '{unknown[0]}' (choose from {', '.join(PRECISIONS)})")
+        one_of("precision", value, PRECISIONS)
         return tuple(p for p in PRECISIONS if p in {"fp32", *value})
 
     @model_validator(mode="after")
