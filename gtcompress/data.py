@@ -19,6 +19,7 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 
 from .config import DataConfig, SyntheticConfig
+from .distributed import DistEnv
 from .errors import UserError
 from .stream import Stream, stream_workers, warn_uneven
 from .timmdata import is_timm_name, timm_parts
@@ -367,25 +368,24 @@ def create_loader(
     training: bool,
     workers: int,
     seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
+    dist: DistEnv = DistEnv(),
     pin_memory: bool = False,
 ) -> DataLoader:
     """Training: a shuffled shard per rank (call `sampler.set_epoch`). Eval: an exact, unpadded shard.
 
     A stream is sharded by its reader; its loader only batches (call the dataset's `set_epoch`)."""
+    if isinstance(dataset, IterableDataset):
+        workers = stream_workers(dataset, workers, dist.world_size, training, quiet=not dist.is_main)
+        dataset.set_loader_cfg(num_workers=workers)
+        if not training and dist.enabled and dist.is_main:
+            warn_uneven(dataset.shard_lengths, dist.world_size * max(1, workers))
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
     if isinstance(dataset, IterableDataset):
-        workers = stream_workers(dataset, workers, world_size, training, quiet=rank != 0)
-        common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
-        dataset.set_loader_cfg(num_workers=workers)
-        if not training and world_size > 1 and rank == 0:
-            warn_uneven(dataset.shard_lengths, world_size * max(1, workers))
-        return DataLoader(dataset, batch_size=batch_size // world_size if training else batch_size, **common)
+        return DataLoader(dataset, batch_size=batch_size // dist.world_size if training else batch_size, **common)
     if training:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        per_rank = batch_size // world_size
+        sampler = DistributedSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=seed)
+        per_rank = batch_size // dist.world_size
         drop_last = len(sampler) > per_rank
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **common)
-    shard = Subset(dataset, range(rank, len(dataset), world_size))
+    shard = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, **common)

@@ -100,9 +100,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, dataset: Dataset, ctx: Context, batch_size: int) -> torch.Tensor:
     """The teacher's fp32 logits for every image of `dataset`, in order, on CPU (each rank computes a shard)."""
-    loader = create_loader(
-        dataset, batch_size, training=False, workers=ctx.workers, rank=ctx.dist.rank, world_size=ctx.dist.world_size
-    )
+    loader = create_loader(dataset, batch_size, training=False, workers=ctx.workers, dist=ctx.dist)
     parts = []
     for x, _ in loader:
         with ctx.autocast():
@@ -219,8 +217,7 @@ def build(job: Job, ctx: Context) -> Parts:
         training=True,
         workers=ctx.workers,
         seed=ctx.seed + job.seed_offset,
-        rank=ctx.dist.rank,
-        world_size=ctx.dist.world_size,
+        dist=ctx.dist,
         pin_memory=ctx.device.type == "cuda",
     )
     model = _place(job.model, ctx)
@@ -249,14 +246,7 @@ def build(job: Job, ctx: Context) -> Parts:
 
 
 def _val_loader(job: Job, ctx: Context) -> DataLoader:
-    return create_loader(
-        ctx.val_data,
-        job.train.batch_size * 2,
-        training=False,
-        workers=ctx.workers,
-        rank=ctx.dist.rank,
-        world_size=ctx.dist.world_size,
-    )
+    return create_loader(ctx.val_data, job.train.batch_size * 2, training=False, workers=ctx.workers, dist=ctx.dist)
 
 
 def _check_batch(job: Job, ctx: Context) -> None:

@@ -7,6 +7,7 @@ from PIL import Image
 
 from gtcompress.config import DataConfig, SyntheticConfig
 from gtcompress.data import Transformed, build_transform, create_loader, load_splits, synthetic_images
+from gtcompress.distributed import DistEnv
 from gtcompress.errors import UserError
 
 
@@ -90,11 +91,11 @@ def test_recipe_augmentation_overrides_the_data_set_default():
 def test_loaders_shard_the_data_exactly():
     data = list(range(10))
     shards = [
-        [x for batch in create_loader(data, 4, training=False, workers=0, rank=r, world_size=3) for x in batch]
+        [x for batch in create_loader(data, 4, training=False, workers=0, dist=DistEnv(r, r, 3)) for x in batch]
         for r in range(3)
     ]
     assert sorted(int(x) for s in shards for x in s) == data
-    train = create_loader(data, 4, training=True, workers=0, rank=1, world_size=2)
+    train = create_loader(data, 4, training=True, workers=0, dist=DistEnv(1, 1, 2))
     train.sampler.set_epoch(0)
     assert train.batch_size == 2 and sum(len(b) for b in train) == 4
 

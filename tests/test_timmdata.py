@@ -9,6 +9,7 @@ from conftest import INT8_TOLERANCE, assert_one_line_error, distill, invoke, png
 
 from gtcompress.config import DataConfig
 from gtcompress.data import create_loader, load_splits
+from gtcompress.distributed import DistEnv
 from gtcompress.evaluate import evaluate_artefact
 from gtcompress.stream import Stream, uneven_reads
 
@@ -124,7 +125,7 @@ def test_uneven_validation_shards_are_warned_of_once(tmp_path, caplog):
 
     def loader(world):
         val = Stream(load_splits(DataConfig(name="wds/digits", root=root)).val, lambda x: x)
-        return create_loader(val, 8, training=False, workers=0, rank=0, world_size=world)
+        return create_loader(val, 8, training=False, workers=0, dist=DistEnv(world_size=world))
 
     loader(2)
     assert "reads 10 images again and leaves 10 out" in caplog.text
