@@ -23,6 +23,7 @@ from .environment import machine_info
 from .errors import UserError
 from .export.precisions import PRECISIONS, Conversion
 from .models import base_arch, count_macs, count_params, create_model
+from .records import Candidate, CandidateCheck
 from .timing import latency_stats, like_for_like_cuda, time_backend
 
 
@@ -73,7 +74,7 @@ def _artefact(model: torch.nn.Module, img_size: int, spec: BackendSpec, precisio
     return tmp / "model.engine"
 
 
-def _time(arch: str, num_classes: int, img_size: int, cfg: RunConfig, tmp: Path) -> dict[str, Any]:
+def _time(arch: str, num_classes: int, img_size: int, cfg: RunConfig, tmp: Path) -> Candidate:
     """One untrained model's size and p50 on the budget's target, at the target's best setting."""
     name, precision, device = target(cfg.budget)
     spec = BACKENDS[name]
@@ -86,11 +87,16 @@ def _time(arch: str, num_classes: int, img_size: int, cfg: RunConfig, tmp: Path)
         stats = latency_stats(time_backend(runner, x, 5, cfg.budget.iters, None), cfg.budget.batch)
         best = (stats, setting) if best is None or stats["p50_ms"] < best[0]["p50_ms"] else best
     stats, setting = best
-    size = {"params": count_params(model), "macs": count_macs(model, img_size)}
-    return {"arch": arch, **size, **{k: stats[k] for k in ("p50_ms", "p90_ms", "mean_ms")}, "setting": setting.label()}
+    return Candidate(
+        arch=arch,
+        params=count_params(model),
+        macs=count_macs(model, img_size),
+        **{k: stats[k] for k in ("p50_ms", "p90_ms", "mean_ms")},
+        setting=setting.label(),
+    )
 
 
-def measure(cfg: RunConfig, num_classes: int, img_size: int, say: Callable[[str], None] = print) -> dict[str, Any]:
+def measure(cfg: RunConfig, num_classes: int, img_size: int, say: Callable[[str], None] = print) -> CandidateCheck:
     """Every candidate's p50 on the target at the budget's batch size, whether it fits the budget, and whether it
     is faster than the teacher there (timed the same way): a student that is not buys nothing."""
     backend, precision, device = target(cfg.budget)
@@ -103,34 +109,34 @@ def measure(cfg: RunConfig, num_classes: int, img_size: int, say: Callable[[str]
     for arch in cfg.student.arch:
         with tempfile.TemporaryDirectory(prefix="gtcompress-candidate-") as tmp:
             row = _time(arch, num_classes, img_size, cfg, Path(tmp))
-        row["fits"] = cfg.budget.latency_ms is None or row["p50_ms"] <= cfg.budget.latency_ms
-        row["faster_than_teacher"] = row["p50_ms"] < teacher["p50_ms"]
+        row.fits = cfg.budget.latency_ms is None or row.p50_ms <= cfg.budget.latency_ms
+        row.faster_than_teacher = row.p50_ms < teacher.p50_ms
         rows.append(row)
-        say(f"candidate {arch}: p50 {row['p50_ms']:.3f} ms ({where})")
-        if not row["faster_than_teacher"]:
+        say(f"candidate {arch}: p50 {row.p50_ms:.3f} ms ({where})")
+        if not row.faster_than_teacher:
             say(
-                f"warning: candidate {arch} is not faster than the teacher {teacher['arch']} "
-                f"({teacher['p50_ms']:.3f} ms on {where}): distilling it buys no speed there"
+                f"warning: candidate {arch} is not faster than the teacher {teacher.arch} "
+                f"({teacher.p50_ms:.3f} ms on {where}): distilling it buys no speed there"
             )
-    return {
-        "budget_ms": cfg.budget.latency_ms,
-        "backend": backend,
-        "precision": precision,
-        "device": device,
-        "batch_size": cfg.budget.batch,
-        "img_size": img_size,
-        "machine": machine_info(torch.get_num_threads(), device == "cuda"),
-        "note": "untrained models with random weights: the target's latency, not the trained artefacts'",
-        "teacher": teacher,
-        "candidates": rows,
-    }
+    return CandidateCheck(
+        budget_ms=cfg.budget.latency_ms,
+        backend=backend,
+        precision=precision,
+        device=device,
+        batch_size=cfg.budget.batch,
+        img_size=img_size,
+        machine=machine_info(torch.get_num_threads(), device == "cuda"),
+        note="untrained models with random weights: the target's latency, not the trained artefacts'",
+        teacher=teacher,
+        candidates=rows,
+    )
 
 
-def candidate_table(result: dict[str, Any]) -> Table:
-    budget = result["budget_ms"]
+def candidate_table(check: CandidateCheck) -> Table:
+    budget = check.budget_ms
     table = Table(
-        title=f"candidates on {result['backend']} {result['precision']} ({result['device']}), batch "
-        f"{result['batch_size']}" + (f", budget {budget:g} ms" if budget is not None else ""),
+        title=f"candidates on {check.backend} {check.precision} ({check.device}), batch "
+        f"{check.batch_size}" + (f", budget {budget:g} ms" if budget is not None else ""),
         title_justify="left",
     )
     for col in (
@@ -144,29 +150,29 @@ def candidate_table(result: dict[str, Any]) -> Table:
         "within budget",
     ):
         table.add_column(col, justify="left" if col == "model" else "right")
-    t = result["teacher"]
-    for r in [{**t, "arch": f"{t['arch']} (teacher)"}, *result["candidates"]]:
+    t = check.teacher
+    for r in [t.model_copy(update={"arch": f"{t.arch} (teacher)"}), *check.candidates]:
         table.add_row(
-            r["arch"],
-            f"{r['params'] / 1e6:.2f}M",
-            f"{r['macs'] / 1e6:.1f}",
-            f"{r['p50_ms']:.3f}",
-            f"{r['p90_ms']:.3f}",
-            r["setting"],
-            "–" if "fits" not in r else f"{t['p50_ms'] / r['p50_ms']:.2f}×",  # the teacher's row has no verdicts
-            "–" if budget is None or "fits" not in r else "yes" if r["fits"] else "no",
+            r.arch,
+            f"{r.params / 1e6:.2f}M",
+            f"{r.macs / 1e6:.1f}",
+            f"{r.p50_ms:.3f}",
+            f"{r.p90_ms:.3f}",
+            r.setting,
+            "–" if r.fits is None else f"{t.p50_ms / r.p50_ms:.2f}×",  # the teacher's row has no verdicts
+            "–" if budget is None or r.fits is None else "yes" if r.fits else "no",
         )
     return table
 
 
-def within_budget(result: dict[str, Any]) -> list[str]:
+def within_budget(check: CandidateCheck) -> list[str]:
     """The candidates that fit; none is one clear error (the table was printed before)."""
-    kept = [r["arch"] for r in result["candidates"] if r["fits"]]
+    kept = [r.arch for r in check.candidates if r.fits]
     if not kept:
-        fastest = min(result["candidates"], key=lambda r: r["p50_ms"])
+        fastest = min(check.candidates, key=lambda r: r.p50_ms)
         raise UserError(
-            f"no candidate student runs within the {result['budget_ms']:g} ms budget (the fastest, "
-            f"{fastest['arch']}, takes {fastest['p50_ms']:.3f} ms); nothing was trained",
+            f"no candidate student runs within the {check.budget_ms:g} ms budget (the fastest, "
+            f"{fastest.arch}, takes {fastest.p50_ms:.3f} ms); nothing was trained",
             "raise --latency-budget, add smaller students, or change --budget-backend/--budget-precision",
         )
     return kept

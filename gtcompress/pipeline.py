@@ -31,7 +31,8 @@ from .models import (
     resolve_model_name,
     save_checkpoint,
 )
-from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_json, write_text
+from .records import CandidateCheck
+from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
 from .stages import Models, Stage, stages
 from .stream import stream_workers
 from .train import Context, Job, fit, make_optimizer, seed_everything
@@ -130,7 +131,7 @@ def run_distill(
 
 def _prepare(
     cfg: RunConfig, env: DistEnv, console: Console, say: Callable[..., None]
-) -> tuple[Splits, dict[str, Any] | None]:
+) -> tuple[Splits, CandidateCheck | None]:
     """Before anything is written: resolve the model names, check the configuration, load the data and, with a
     latency budget, time the candidate students on the target (rank 0) and keep those within it. Returns the
     data and the budget check's record."""
@@ -143,7 +144,7 @@ def _prepare(
     if cfg.budget.latency_ms is None:
         return splits, None
 
-    def check() -> dict[str, Any] | None:
+    def check() -> CandidateCheck | None:
         if not env.is_main:
             return None
         result = measure(cfg, splits.num_classes, cfg.data.img_size or splits.img_size, say)
@@ -164,7 +165,7 @@ def _start(
     say: Callable[..., None],
     requested: dict[str, Any],
     splits: Splits,
-    candidates: dict[str, Any] | None,
+    candidates: CandidateCheck | None,
 ) -> RunDir:
     """Create the run directory and write config.yaml (and the latency check's candidates.json)."""
     run = agree(env, lambda: _new_run(out) if env.is_main else None)
@@ -173,7 +174,7 @@ def _start(
     if env.is_main:
         write_text(run.config, dump_config(cfg))
         if candidates is not None:
-            write_json(run.candidates, candidates)
+            run.write_candidate_check(candidates)
         mark_latest(run.path)
     barrier(env)
     say(f"run directory: {run.path}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .rundir import RunDir, read_json
+from .rundir import RunDir
 from .stages import deployable_teachers, distilled_students
 
 Point = dict[str, Any]  # at least "top1" (%) and "p50_ms"; "role" "student" (the default) or "teacher"
@@ -87,11 +87,11 @@ def which_student(
     the line saying so where the students buy no speed) and `recommendation` (None when nothing is benchmarked
     or nothing fits the budget; `reason` says why)."""
     budget_set_on = None  # where the run's budget was checked, when that differs from here
-    if budget_ms is None and run.candidates.is_file():
-        check = read_json(run.candidates)
-        budget_ms = check["budget_ms"]
-        if (check["backend"], check["batch_size"]) != (backend, batch_size):
-            budget_set_on = f"{check['backend']} {check['precision']} at batch {check['batch_size']}"
+    check = run.candidate_check() if budget_ms is None else None
+    if check is not None:
+        budget_ms = check.budget_ms
+        if (check.backend, check.batch_size) != (backend, batch_size):
+            budget_set_on = check.target()
     roles = {
         **{t: "teacher" for t in deployable_teachers(records)},
         **{s: "student" for s in distilled_students(records)},

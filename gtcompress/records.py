@@ -1,5 +1,6 @@
 """The run's records as typed models: what export verified (metrics.json's `export`, `export_rejected`) and what
-bench measured (bench.json). `RunDir` reads and writes them; every other module reads these fields.
+bench measured (bench.json), and the latency pre-check (candidates.json). `RunDir` reads and writes them; every
+other module reads these fields.
 
 A bench result is one stage's artefact on one backend, device, precision, setting (CPU threads, CUDA graph) and
 batch size, with its latency percentiles and throughput.
@@ -127,3 +128,35 @@ class BenchFile(Record):
 def in_order(results: list[BenchResult]) -> list[BenchResult]:
     """Results grouped by batch size, then stage, then backend, precision and setting."""
     return sorted(results, key=lambda r: (r.batch_size, r.stage, r.backend, r.precision, r.cuda_graph, r.threads or 0))
+
+
+class Candidate(Record):
+    """One untrained model timed on the budget's target at its best setting; the teacher's row has no verdicts."""
+
+    arch: str
+    params: int
+    macs: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    setting: str
+    fits: bool | None = None  # within the budget (None: no budget)
+    faster_than_teacher: bool | None = None
+
+
+class CandidateCheck(Record):
+    """candidates.json: the latency pre-check of the candidate students, before any training."""
+
+    budget_ms: float | None
+    backend: str
+    precision: str
+    device: str
+    batch_size: int
+    img_size: int
+    machine: dict[str, Any]
+    note: str
+    teacher: Candidate
+    candidates: list[Candidate]
+
+    def target(self) -> str:
+        return f"{self.backend} {self.precision} at batch {self.batch_size}"

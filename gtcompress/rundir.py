@@ -1,5 +1,5 @@
 """The run directory: its file names, atomic writes, and its files read and written as typed records (config.yaml,
-metrics.json's stages and exports, history.jsonl, bench.json), runs/latest."""
+metrics.json's stages and exports, history.jsonl, bench.json, candidates.json), runs/latest."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import yaml
 
 from .config import RunConfig
 from .errors import UserError, first_line
-from .records import BenchFile, ExportRecord, RejectedExport
+from .records import BenchFile, CandidateCheck, ExportRecord, RejectedExport
 from .typed import validate
 
 RUNS_ROOT = Path("runs")
@@ -160,6 +160,13 @@ class RunDir:
 
     def write_bench(self, bench: BenchFile) -> None:
         write_json(self.path / BENCH_FILE, bench.model_dump(mode="json"))
+
+    def candidate_check(self) -> CandidateCheck | None:
+        """The latency pre-check, when the run was given a budget."""
+        return CandidateCheck.model_validate(read_json(self.candidates)) if self.candidates.is_file() else None
+
+    def write_candidate_check(self, check: CandidateCheck) -> None:
+        write_json(self.candidates, check.model_dump(mode="json"))
 
     def history(self) -> list[dict[str, Any]]:
         if not self.history_path.exists():
