@@ -38,7 +38,7 @@ test: lint browser
 	  --max-worker-restart 0 $(if $(CI),,-m "not slow")
 
 gpu-check: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

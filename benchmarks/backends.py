@@ -2,8 +2,8 @@
 beside onnxruntime, for a trained student and its teacher at fp32, fp16 and int8, with each file's agreement with
 PyTorch on the test split.
 
-    python benchmarks/backends.py                  # trains the digits pair first (~4 min on 2 cores), then times
-    python benchmarks/backends.py --run runs/x     # an existing run (its student and GT are exported if needed)
+    python -m benchmarks.backends                  # trains the digits pair first (~4 min on 2 cores), then times
+    python -m benchmarks.backends --run runs/x     # an existing run (its student and GT are exported if needed)
 
 Writes benchmarks/results/backends.{json,md}. Time it with the machine otherwise idle: the thread sweep is what it
 measures.

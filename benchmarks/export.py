@@ -1,6 +1,6 @@
 """Export benchmark: size, accuracy and onnxruntime CPU latency of fp32/fp16/int8 student and teacher files.
 
-    python benchmarks/export.py [RUN] [--threads 2] [--iters 100]
+    python -m benchmarks.export [RUN] [--threads 2] [--iters 100]
 
 RUN is a finished `gtcompress distill` run (default runs/latest; `make demo` makes one). The script
 exports and verifies its student and its Generous Teacher in every precision (into RUN/export, as
@@ -25,17 +25,15 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gtcompress.backends import OnnxRuntimeBackend, TorchBackend  # noqa: E402
-from gtcompress.bench import time_backend  # noqa: E402
-from gtcompress.environment import command_line, cpu_name, machine_info, versions  # noqa: E402
-from gtcompress.export.config import ExportConfig  # noqa: E402
-from gtcompress.export.exporter import run_export  # noqa: E402
-from gtcompress.export.source import load_eval_data, resolve_source  # noqa: E402
-from gtcompress.export.verify import batches  # noqa: E402
-from gtcompress.models import load_model  # noqa: E402
-from gtcompress.rundir import resolve_run, write_json  # noqa: E402
+from gtcompress.backends import OnnxRuntimeBackend, TorchBackend
+from gtcompress.bench import time_backend
+from gtcompress.environment import command_line, cpu_name, machine_info, versions
+from gtcompress.export.config import ExportConfig
+from gtcompress.export.exporter import run_export
+from gtcompress.export.source import load_eval_data, resolve_source
+from gtcompress.export.verify import batches
+from gtcompress.models import load_model
+from gtcompress.rundir import resolve_run, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 BATCH_SIZES = (1, 32)

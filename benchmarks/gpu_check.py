@@ -1,6 +1,6 @@
 """`make gpu-check`: every check that needs a CUDA GPU, with its results in benchmarks/results/gpu.json.
 
-    python benchmarks/gpu_check.py [--out benchmarks/results/gpu.json]
+    python -m benchmarks.gpu_check [--out benchmarks/results/gpu.json]
 
 On a CUDA machine: the CUDA and TensorRT tests, `gtcompress run` on digits trained in bf16, benched with
 torch on CUDA eager and replaying CUDA graphs and onnxruntime (CUDA where onnxruntime-gpu is installed, else the

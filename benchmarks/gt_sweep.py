@@ -1,6 +1,6 @@
 """Sweep of the Generous Teacher's knobs on one setting, and the defaults it chooses.
 
-    nice -n 19 python benchmarks/gt_sweep.py --jobs 2     # ~1.5 CPU-hours; re-run to resume, finished runs are kept
+    nice -n 19 python -m benchmarks.gt_sweep --jobs 2     # ~1.5 CPU-hours; re-run to resume, finished runs are kept
 
 Grid: k in {1, 2, 4} x beta in {0.5, 1, 2, 4} x init in {scratch, standard} (standard: fine-tuned from the
 ST for half the GT epochs), warm-up fixed at 0.2, on recipes/synthetic100.yaml with resnet18 ->
@@ -23,13 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import grid  # noqa: E402
-
-from gtcompress.config import load_config  # noqa: E402
-from gtcompress.errors import UserError  # noqa: E402
-from gtcompress.report import markdown_table  # noqa: E402
-from gtcompress.stages import run_stages  # noqa: E402
+from benchmarks import grid
+from gtcompress.config import load_config
+from gtcompress.errors import UserError
+from gtcompress.report import markdown_table
+from gtcompress.stages import run_stages
 
 RECIPE = "recipes/synthetic100.yaml"
 TEACHER, STUDENT = "resnet18", "mobilenetv3_small_100"

@@ -1,6 +1,6 @@
 """Is it the generous knowledge or the extra epochs? Students of the GT, the continued teacher and the ST.
 
-    nice -n 19 python benchmarks/method.py --jobs 2     # 3.96 CPU-hours measured; re-run to resume, runs are kept
+    nice -n 19 python -m benchmarks.method --jobs 2     # 3.96 CPU-hours measured; re-run to resume, runs are kept
 
 The plan, fixed before any run of this grid: benchmarks/results/method-plan.md. Per (setting, pair, teacher
 seed) a cell of `gtcompress distill` runs:
@@ -29,13 +29,11 @@ from typing import Any
 import yaml
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import grid  # noqa: E402
-
-from gtcompress.config import DataConfig, RunConfig, load_config  # noqa: E402
-from gtcompress.errors import UserError  # noqa: E402
-from gtcompress.report import markdown_table  # noqa: E402
-from gtcompress.stages import run_stages  # noqa: E402
+from benchmarks import grid
+from gtcompress.config import DataConfig, RunConfig, load_config
+from gtcompress.errors import UserError
+from gtcompress.report import markdown_table
+from gtcompress.stages import run_stages
 
 
 @dataclass(frozen=True)

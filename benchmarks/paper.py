@@ -1,7 +1,7 @@
 """The paper's claim under its own protocol: students of the authors' Generous Teacher against students of the
 Standard Teacher and of a born-again teacher.
 
-    nice -n 19 python benchmarks/paper.py --jobs 2      # ~7.8 CPU-hours planned; re-run to resume, runs are kept
+    nice -n 19 python -m benchmarks.paper --jobs 2      # ~7.8 CPU-hours planned; re-run to resume, runs are kept
 
 The plan, fixed before any run of this grid: benchmarks/results/paper-plan.md. Per (setting, pair, teacher seed)
 a cell of `gtcompress distill` runs:
@@ -29,13 +29,10 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import grid  # noqa: E402
-import method  # noqa: E402
-from method import MARGIN, STUDENT_SEEDS, Cell, Setting, paired_test, student_seed  # noqa: E402
-
-from gtcompress.errors import UserError  # noqa: E402
-from gtcompress.report import markdown_table  # noqa: E402
+from benchmarks import grid, method
+from benchmarks.method import MARGIN, STUDENT_SEEDS, Cell, Setting, paired_test, student_seed
+from gtcompress.errors import UserError
+from gtcompress.report import markdown_table
 
 AUTHORS_KD = {"student.kd.ce_weight": 0.1, "student.kd.kd_weight": 0.9, "student.kd.temperature": 20.0}
 PRODUCT_KD = {"student.kd.ce_weight": 1.0, "student.kd.kd_weight": 1.0, "student.kd.temperature": 4.0}

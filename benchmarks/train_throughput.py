@@ -6,7 +6,7 @@
 3. The GT stage with the frozen teacher's logits cached vs a live teacher forward (no augmentation, so exact).
 4. bf16 vs fp32 on CUDA, where there is a GPU.
 
-    python benchmarks/train_throughput.py [--arch resnet18] [--rounds 3] \
+    python -m benchmarks.train_throughput [--arch resnet18] [--rounds 3] \
         [--out benchmarks/results/train_throughput.json]
 """
 

@@ -4,26 +4,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_gpu_check_without_cuda_says_so_and_fails(tmp_path):
     code = (
-        "import sys, torch; torch.cuda.is_available = lambda: False; sys.path.insert(0, sys.argv[1]); "
-        "import gpu_check; sys.exit(gpu_check.main(['--out', sys.argv[2]]))"
+        "import sys, torch; torch.cuda.is_available = lambda: False; "
+        "from benchmarks import gpu_check; sys.exit(gpu_check.main(['--out', sys.argv[1]]))"
     )
     out = tmp_path / "gpu.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(BENCHMARKS), str(out)], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "no CUDA device here" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
 
 
 def test_the_speed_findings_come_from_the_rows():
-    sys.path.insert(0, str(BENCHMARKS))
-    import gpu_check
+    from benchmarks import gpu_check
 
     def row(stage, backend, device, batch, p50, threads=None, graph=False):
         return {"stage": stage, "backend": backend, "device": device, "precision": "fp32", "batch_size": batch,

@@ -11,14 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import grid  # noqa: E402
-import gt_sweep  # noqa: E402
-import method  # noqa: E402
-
-from gtcompress.config import load_config  # noqa: E402
-from gtcompress.errors import UserError  # noqa: E402
-from gtcompress.stages import STAGE_NAMES  # noqa: E402
+from benchmarks import grid, gt_sweep, method
+from gtcompress.config import load_config
+from gtcompress.errors import UserError
+from gtcompress.stages import STAGE_NAMES
 
 
 def test_t_interval_matches_the_t_table():

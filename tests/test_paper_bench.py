@@ -5,17 +5,12 @@ No experiment runs here: records are fabricated with the keys `cell_record` writ
 
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import grid  # noqa: E402
-import paper  # noqa: E402
-
-from gtcompress.config import load_config  # noqa: E402
+from benchmarks import grid, paper
+from gtcompress.config import load_config
 
 
 def _sets(run: grid.Task) -> dict[str, object]:
