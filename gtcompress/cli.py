@@ -30,6 +30,7 @@ from .options import (
     user_errors,
 )
 from .publish import PublishConfig
+from .rundir import RunDir
 from .terminal import console, say
 from .typed import field_default, field_help, validate
 
@@ -285,7 +286,7 @@ def bench(
     )
     result = run_bench(cfg, say=say, console=console)
     console.print(bench_table(result))
-    say(f"wrote {Path(result.run) / 'bench.json'}; next: gtcompress report")
+    say(f"wrote {RunDir(result.run).bench_path}; next: gtcompress report")
 
 
 @app.command()

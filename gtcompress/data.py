@@ -22,7 +22,7 @@ from .config import DataConfig, SyntheticConfig
 from .distributed import DistEnv
 from .errors import UserError
 from .stream import Stream, stream_workers, warn_uneven
-from .timmdata import is_timm_name, timm_parts
+from .timmdata import is_timm_name, timm_splits
 
 log = logging.getLogger(__name__)
 
@@ -286,16 +286,16 @@ def _imagefolder(cfg: DataConfig) -> Splits:
 
 
 def _timm(cfg: DataConfig) -> Splits:
-    parts = timm_parts(cfg)
+    timm = timm_splits(cfg)
     return Splits(
-        train=parts["train"],
-        val=parts["val"],
-        train_targets=parts["train_targets"],
-        class_names=parts["class_names"],
+        train=timm.train,
+        val=timm.val,
+        train_targets=timm.train_targets,
+        class_names=timm.class_names,
         img_size=224,
         augment={},
         in_memory=False,
-        eval_split=parts["val_split"],
+        eval_split=timm.val_split,
     )
 
 

@@ -82,7 +82,7 @@ def _load_resumed(out: Path | None, requested: RunConfig | None, keys: set[str])
 def _new_run(out: Path | None) -> RunDir:
     """Rank 0's choice of a fresh run directory."""
     out = out or new_run_path()
-    if (out / "config.yaml").exists():
+    if RunDir(out).config.exists():
         raise UserError(f"{out} already holds a run", "continue it with --resume, or choose another --out")
     return RunDir(out)
 

@@ -25,7 +25,7 @@ from .export.precisions import PRECISIONS
 from .export.sidecar import read_sidecar
 from .models import ModelSpec, load_model
 from .report import build_report, write_report
-from .rundir import BENCH_FILE, RunDir, atomic_dir, read_json, resolve_run, write_json, write_text
+from .rundir import RunDir, atomic_dir, resolve_run, write_json, write_text
 from .stages import distilled_students, stage_records
 
 PUBLISH_FORMAT = "gtcompress-publish/1"  # config.json's `gtcompress.format`: the folder is ours to replace
@@ -142,13 +142,13 @@ def _check_out(out: Path, run: RunDir, force: bool) -> None:
 
 def _report(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
     """The run's report.json, written first by the report code where it is missing or older than what it reads."""
-    path = run.path / "report.json"
-    inputs = [run.metrics_path, run.history_path, run.candidates, run.path / BENCH_FILE]
+    path = run.report_path
+    inputs = [run.metrics_path, run.history_path, run.candidates, run.bench_path]
     newest = max(p.stat().st_mtime for p in inputs if p.exists())
     if not path.is_file() or path.stat().st_mtime < newest:
         say("report.json is missing or older than the run's results: writing the report first")
         write_report(run, build_report(run))
-    return read_json(path)
+    return run.report()
 
 
 def _verified_onnx(run: RunDir, stage: str, say: Callable[[str], None]) -> list[dict]:

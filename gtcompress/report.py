@@ -384,7 +384,7 @@ def write_report(run: RunDir, report: dict[str, Any]) -> list[Path]:
         path.parent.mkdir(exist_ok=True)
         write_bytes(path, png)
         plot_files[name] = f"plots/{name}.png"
-    paths = [run.path / n for n in ("report.md", "report.json", "report.html")]
+    paths = [run.path / "report.md", run.report_path, run.path / "report.html"]
     write_text(paths[0], markdown(report, plot_files))
     write_json(paths[1], report)
     write_text(paths[2], html_page(report, plots))
@@ -406,5 +406,5 @@ def report(
     if content["pareto"]["points"]:
         say(recommendation_line(content))
     for note in content["notes"]:
-        console.print(f"note: {note}", markup=False, highlight=False, style="dim")
+        say(f"note: {note}")
     say(f"wrote {', '.join(str(p) for p in paths)}")

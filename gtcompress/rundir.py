@@ -22,7 +22,6 @@ from .records import BenchFile, CandidateCheck, ExportRecord, RejectedExport
 from .typed import validate
 
 RUNS_ROOT = Path("runs")
-BENCH_FILE = "bench.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -98,9 +97,11 @@ class RunDir:
     config = property(lambda self: self.path / "config.yaml")
     metrics_path = property(lambda self: self.path / "metrics.json")
     history_path = property(lambda self: self.path / "history.jsonl")
+    bench_path = property(lambda self: self.path / "bench.json")
     export_dir = property(lambda self: self.path / "export")
     progress_dir = property(lambda self: self.path / "checkpoints")
     candidates = property(lambda self: self.path / "candidates.json")  # the latency pre-check, when a budget was set
+    report_path = property(lambda self: self.path / "report.json")  # what `gtcompress report` wrote last
 
     def saved_config(self) -> RunConfig:
         """config.yaml as the run's configuration. A run saved before generous.scale existed trained its GT with
@@ -155,11 +156,11 @@ class RunDir:
         write_json(self.metrics_path, metrics)
 
     def bench(self) -> BenchFile | None:
-        path = self.path / BENCH_FILE
+        path = self.bench_path
         return BenchFile.model_validate(read_json(path)) if path.is_file() else None
 
     def write_bench(self, bench: BenchFile) -> None:
-        write_json(self.path / BENCH_FILE, bench.model_dump(mode="json"))
+        write_json(self.bench_path, bench.model_dump(mode="json"))
 
     def candidate_check(self) -> CandidateCheck | None:
         """The latency pre-check, when the run was given a budget."""
@@ -167,6 +168,10 @@ class RunDir:
 
     def write_candidate_check(self, check: CandidateCheck) -> None:
         write_json(self.candidates, check.model_dump(mode="json"))
+
+    def report(self) -> dict[str, Any]:
+        """report.json: the report's own output, read back whole (publish copies it beside the model)."""
+        return read_json(self.report_path)
 
     def history(self) -> list[dict[str, Any]]:
         if not self.history_path.exists():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,18 @@ def _targets(ds: Any) -> list[int]:
     return [int(t) for t in ds.targets]
 
 
-def timm_parts(cfg: DataConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TimmSplits:
+    """A timm-named data set's train split and the split evaluated on (named), its classes and training targets."""
+
+    train: Dataset
+    val: Dataset
+    val_split: str
+    class_names: list[str]
+    train_targets: list[int]
+
+
+def timm_splits(cfg: DataConfig) -> TimmSplits:
     """The train and evaluation splits, class names and training targets of a timm-named data set."""
     _require(cfg.name.partition("/")[0].lower())
     train = _open(cfg, "train")
@@ -177,4 +189,4 @@ def timm_parts(cfg: DataConfig) -> dict[str, Any]:
         raise UserError(
             f"{cfg.name}'s labels run to {max(targets)} but it has {len(names)} classes", "--set data.num_classes=N"
         )
-    return {"train": train, "val": val, "val_split": val_split, "class_names": names, "train_targets": targets}
+    return TimmSplits(train, val, val_split, names, targets)

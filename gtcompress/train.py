@@ -81,9 +81,9 @@ class Job:
     teacher_name: str | None = None  # the teacher's stage: its cached logits serve every job it teaches
 
 
-def seed_everything(*parts: int) -> None:
+def seed_everything(*keys: int) -> None:
     """Seed Python, NumPy and torch from a tuple (run seed, stage, epoch, rank)."""
-    seed = int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+    seed = int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -98,14 +98,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, dataset: Dataset, ctx: Context, batch_size: int) -> torch.Tensor:
+def dataset_logits(teacher: nn.Module, dataset: Dataset, ctx: Context, batch_size: int) -> torch.Tensor:
     """The teacher's fp32 logits for every image of `dataset`, in order, on CPU (each rank computes a shard)."""
     loader = create_loader(dataset, batch_size, training=False, workers=ctx.workers, dist=ctx.dist)
-    parts = []
+    batches = []
     for x, _ in loader:
         with ctx.autocast():
-            parts.append(teacher(ctx.to_device(x)).float())
-    local = torch.cat(parts)
+            batches.append(teacher(ctx.to_device(x)).float())
+    local = torch.cat(batches)
     if not ctx.dist.enabled:
         return local.cpu()
     # Shards are rank::world slices; pad to equal length for all_gather, then interleave back.
@@ -116,8 +116,8 @@ def teacher_logits(teacher: nn.Module, dataset: Dataset, ctx: Context, batch_siz
     gathered = [torch.empty_like(padded) for _ in range(world)]
     torch.distributed.all_gather(gathered, padded)
     out = torch.empty(n, local.shape[1])
-    for rank, part in enumerate(gathered):
-        out[rank::world] = part[: len(range(rank, n, world))].cpu()
+    for rank, shard in enumerate(gathered):
+        out[rank::world] = shard[: len(range(rank, n, world))].cpu()
     return out
 
 
@@ -157,8 +157,9 @@ def _progress(ctx: Context) -> Progress:
 
 
 @dataclass
-class Parts:
-    """What training a job builds: the model in its training layout, data loaders, optimizer and friends."""
+class Kit:
+    """What training a job builds and uses: the model in its training layout, its teacher, data loaders, optimizer,
+    scheduler, loss scaler and EMA."""
 
     model: nn.Module
     teacher: nn.Module | None
@@ -182,21 +183,21 @@ class Parts:
 
 @dataclass
 class TrainState:
-    """How far a job has got: written after every epoch (with the parts' state), read to resume."""
+    """How far a job has got: written after every epoch (with its kit's state), read to resume."""
 
     epoch: int = 0
     train_seconds: float = 0.0
     train_images: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
 
-    def save(self, path: Path, parts: Parts) -> None:
-        state = {key: obj.state_dict() if obj is not None else None for key, obj in parts.stateful().items()}
+    def save(self, path: Path, kit: Kit) -> None:
+        state = {key: obj.state_dict() if obj is not None else None for key, obj in kit.stateful().items()}
         torch_save({**state, **asdict(self)}, path)
 
     @classmethod
-    def load(cls, path: Path, parts: Parts, device: torch.device) -> TrainState:
+    def load(cls, path: Path, kit: Kit, device: torch.device) -> TrainState:
         state = torch.load(path, map_location=device, weights_only=True)
-        for key, obj in parts.stateful().items():
+        for key, obj in kit.stateful().items():
             if obj is not None and state.get(key) is not None:
                 obj.load_state_dict(state[key])
         return cls(**{f.name: state[f.name] for f in fields(cls)})
@@ -207,7 +208,7 @@ def _place(model: nn.Module, ctx: Context) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if ctx.channels_last else model
 
 
-def build(job: Job, ctx: Context) -> Parts:
+def build(job: Job, ctx: Context) -> Kit:
     """The model, teacher, loaders, optimizer, scheduler, scaler and EMA of a job, on its device."""
     cfg = job.train
     teacher = _place(job.teacher, ctx).eval().requires_grad_(False) if job.teacher is not None else None
@@ -233,7 +234,7 @@ def build(job: Job, ctx: Context) -> Parts:
         step_on_epochs=False,
         updates_per_epoch=len(loader),
     )
-    return Parts(
+    return Kit(
         model,
         teacher,
         loader,
@@ -273,26 +274,26 @@ def fit(job: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, 
         model = _place(job.model, ctx)
         return {**evaluate(model, _val_loader(job, ctx), ctx, num_classes), "epochs": 0, "train_seconds": 0.0}
     _check_batch(job, ctx)
-    parts = build(job, ctx)
+    kit = build(job, ctx)
     state, progress = TrainState(), ctx.run.progress(job.name)
     if progress.exists():
-        state = TrainState.load(progress, parts, ctx.device)
+        state = TrainState.load(progress, kit, ctx.device)
         if ctx.dist.is_main:
             ctx.console.print(f"{job.name}: resuming after epoch {state.epoch}/{job.train.epochs}")
     cache = None
-    if parts.teacher is not None and ctx.cache_data is not None and state.epoch < job.train.epochs:
-        cache = _cached_logits(job, parts.teacher, ctx)
-    epoch = Epoch(job, parts, _wrap(parts.model, ctx), cache, ctx)
+    if kit.teacher is not None and ctx.cache_data is not None and state.epoch < job.train.epochs:
+        cache = _cached_logits(job, kit.teacher, ctx)
+    epoch = Epoch(job, kit, _wrap(kit.model, ctx), cache, ctx)
     with _progress(ctx) as bar:
         for index in range(state.epoch, job.train.epochs):
             record = epoch.run(index, bar, num_classes, state)
             if ctx.dist.is_main:
-                state.save(progress, parts)
+                state.save(progress, kit)
                 on_epoch(record)
                 _say_epoch(job, record, ctx)
             barrier(ctx.dist)
-    if parts.ema is not None:
-        job.model = parts.ema.module
+    if kit.ema is not None:
+        job.model = kit.ema.module
     return {
         **state.metrics,
         "epochs": job.train.epochs,
@@ -305,9 +306,9 @@ def _cached_logits(job: Job, teacher: nn.Module, ctx: Context) -> torch.Tensor:
     """The frozen teacher's logits on the cache images: computed once per teacher stage of a run, so several
     students of one teacher share them."""
     if job.teacher_name is None:
-        return teacher_logits(teacher, ctx.cache_data, ctx, job.train.batch_size * 2)
+        return dataset_logits(teacher, ctx.cache_data, ctx, job.train.batch_size * 2)
     if job.teacher_name not in ctx.logits:
-        ctx.logits[job.teacher_name] = teacher_logits(teacher, ctx.cache_data, ctx, job.train.batch_size * 2)
+        ctx.logits[job.teacher_name] = dataset_logits(teacher, ctx.cache_data, ctx, job.train.batch_size * 2)
     return ctx.logits[job.teacher_name]
 
 
@@ -323,20 +324,20 @@ class Epoch:
     """One training pass and its evaluation, for a built job."""
 
     job: Job
-    parts: Parts
+    kit: Kit
     step_model: nn.Module  # the (DDP-wrapped, compiled) module the steps call
     cache: torch.Tensor | None  # the teacher's logits by sample index, or None: a forward pass per step
     ctx: Context
 
     def run(self, index: int, bar: Progress, num_classes: int, state: TrainState) -> dict[str, Any]:
         """Train epoch `index`, evaluate, advance `state`; returns the epoch's history record."""
-        ctx, parts = self.ctx, self.parts
+        ctx, kit = self.ctx, self.kit
         seed_everything(ctx.seed, self.job.seed_offset, index, ctx.dist.rank)
-        if isinstance(parts.loader.dataset, IterableDataset):  # the reader reshuffles its shards by epoch
-            parts.loader.dataset.set_epoch(index)
+        if isinstance(kit.loader.dataset, IterableDataset):  # the reader reshuffles its shards by epoch
+            kit.loader.dataset.set_epoch(index)
         else:
-            parts.loader.sampler.set_epoch(index)
-        task = bar.add_task(f"{self.job.name} {index + 1}/{self.job.train.epochs}", total=len(parts.loader), status="")
+            kit.loader.sampler.set_epoch(index)
+        task = bar.add_task(f"{self.job.name} {index + 1}/{self.job.train.epochs}", total=len(kit.loader), status="")
         terms, seconds, images = self.train(
             index, lambda s: bar.update(task, advance=1, **({"status": s} if s else {}))
         )
@@ -346,46 +347,45 @@ class Epoch:
             state.train_seconds + seconds,
             state.train_images + images,
         )
-        state.metrics = evaluate(
-            parts.ema.module if parts.ema is not None else parts.model, parts.val_loader, ctx, num_classes
-        )
+        state.metrics = evaluate(kit.ema.module if kit.ema is not None else kit.model, kit.val_loader, ctx, num_classes)
         return {
             "stage": self.job.name,
             "epoch": index + 1,
             "train_loss": terms.pop("loss"),
             **{f"train_{k}": v for k, v in terms.items()},
             **state.metrics,
-            "lr": parts.optimizer.param_groups[0]["lr"],
+            "lr": kit.optimizer.param_groups[0]["lr"],
             "seconds": seconds,
             "images_per_second": images / seconds,
         }
 
     def teacher_logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+        """The teacher's logits for this batch: cached by sample index, or a forward pass (None: no teacher)."""
         if self.cache is not None:
             return self.cache[idx].to(self.ctx.device, non_blocking=True)
-        if self.parts.teacher is None:
+        if self.kit.teacher is None:
             return None
         with torch.no_grad():
-            return self.parts.teacher(x)
+            return self.kit.teacher(x)
 
     def step(self, loss: torch.Tensor) -> None:
         """Backward, clip and update: timm's NativeScaler on fp16, a plain step otherwise."""
-        parts, clip = self.parts, self.job.train.clip_grad
-        parts.optimizer.zero_grad(set_to_none=True)
-        if parts.scaler is not None:
-            parts.scaler(loss, parts.optimizer, clip_grad=clip, parameters=self.step_model.parameters())
+        kit, clip = self.kit, self.job.train.clip_grad
+        kit.optimizer.zero_grad(set_to_none=True)
+        if kit.scaler is not None:
+            kit.scaler(loss, kit.optimizer, clip_grad=clip, parameters=self.step_model.parameters())
             return
         loss.backward()
         if clip:
             dispatch_clip_grad(self.step_model.parameters(), clip)
-        parts.optimizer.step()
+        kit.optimizer.step()
 
     def train(self, epoch: int, tick: Callable[[str | None], None]) -> tuple[dict[str, float], float, float]:
         """One pass over the loader; returns mean loss terms, seconds and images seen (all ranks)."""
-        ctx, parts = self.ctx, self.parts
+        ctx, kit = self.ctx, self.kit
         self.step_model.train()
-        steps, sums, images, start = len(parts.loader), {}, 0, time.perf_counter()
-        for i, (x, y, *idx) in enumerate(epoch_batches(parts.loader, steps)):  # map-style batches carry sample indices
+        steps, sums, images, start = len(kit.loader), {}, 0, time.perf_counter()
+        for i, (x, y, *idx) in enumerate(epoch_batches(kit.loader, steps)):  # map-style batches carry sample indices
             idx = idx[0] if idx else None
             x, y = ctx.to_device(x), y.to(ctx.device, non_blocking=True)
             with ctx.autocast():
@@ -394,9 +394,9 @@ class Epoch:
             terms = self.job.objective(logits, t_logits, y, epoch + i / steps)
             self.step(terms["loss"])
             updates = epoch * steps + i + 1
-            parts.scheduler.step_update(num_updates=updates)
-            if parts.ema is not None:
-                parts.ema.update(unwrap(self.step_model), step=updates)
+            kit.scheduler.step_update(num_updates=updates)
+            if kit.ema is not None:
+                kit.ema.update(unwrap(self.step_model), step=updates)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
             images += y.shape[0]

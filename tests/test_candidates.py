@@ -109,8 +109,8 @@ def two_students(tmp_path_factory, monkeypatch_module):
     import gtcompress.train as train
 
     calls = []
-    real = train.teacher_logits
-    monkeypatch_module.setattr(train, "teacher_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = train.dataset_logits
+    monkeypatch_module.setattr(train, "dataset_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     out = tmp_path_factory.mktemp("students") / "run"
     result = invoke(
         "run",

@@ -21,7 +21,7 @@ from gtcompress.errors import UserError
 from gtcompress.evaluate import evaluate_artefact
 from gtcompress.models import create_model
 from gtcompress.rundir import RunDir
-from gtcompress.train import Context, teacher_logits
+from gtcompress.train import Context, dataset_logits
 
 TIMEOUT = 240
 
@@ -143,7 +143,7 @@ def _logits_main(rank, port, path):
     ctx = Context(
         run=RunDir(path), train_data=data, val_data=data, device=torch.device("cpu"), dist=DistEnv(rank, rank, 2)
     )
-    logits = teacher_logits(teacher, data, ctx, batch_size=4)
+    logits = dataset_logits(teacher, data, ctx, batch_size=4)
     if rank == 0:
         torch.save(logits, path / "ddp.pt")
     torch.distributed.destroy_process_group()

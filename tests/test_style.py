@@ -33,3 +33,15 @@ NAME_PARSERS = ("parse_artefact_name", "sibling(", "_base(", "is_stage(", 'start
 def test_no_stage_or_precision_is_parsed_from_a_name(path):
     source = path.read_text()
     assert not [p for p in NAME_PARSERS if p in source]
+
+
+# The run's files, each named once: in rundir.py, whose RunDir reads and writes them (prose may name them).
+RUN_FILES = ('"config.yaml"', '"metrics.json"', '"history.jsonl"', '"bench.json"', '"candidates.json"', "'bench.json'")
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_run_files_are_named_only_by_the_run_directory(path):
+    if path.name == "rundir.py":
+        assert all(name in path.read_text() for name in RUN_FILES[:-1])
+        return
+    assert not [name for name in RUN_FILES if name in path.read_text()]

@@ -43,7 +43,7 @@ class EvalData:
 def run_of(path: Path) -> Path | None:
     """The run directory holding `path` (a checkpoint in it, or an artefact in its export/), if any."""
     for parent in (path.parent, path.parent.parent):
-        if (parent / "config.yaml").is_file():
+        if RunDir(parent).config.is_file():
             return parent
     return None
 
@@ -73,7 +73,7 @@ def resolve_source(cfg: ExportConfig) -> Source:
         ckpt = Path(cfg.checkpoint)
         if not ckpt.is_file():
             raise UserError(f"checkpoint {ckpt} not found", "pass the path of a .pt file written by gtcompress")
-        run = ckpt.parent if (ckpt.parent / "config.yaml").is_file() else None
+        run = ckpt.parent if RunDir(ckpt.parent).config.is_file() else None
         data = data_config(run, cfg.dataset, cfg.data_root, str(ckpt))
         # dots would read as a precision in the artefact names (`my.model.onnx`)
         return Source(ckpt.stem.replace(".", "_"), ckpt.resolve(), Path(cfg.out or ckpt.parent).resolve(), data)
