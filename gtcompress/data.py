@@ -361,6 +361,10 @@ def loader_workers(cfg: DataConfig, splits: Splits) -> int:
     return 0 if splits.in_memory else min(8, os.cpu_count() or 1)
 
 
+def _worker_options(workers: int, pin_memory: bool) -> dict[str, Any]:
+    return dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+
+
 def create_loader(
     dataset: Dataset,
     batch_size: int,
@@ -379,9 +383,9 @@ def create_loader(
         dataset.set_loader_cfg(num_workers=workers)
         if not training and dist.enabled and dist.is_main:
             warn_uneven(dataset.shard_lengths, dist.world_size * max(1, workers))
-    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
-    if isinstance(dataset, IterableDataset):
-        return DataLoader(dataset, batch_size=batch_size // dist.world_size if training else batch_size, **common)
+        per_rank = batch_size // dist.world_size if training else batch_size
+        return DataLoader(dataset, batch_size=per_rank, **_worker_options(workers, pin_memory))
+    common = _worker_options(workers, pin_memory)
     if training:
         sampler = DistributedSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=seed)
         per_rank = batch_size // dist.world_size

@@ -143,7 +143,7 @@ def _check_out(out: Path, run: RunDir, force: bool) -> None:
 def _report(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
     """The run's report.json, written first by the report code where it is missing or older than what it reads."""
     path = run.report_path
-    inputs = [run.metrics_path, run.history_path, run.candidates, run.bench_path]
+    inputs = [run.metrics_path, run.history_path, run.candidates_path, run.bench_path]
     newest = max(p.stat().st_mtime for p in inputs if p.exists())
     if not path.is_file() or path.stat().st_mtime < newest:
         say("report.json is missing or older than the run's results: writing the report first")

@@ -100,7 +100,7 @@ class RunDir:
     bench_path = property(lambda self: self.path / "bench.json")
     export_dir = property(lambda self: self.path / "export")
     progress_dir = property(lambda self: self.path / "checkpoints")
-    candidates = property(lambda self: self.path / "candidates.json")  # the latency pre-check, when a budget was set
+    candidates_path = property(lambda self: self.path / "candidates.json")  # the latency pre-check (with a budget)
     report_path = property(lambda self: self.path / "report.json")  # what `gtcompress report` wrote last
 
     def saved_config(self) -> RunConfig:
@@ -164,10 +164,11 @@ class RunDir:
 
     def candidate_check(self) -> CandidateCheck | None:
         """The latency pre-check, when the run was given a budget."""
-        return CandidateCheck.model_validate(read_json(self.candidates)) if self.candidates.is_file() else None
+        path = self.candidates_path
+        return CandidateCheck.model_validate(read_json(path)) if path.is_file() else None
 
     def write_candidate_check(self, check: CandidateCheck) -> None:
-        write_json(self.candidates, check.model_dump(mode="json"))
+        write_json(self.candidates_path, check.model_dump(mode="json"))
 
     def report(self) -> dict[str, Any]:
         """report.json: the report's own output, read back whole (publish copies it beside the model)."""
