@@ -183,7 +183,7 @@ class Bench:
         """The precisions to time `spec` at: those asked for (saying why this backend has none of some that it
         has elsewhere), else its defaults here."""
         if self.cfg.precisions is None:
-            return list(spec.default_precisions[device])
+            return list(spec.default_precisions(device))
         for precision in self.cfg.precisions:
             lack = spec.lacks(device, precision)
             if lack is not None and any(precision in ps for ps in spec.precisions.values()):

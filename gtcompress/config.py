@@ -99,7 +99,7 @@ def _teacher_schedule() -> TrainConfig:
 class TeacherConfig(Strict):
     """The Standard Teacher: trained with CE, fine-tuned from timm weights, or loaded."""
 
-    arch: str = Field("resnet50", description="timm model name")
+    arch: str = Field("resnet50", description="timm model name: exact, a unique prefix, or a prefix's _100 variant")
     pretrained: bool = Field(False, description="start from timm's pretrained weights (needs network)")
     checkpoint: Path | None = Field(None, description="load this checkpoint and skip training")
     train: TrainConfig = Field(default_factory=_teacher_schedule)
@@ -114,7 +114,8 @@ class GenerousConfig(Strict):
 
     arch: str | None = Field(None, description="timm model name; None: the teacher's (needs init scratch)")
     init: Literal["scratch", "standard"] = Field(
-        "scratch", description="random init (the authors'), or the ST's weights (a cheaper fine-tune)"
+        "scratch",
+        description="scratch: random init, the ST's schedule (the authors') | standard: the ST's weights (a fine-tune)",
     )
     checkpoint: Path | None = Field(None, description="load a trained GT (e.g. another run's) and skip training")
     beta: float = Field(1.0, ge=0, description="weight of the non-target term (the authors' --alpha, 1)")
@@ -193,8 +194,8 @@ class _StudentBase(Strict):
     arch: list[str] = Field(
         ["mobilenetv3_small_100"],
         min_length=1,
-        description="timm model name(s): several students of one GT, teachers trained once (a recipe may give one "
-        "name)",
+        description="timm model name(s), each resolved like teacher.arch: several students of one GT, the teachers "
+        "trained once (a recipe may give one name; the command line a,b or a repeated option)",
     )
     method: Method = Field("kd", description=f"distillation method: {' | '.join(METHODS)}")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, warmup_epochs=2, clip_grad=5.0))
@@ -232,7 +233,11 @@ StudentConfig = create_model(
 class BudgetConfig(Strict):
     """A latency budget on the deployment target, checked before any training with untrained candidates."""
 
-    latency_ms: float | None = Field(None, gt=0, description="p50 budget (ms); None: no check")
+    latency_ms: float | None = Field(
+        None,
+        gt=0,
+        description="p50 budget (ms) on the target: slower students are dropped before training; None: no check",
+    )
     backend: str | None = Field(
         None,
         description=f"target runtime: {' | '.join(BACKENDS)}; None: the best available (tensorrt on CUDA where "
@@ -259,14 +264,20 @@ class BudgetConfig(Strict):
 class RunConfig(Strict):
     """Everything a `gtcompress distill` run does; written resolved to `<run>/config.yaml`."""
 
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training autocast dtype")
+    seed: int = Field(0, description="random seed of every stage (data order, initial weights, augmentation)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (CUDA where available) | cpu | cuda")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="training autocast dtype: fp32 | bf16 | fp16 (CUDA)"
+    )
     channels_last: bool = True
     small_stem: bool = Field(
         False, description="every model with a CIFAR-style stem for 32-px inputs: first conv 3x3 stride 1, no max-pool"
     )
-    compare: bool = Field(False, description="also train students from the ST and with CE alone")
+    compare: bool = Field(
+        False,
+        description="also train the controls: students of the ST and of CE alone, and a control teacher with its "
+        "student (born-again for a GT from scratch, the continued ST for a fine-tuned GT)",
+    )
     compile: bool = Field(False, description="torch.compile the model being trained")
     tensorboard: bool = Field(False, description="also log every epoch's scalars to <run>/tensorboard")
     cache_teacher_logits: bool | None = Field(

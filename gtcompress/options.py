@@ -13,7 +13,7 @@ import typer
 import yaml
 from rich.markup import escape
 
-from .config import BudgetConfig
+from .config import BudgetConfig, RunConfig
 from .distributed import is_main_process, report_rank_failure
 from .errors import UserError
 from .terminal import err_console
@@ -94,17 +94,20 @@ OPTION_KEYS = {
     "budget_precision": "budget.precision",
 }
 PER_STAGE_OPTIONS = ("epochs", "batch_size", "lr")
+
+
+def config_option(name: str, *flags: str) -> Any:
+    """distill's option `name`, with the help of the configuration key it sets (OPTION_KEYS)."""
+    return typer.Option(*flags, help=field_help(RunConfig, OPTION_KEYS[name]))
+
+
 # The latency budget's options, shared by distill (and run) and candidates.
-LatencyBudget = Annotated[
-    Optional[float], typer.Option(help="p50 budget (ms) on the target: slower students are dropped before training.")
-]
+LatencyBudget = Annotated[Optional[float], typer.Option(help=field_help(BudgetConfig, "latency_ms"))]
 BudgetBackend = Annotated[Optional[str], typer.Option(help=field_help(BudgetConfig, "backend"))]
 BudgetBatch = Annotated[Optional[int], typer.Option(help=field_help(BudgetConfig, "batch"))]
 BudgetPrecision = Annotated[Optional[str], typer.Option(help=field_help(BudgetConfig, "precision"))]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any recipe key: --set data.train_fraction=0.2")]
-Students = Annotated[
-    Optional[list[str]], typer.Option(help="timm student(s), resolved like --teacher: a,b or repeated.")
-]
+Students = Annotated[Optional[list[str]], typer.Option(help=field_help(RunConfig, "student.arch"))]
 
 
 def distill_overrides(params: dict[str, Any]) -> dict[str, Any]:

@@ -53,8 +53,12 @@ def validate(cls: type[M], data: Any, context: str = "", hint: str | None = None
 
 
 def field_help(cls: type[BaseModel], name: str) -> str:
-    """A field's description: the CLI's help text, written once in the model."""
-    return cls.model_fields[name].description or ""
+    """A field's description, `name` dotted through nested models ('data.name'): the CLI's help text, written
+    once in the model."""
+    *parents, leaf = name.split(".")
+    for parent in parents:
+        cls = cls.model_fields[parent].annotation
+    return cls.model_fields[leaf].description or ""
 
 
 def field_default(cls: type[BaseModel], name: str) -> Any:

@@ -92,3 +92,17 @@ def test_every_recipe_builds_its_models_and_optimizers(recipe, tmp_path, monkeyp
         assert f"{stage}: " in result.output
     assert all(arch.split(".")[0] in result.output for arch in cfg.student.arch)
     assert not (tmp_path / "runs").exists()
+
+
+def test_distills_options_take_their_help_from_the_keys_they_set():
+    """One description per key: the option's help is the configuration field's, never a second text."""
+    import typer.main
+
+    from gtcompress.cli import app
+    from gtcompress.options import OPTION_KEYS
+    from gtcompress.typed import field_help
+
+    distill = next(c for c in typer.main.get_command(app).commands.values() if c.name == "distill")
+    helps = {p.name: p.help for p in distill.params}
+    for option, key in OPTION_KEYS.items():
+        assert helps[option] == field_help(RunConfig, key) != "", option

@@ -56,9 +56,9 @@ class BackendSpec:
     title: str
     artefact: Artefact  # what it runs: a gtcompress checkpoint, an exported ONNX file, a TensorRT engine
     precisions: Mapping[str, tuple[str, ...]]  # device -> the precisions it runs there
-    default_precisions: Mapping[str, tuple[str, ...]]  # device -> what bench times unless told
-    module: str  # the runner module (relative to this package), imported when a runner is opened
     install: str  # how to get it where it is missing
+    # device -> what bench times unless told, where that is not everything it runs
+    timed_by_default: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     cpu_threads: bool = False  # its CPU thread count is a deployment setting worth sweeping
     cuda_graph: bool = False  # it can replay calls as captured CUDA graphs
     onnx_verifier: bool = False  # exported ONNX files are verified on it (CPU) where it is installed
@@ -76,6 +76,10 @@ class BackendSpec:
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(self.precisions)
+
+    def default_precisions(self, device: str) -> tuple[str, ...]:
+        """What bench times on `device` unless told."""
+        return self.timed_by_default.get(device, self.precisions.get(device, ()))
 
     def missing(self, device: str) -> str | None:
         """Why this backend cannot run on `device` here (None: it can)."""
@@ -96,7 +100,8 @@ class BackendSpec:
         return self._runner().open(source, device, precision, setting)
 
     def _runner(self) -> Any:
-        return importlib.import_module(f".{self.module}", __name__)
+        """Its runner module, `<name>_runner` in this package, imported only when a runner is opened."""
+        return importlib.import_module(f".{self.name}_runner", __name__)
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -108,8 +113,6 @@ BACKENDS: dict[str, BackendSpec] = {
             "TensorRT engine",
             "engine",
             {"cuda": ("fp32", "fp16", "int8")},
-            {"cuda": ("fp32", "fp16", "int8")},
-            "tensorrt_runner",
             "pip install 'gtcompress[trt]' on a machine with an NVIDIA GPU and CUDA",
             cuda_graph=True,
         ),
@@ -118,8 +121,6 @@ BACKENDS: dict[str, BackendSpec] = {
             "ONNX Runtime",
             "onnx",
             {"cpu": ("fp32", "fp16", "int8"), "cuda": ("fp32", "fp16")},
-            {"cpu": ("fp32", "fp16", "int8"), "cuda": ("fp32", "fp16")},
-            "onnxruntime_runner",
             "for CUDA: pip uninstall -y onnxruntime && pip install onnxruntime-gpu (the two cannot coexist)",
             cpu_threads=True,
             cuda_graph=True,
@@ -134,8 +135,6 @@ BACKENDS: dict[str, BackendSpec] = {
             "OpenVINO",
             "onnx",
             {"cpu": ("fp32", "fp16", "int8")},
-            {"cpu": ("fp32", "fp16", "int8")},
-            "openvino_runner",
             "pip install 'gtcompress[openvino]'",
             cpu_threads=True,
             onnx_verifier=True,
@@ -145,9 +144,8 @@ BACKENDS: dict[str, BackendSpec] = {
             "PyTorch",
             "checkpoint",
             {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")},
-            {"cpu": ("fp32",), "cuda": ("fp32", "fp16")},
-            "torch_runner",
             "torch is a dependency of gtcompress",
+            timed_by_default={"cpu": ("fp32",), "cuda": ("fp32", "fp16")},
             cpu_threads=True,
             cuda_graph=True,
         ),
