@@ -231,16 +231,14 @@ class Bench:
         """(file, what the backend opens, the engine's largest batch) of a verified artefact, or None (and why)."""
         if spec.artefact == "checkpoint":
             return self.run.checkpoint(stage), net, None
-        fmt, target = ("engine", "tensorrt") if spec.artefact == "engine" else ("onnx", "onnxruntime")
+        wanted = (stage, spec.name, precision, spec.artefact, spec.onnx_target)
         record = next(
-            (r for r in self.exports
-             if (r.stage, r.backend, r.precision, r.format, r.target) == (stage, spec.name, precision, fmt, target)),
-            None,
-        )  # fmt: skip
+            (r for r in self.exports if (r.stage, r.backend, r.precision, r.format, r.target) == wanted), None
+        )
         if record is None or not (self.run.path / record.path).is_file():
             if precision == "fp32" or self.cfg.precisions is not None:
                 options = f"--stage {stage}" + (f" --precision {precision}" if precision != "fp32" else "")
-                trt = " --trt" if fmt == "engine" else ""
+                trt = " --trt" if spec.artefact == "engine" else ""
                 self.missing.append(
                     f"{stage} {precision} verified on {spec.name} (make it with gtcompress export {options}{trt})"
                 )

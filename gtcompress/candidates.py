@@ -50,7 +50,7 @@ def _artefact(model: torch.nn.Module, img_size: int, spec: BackendSpec, precisio
     if spec.artefact == "checkpoint":
         return model
     rng = np.random.default_rng(0)
-    target = "tensorrt" if spec.artefact == "engine" else "onnxruntime"
+    target = spec.onnx_target
     paths = {p: tmp / PRECISIONS[p].onnx_file("model", target) for p in ("fp32", precision)}
     images = lambda: (rng.standard_normal((8, 3, img_size, img_size), dtype=np.float32) for _ in range(4))  # noqa: E731
     for name in dict.fromkeys(("fp32", precision)):  # fp32 first: the other graphs are converted from it

@@ -53,7 +53,6 @@ class BackendSpec:
     """One backend: what it runs, where, at which precisions, with which settings, and how it is opened."""
 
     name: str
-    title: str
     artefact: Artefact  # what it runs: a gtcompress checkpoint, an exported ONNX file, a TensorRT engine
     precisions: Mapping[str, tuple[str, ...]]  # device -> the precisions it runs there
     install: str  # how to get it where it is missing
@@ -76,6 +75,11 @@ class BackendSpec:
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(self.precisions)
+
+    @property
+    def onnx_target(self) -> str:
+        """Whose ONNX graph its artefact comes from: TensorRT's for an engine, else onnxruntime's (OpenVINO runs it)."""
+        return "tensorrt" if self.artefact == "engine" else "onnxruntime"
 
     def default_precisions(self, device: str) -> tuple[str, ...]:
         """What bench times on `device` unless told."""
@@ -110,7 +114,6 @@ BACKENDS: dict[str, BackendSpec] = {
         # In the order a report prefers them as its headline: what a deployment would run first.
         BackendSpec(
             "tensorrt",
-            "TensorRT engine",
             "engine",
             {"cuda": ("fp32", "fp16", "int8")},
             "pip install 'gtcompress[trt]' on a machine with an NVIDIA GPU and CUDA",
@@ -118,7 +121,6 @@ BACKENDS: dict[str, BackendSpec] = {
         ),
         BackendSpec(
             "onnxruntime",
-            "ONNX Runtime",
             "onnx",
             {"cpu": ("fp32", "fp16", "int8"), "cuda": ("fp32", "fp16")},
             "for CUDA: pip uninstall -y onnxruntime && pip install onnxruntime-gpu (the two cannot coexist)",
@@ -132,7 +134,6 @@ BACKENDS: dict[str, BackendSpec] = {
         ),
         BackendSpec(
             "openvino",
-            "OpenVINO",
             "onnx",
             {"cpu": ("fp32", "fp16", "int8")},
             "pip install 'gtcompress[openvino]'",
@@ -141,7 +142,6 @@ BACKENDS: dict[str, BackendSpec] = {
         ),
         BackendSpec(
             "torch",
-            "PyTorch",
             "checkpoint",
             {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")},
             "torch is a dependency of gtcompress",
