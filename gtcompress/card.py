@@ -13,6 +13,7 @@ import yaml
 
 from . import __version__
 from .backends import BACKENDS
+from .records import StageRecord
 from .report import markdown_table
 from .stages import distilled_students
 
@@ -32,7 +33,7 @@ class Card:
 
     report: dict[str, Any]
     config: dict[str, Any]  # the run's config.yaml
-    metrics: dict[str, dict[str, Any]]  # the run's stage records (metrics.json with each stage's identity)
+    metrics: dict[str, StageRecord]  # the run's stage records (metrics.json with each stage's identity)
     engines: bool  # the run has TensorRT engines of the published stage
     stage: str
     files: list[dict[str, Any]]  # the folder's ONNX records (path in the folder, run_path in the run)
@@ -57,7 +58,7 @@ def model_card(card: Card) -> str:
 
 def _heading(card: Card) -> str:
     m = card.metrics[card.stage]
-    return f"{m['arch']}: {m['title']} on {_dataset_id(card.config['data']['name'])}, by gtcompress"
+    return f"{m.arch}: {m.title} on {_dataset_id(card.config['data']['name'])}, by gtcompress"
 
 
 def _dataset_id(name: str) -> str:
@@ -76,7 +77,7 @@ def _front_matter(card: Card) -> dict[str, Any]:
         {"type": "accuracy", "name": f"top-1 accuracy ({_form(r['precision'])})", "value": round(r["top1"], 2)}
         for r in card.rows()
     ]
-    source = card.metrics[card.stage].get("source", "")
+    source = card.metrics[card.stage].source or ""
     return {
         "library_name": "timm",
         "license": card.license,
@@ -104,14 +105,14 @@ def _form(precision: str) -> str:
     return "PyTorch fp32" if precision == "fp32" else f"ONNX {precision}"
 
 
-def _trained(m: dict[str, Any]) -> str:
-    done = f"{m['epochs']} epochs" if m["epochs"] else "not trained here"
-    return f"{done}, top-1 {m['top1']:.2f}%"
+def _trained(m: StageRecord) -> str:
+    done = f"{m.epochs} epochs" if m.epochs else "not trained here"
+    return f"{done}, top-1 {m.top1:.2f}%"
 
 
 def _start(card: Card) -> str:
     """Where a published model other than the ST (whose source the paragraph names) took its initial weights."""
-    source = card.metrics[card.stage].get("source", "")
+    source = card.metrics[card.stage].source or ""
     return f", starting from {source}" if card.stage != "standard_teacher" and ":" in source else ""
 
 
@@ -119,23 +120,23 @@ def _method(card: Card) -> str:
     """One paragraph: the teacher, the Generous Teacher's settings, the distillation method and the epochs."""
     metrics, student, data = card.metrics, card.config["student"], _dataset_id(card.config["data"]["name"])
     said = []
-    by_role = {m["role"]: m for m in metrics.values()}
+    by_role = {m.role: m for m in metrics.values()}
     if st := by_role.get("standard"):
         source = {"scratch": "random weights", "pretrained": "timm's pretrained weights", "checkpoint": "a checkpoint"}
         said.append(
-            f"A Standard Teacher, {st['arch']} starting from {source.get(st['source'], st['source'])}, was trained "
+            f"A Standard Teacher, {st.arch} starting from {source.get(st.source, st.source)}, was trained "
             f"with cross-entropy on {data} ({_trained(st)})."
         )
     if gt := by_role.get("generous"):
-        init = {"checkpoint": "loaded from a checkpoint"}.get(gt.get("source")) or (
-            "from scratch" if gt.get("init") == "scratch" else "fine-tuned from the Standard Teacher"
+        init = {"checkpoint": "loaded from a checkpoint"}.get(gt.source) or (
+            "from scratch" if gt.init == "scratch" else "fine-tuned from the Standard Teacher"
         )
         said.append(
-            f"A Generous Teacher (Ding et al., *Image and Vision Computing* 150, 2024), {gt['arch']} {init}, "
+            f"A Generous Teacher (Ding et al., *Image and Vision Computing* 150, 2024), {gt.arch} {init}, "
             f"learned beside cross-entropy the Standard Teacher's distribution over the non-target classes "
-            f"(β {gt.get('beta')}, k {gt.get('k')}, scale {gt.get('scale')}; {_trained(gt)})."
+            f"(β {gt.beta}, k {gt.k}, scale {gt.scale}; {_trained(gt)})."
         )
-    if students := [metrics[s]["arch"] for s in distilled_students(metrics)]:
+    if students := [metrics[s].arch for s in distilled_students(metrics)]:
         params = ", ".join(f"{k} {v}" for k, v in student[student["method"]].items())
         said.append(
             f"The student{'s' * (len(students) > 1)} {', '.join(students)} {'were' if len(students) > 1 else 'was'} "
@@ -143,8 +144,8 @@ def _method(card: Card) -> str:
         )
     m = metrics[card.stage]
     said.append(
-        f"This folder holds the {m['title']}: {m['arch']}, {m['params'] / 1e6:.2f}M parameters, "
-        f"{m['macs'] / 1e6:.1f} MMACs per {card.sidecar['img_size']}-px image, {_trained(m)}{_start(card)}; made "
+        f"This folder holds the {m.title}: {m.arch}, {m.params / 1e6:.2f}M parameters, "
+        f"{m.macs / 1e6:.1f} MMACs per {card.sidecar['img_size']}-px image, {_trained(m)}{_start(card)}; made "
         f"with gtcompress {__version__}."
     )
     return " ".join(said)

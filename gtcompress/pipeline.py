@@ -31,7 +31,7 @@ from .models import (
     resolve_model_name,
     save_checkpoint,
 )
-from .records import CandidateCheck
+from .records import CandidateCheck, StageRecord
 from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
 from .stages import Models, Stage, stages
 from .stream import stream_workers
@@ -259,9 +259,9 @@ def _train(
 ) -> nn.Module:
     """Train one stage (or load it, when a previous attempt finished it) and record its metrics."""
     cfg, run, env = setup.cfg, setup.ctx.run, setup.ctx.dist
-    done = run.metrics().get(stage.name)
+    done = run.stage_records().get(stage.name)
     if done is not None and run.checkpoint(stage.name).exists():
-        say(f"{stage.name}: complete (top-1 {done['top1']:.2f}%), loaded from {run.checkpoint(stage.name).name}")
+        say(f"{stage.name}: complete (top-1 {done.top1:.2f}%), loaded from {run.checkpoint(stage.name).name}")
         return load_model(run.checkpoint(stage.name))[0]
     seed_everything(cfg.seed, stage.seed_offset)
     model = agree(env, lambda: stage.build(cfg, setup.splits.num_classes, models))
@@ -276,17 +276,17 @@ def _train(
     )
     metrics = fit(job, setup.ctx, setup.splits.num_classes, on_epoch)
     arch = stage.arch(cfg)
-    metrics = {
-        "arch": arch,
+    record = StageRecord(
+        arch=arch,
         **stage.identity(),
         **metrics,
-        "params": count_params(job.model),
-        "macs": count_macs(job.model, setup.img_size),
+        params=count_params(job.model),
+        macs=count_macs(job.model, setup.img_size),
         **stage.record(cfg),
-    }
+    )
     if env.is_main:
-        save_checkpoint(run.checkpoint(stage.name), job.model, setup.spec(arch), stage.name, metrics)
-        run.update_metrics(stage.name, metrics)
+        save_checkpoint(run.checkpoint(stage.name), job.model, setup.spec(arch), stage.name, record.as_json())
+        run.write_stage(stage.name, record)
         run.progress(stage.name).unlink(missing_ok=True)
     barrier(env)
     return job.model

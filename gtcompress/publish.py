@@ -24,6 +24,7 @@ from .errors import UserError, first_line
 from .export.precisions import PRECISIONS
 from .export.sidecar import read_sidecar
 from .models import ModelSpec, load_model
+from .records import StageRecord
 from .report import build_report, write_report
 from .rundir import RunDir, atomic_dir, resolve_run, write_json, write_text
 from .stages import distilled_students, stage_records
@@ -108,7 +109,7 @@ def _save_model(
     save_for_hf(model, folder, model_config=model_config, data_config=data_config, safe_serialization=True)
 
 
-def _stage(records: dict[str, dict[str, Any]], name: str | None) -> str:
+def _stage(records: dict[str, StageRecord], name: str | None) -> str:
     """The stage to publish: the one named, else the run's one student distilled from the GT."""
     if name is not None:
         if name not in records:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .records import StageRecord
 from .rundir import RunDir
 from .stages import deployable_teachers, distilled_students
 
@@ -77,7 +78,7 @@ def no_speed_line(points: list[Point], backend: str | None, batch_size: int) -> 
 
 def which_student(
     run: RunDir,
-    records: dict[str, dict[str, Any]],
+    records: dict[str, StageRecord],
     rows: list[dict[str, Any]],
     backend: str | None,
     batch_size: int,

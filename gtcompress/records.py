@@ -1,5 +1,6 @@
-"""The run's records as typed models: what export verified (metrics.json's `export`, `export_rejected`) and what
-bench measured (bench.json), and the latency pre-check (candidates.json). `RunDir` reads and writes them; every
+"""The run's records as typed models: each trained stage (metrics.json's stage entries), what export verified
+(metrics.json's `export`, `export_rejected`), what bench measured (bench.json), and the latency pre-check
+(candidates.json). `RunDir` reads and writes them; every
 other module reads these fields.
 
 A bench result is one stage's artefact on one backend, device, precision, setting (CPU threads, CUDA graph) and
@@ -19,6 +20,37 @@ class Record(BaseModel):
     """A run file's record: its fields typed, unknown keys kept (a newer gtcompress may add some)."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class StageRecord(Record):
+    """A trained (or loaded) stage: its identity, its final test metrics, its size, and how it was made."""
+
+    arch: str
+    # its identity (stages.Stage); a run from before these were recorded gets them from its configuration
+    title: str | None = None
+    role: str | None = None  # standard | generous | control | student
+    teacher_stage: str | None = None
+    student: str | None = None  # the student architecture (as named) a student stage trains
+    top1: float
+    top5: float | None = None  # where the data set has at least 5 classes
+    val_loss: float | None = None
+    epochs: int
+    train_seconds: float
+    images_per_second: float | None = None
+    params: int
+    macs: int | None = None
+    # how it was made, where it applies
+    source: str | None = None  # scratch | pretrained | checkpoint | trained | a hub or local model it started from
+    method: str | None = None  # a student's distillation method (ce for the CE-only control)
+    init: str | None = None  # a generous or control teacher's: scratch | standard
+    beta: float | None = None
+    k: float | None = None
+    scale: str | None = None
+    temperature: float | None = None  # the born-again teacher's fixed T
+
+    def as_json(self) -> dict[str, Any]:
+        """As metrics.json (and the checkpoint) hold it: the fields that apply."""
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 class ExportRecord(Record):

@@ -24,7 +24,7 @@ from .bench import RESULT_COLUMNS, reference_teacher, result_cells
 from .export.precisions import PRECISIONS
 from .plots import PLOTS, make_plots
 from .recommend import pareto_note, pareto_rows, recommendation_line, which_student
-from .records import BenchFile, BenchResult, ExportRecord, in_order
+from .records import BenchFile, BenchResult, ExportRecord, StageRecord, in_order
 from .rundir import RunDir, resolve_run, write_bytes, write_json, write_text
 from .stages import controls_of, deployable_teachers, distilled_students, stage_records
 
@@ -46,27 +46,26 @@ DELTA_NOTE = (
 )
 
 
-def stage_table(records: dict[str, dict[str, Any]]) -> Table:
+def stage_table(records: dict[str, StageRecord]) -> Table:
     """One row per trained stage: accuracy, size and training cost."""
     table = Table(title="gtcompress distill", title_justify="left")
     for col in ("stage", "model", "top-1 %", "top-5 %", "params", "MMACs", "epochs", "train s"):
         table.add_column(col, justify="left" if col in ("stage", "model") else "right")
     for m in records.values():
-        top5 = f"{m['top5']:.2f}" if "top5" in m else "-"
         table.add_row(
-            m["title"],
-            m["arch"],
-            f"{m['top1']:.2f}",
-            top5,
-            f"{m['params'] / 1e6:.2f}M",
-            f"{m['macs'] / 1e6:.1f}",
-            str(m["epochs"]),
-            f"{m['train_seconds']:.0f}",
+            m.title,
+            m.arch,
+            f"{m.top1:.2f}",
+            f"{m.top5:.2f}" if m.top5 is not None else "-",
+            f"{m.params / 1e6:.2f}M",
+            f"{m.macs / 1e6:.1f}" if m.macs is not None else "-",
+            str(m.epochs),
+            f"{m.train_seconds:.0f}",
         )
     return table
 
 
-def _header(run: RunDir, records: dict[str, dict[str, Any]], bench: BenchFile | None) -> dict[str, Any]:
+def _header(run: RunDir, records: dict[str, StageRecord], bench: BenchFile | None) -> dict[str, Any]:
     cfg = run.saved_config()
     env = cfg.environment or {}
     if bench:
@@ -84,8 +83,8 @@ def _header(run: RunDir, records: dict[str, dict[str, Any]], bench: BenchFile | 
         "data": cfg.data.name,
         "num_classes": next((m.num_classes for m in bench.models.values()), None) if bench else None,
         "method": f"{cfg.student.method} from the Generous Teacher (beta {g.beta}, k {g.k}, init {g.init})",
-        "teacher": next((m["arch"] for m in records.values() if m["role"] == "standard"), None),
-        "student": ", ".join(records[s]["arch"] for s in distilled_students(records)) or None,
+        "teacher": next((m.arch for m in records.values() if m.role == "standard"), None),
+        "student": ", ".join(records[s].arch for s in distilled_students(records)) or None,
         "machine": machine,
         "trained_on": f"{env.get('device', '?')} x{env.get('world_size', 1)}",
         "run_started": env.get("started"),
@@ -117,7 +116,7 @@ def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | 
         "primary_backend": primary,
         "backends": backends,
         "teacher": teacher,
-        "titles": {name: m["title"] for name, m in records.items()},
+        "titles": {name: m.title for name, m in records.items()},
         "rows": rows,
         "bench": [r.model_dump(mode="json", exclude={"samples_ms"}) for r in results],
         **which_student(run, records, rows, primary, batch_size, budget_ms),
@@ -141,7 +140,7 @@ def _precisions(exports: list[ExportRecord], stage: str) -> list[str]:
 
 def _row(
     run: RunDir,
-    records: dict[str, dict[str, Any]],
+    records: dict[str, StageRecord],
     exports: list[ExportRecord],
     stage: str,
     precision: str,
@@ -154,23 +153,23 @@ def _row(
     m, ckpt = records[stage], run.checkpoint(stage)
     onnx = _export(exports, stage, precision, backends[0] if backends else None)
     file, size = (onnx.path, onnx.bytes) if onnx else (ckpt.name, ckpt.stat().st_size if ckpt.is_file() else None)
-    top1 = m["top1"] if precision == "fp32" else onnx.top1
+    top1 = m.top1 if precision == "fp32" else onnx.top1
     controls = controls_of(records, stage)  # the same student's control students, by their teachers
-    deltas = {key: top1 - records[controls[t]]["top1"] if t in controls else None for key, (t, _) in DELTAS.items()}
+    deltas = {key: top1 - records[controls[t]].top1 if t in controls else None for key, (t, _) in DELTAS.items()}
     best = {b: bench.best(stage, b, precision, batch_size) for b in backends} if bench else {}
     return {
-        "name": m["title"] + ("" if precision == "fp32" else f" {precision}"),
+        "name": m.title + ("" if precision == "fp32" else f" {precision}"),
         "stage": stage,
-        "role": m["role"],
-        "arch": m["arch"],
+        "role": m.role,
+        "arch": m.arch,
         "precision": precision,
         "file": file,
         "bytes": size,
         "top1": top1,
-        "top5": m.get("top5") if precision == "fp32" else None,
+        "top5": m.top5 if precision == "fp32" else None,
         **deltas,
-        "params": m["params"],
-        "macs": m.get("macs"),
+        "params": m.params,
+        "macs": m.macs,
         "p50_ms": {b: r.p50_ms for b, r in best.items() if r},
         "setting": {b: r.setting.label() for b, r in best.items() if r},
     }

@@ -18,7 +18,7 @@ import yaml
 
 from .config import RunConfig
 from .errors import UserError, first_line
-from .records import BenchFile, CandidateCheck, ExportRecord, RejectedExport
+from .records import BenchFile, CandidateCheck, ExportRecord, RejectedExport, StageRecord
 from .typed import validate
 
 RUNS_ROOT = Path("runs")
@@ -125,9 +125,16 @@ class RunDir:
     def metrics(self) -> dict[str, Any]:
         return read_json(self.metrics_path) if self.metrics_path.exists() else {}
 
-    def update_metrics(self, key: str, value: Any) -> None:
+    def stage_records(self) -> dict[str, StageRecord]:
+        """Every finished stage's record in metrics.json, in training order, as written (see stages.stage_records
+        for them with their identities)."""
         metrics = self.metrics()
-        metrics[key] = value
+        return {k: StageRecord.model_validate(m) for k, m in metrics.items() if isinstance(m, dict) and "top1" in m}
+
+    def write_stage(self, name: str, record: StageRecord) -> None:
+        """Record a finished stage (replacing an earlier record of it)."""
+        metrics = self.metrics()
+        metrics[name] = record.as_json()
         write_json(self.metrics_path, metrics)
 
     def exports(self) -> list[ExportRecord]:

@@ -19,6 +19,7 @@ from torch import nn
 from .config import RunConfig, TrainConfig
 from .models import base_arch, create_model, load_weights, model_source
 from .objectives import Objective, ce_objective, generous_objective, student_objective
+from .records import StageRecord
 
 Models = dict[str, nn.Module]  # finished stages' models by name: the teachers of later stages
 
@@ -263,43 +264,35 @@ def run_stages(cfg: RunConfig) -> list[str]:
     return [s.name for s in stages(cfg) if s.skip(cfg) is None]
 
 
-def trained(metrics: dict[str, Any]) -> list[str]:
-    """The stages recorded in a run's metrics.json, in training order."""
-    return [k for k, m in metrics.items() if k != "export" and isinstance(m, dict) and "top1" in m]
-
-
-def stage_records(run: Any) -> dict[str, dict[str, Any]]:
+def stage_records(run: Any) -> dict[str, StageRecord]:
     """Every finished stage's metrics.json record with its identity (title, role, teacher_stage, student), in
     training order. A run from before identities were recorded gets them from its saved configuration's stages."""
-    metrics = run.metrics()
-    known = {s.name: s.identity() for s in stages(run.saved_config())} if metrics else {}
-    records = {}
-    for name in trained(metrics):
-        identity = known.get(name, {"title": name, "role": None, "teacher_stage": None, "student": None})
-        records[name] = {**identity, **metrics[name]}
-    return records
+    records = run.stage_records()
+    known = {s.name: s.identity() for s in stages(run.saved_config())} if records else {}
+    return {
+        name: r if r.title is not None else r.model_copy(update=known.get(name, {"title": name}))
+        for name, r in records.items()
+    }
 
 
-def distilled_students(records: dict[str, dict[str, Any]]) -> list[str]:
+def distilled_students(records: dict[str, StageRecord]) -> list[str]:
     """The run's students distilled from the GT (one per student architecture), in training order."""
-    return [
-        k for k, m in records.items() if m.get("role") == "student" and m.get("teacher_stage") == "generous_teacher"
-    ]
+    return [k for k, r in records.items() if r.role == "student" and r.teacher_stage == "generous_teacher"]
 
 
-def controls_of(records: dict[str, dict[str, Any]], stage: str) -> dict[str, str]:
+def controls_of(records: dict[str, StageRecord], stage: str) -> dict[str, str]:
     """A student stage's control students (same student, seed and schedule): teacher stage -> stage name."""
     me = records[stage]
-    if me.get("role") != "student":
+    if me.role != "student":
         return {}
-    same = [k for k, m in records.items() if m.get("role") == "student" and m.get("student") == me.get("student")]
-    return {records[k]["teacher_stage"]: k for k in same if k != stage and records[k].get("teacher_stage")}
+    same = [k for k, r in records.items() if r.role == "student" and r.student == me.student and k != stage]
+    return {records[k].teacher_stage: k for k in same if records[k].teacher_stage}
 
 
-def deployable_teachers(records: dict[str, dict[str, Any]]) -> list[str]:
+def deployable_teachers(records: dict[str, StageRecord]) -> list[str]:
     """The teachers a deployment could ship instead of a student (the controls are not), the GT first: the speed
     reference."""
-    return [k for role in DEPLOYABLE_ROLES for k, m in records.items() if m.get("role") == role]
+    return [k for role in DEPLOYABLE_ROLES for k, r in records.items() if r.role == role]
 
 
 STAGE_NAMES: tuple[str, ...] = tuple(TITLES)  # the stages of a one-student run, in training order

@@ -7,6 +7,7 @@ import pytest
 from conftest import INT8_TOLERANCE, TEACHER, assert_one_line_error, invoke
 
 from gtcompress.recommend import pareto_front, recommend, recommendation_line, which_student
+from gtcompress.records import StageRecord
 from gtcompress.rundir import RunDir
 
 STUDENTS = ("mobilenetv3_small_050", "test_efficientnet")
@@ -40,9 +41,12 @@ def _rows(models):
 
 
 METRICS = {  # stage records: their identities decide who is a candidate, not their names
-    "standard_teacher": {"role": "standard"},
-    "generous_teacher": {"role": "generous"},
-    "student": {"role": "student", "teacher_stage": "generous_teacher"},
+    name: StageRecord(arch=name, top1=0.0, epochs=1, train_seconds=1.0, params=1, **identity)
+    for name, identity in (
+        ("standard_teacher", {"role": "standard"}),
+        ("generous_teacher", {"role": "generous"}),
+        ("student", {"role": "student", "teacher_stage": "generous_teacher"}),
+    )
 }
 
 

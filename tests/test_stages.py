@@ -7,7 +7,9 @@ from timm.models import save_for_hf
 
 from gtcompress import losses
 from gtcompress.config import RunConfig
-from gtcompress.stages import controls_of, deployable_teachers, distilled_students, run_stages, stages, trained
+from gtcompress.records import StageRecord
+from gtcompress.rundir import RunDir, write_json
+from gtcompress.stages import controls_of, deployable_teachers, distilled_students, run_stages, stages
 
 FINE_TUNE = {"init": "standard", "train": {"epochs": 4}}
 
@@ -89,27 +91,38 @@ def test_each_stage_carries_its_identity_as_fields():
     assert by["student_ce_resnet18"]["teacher_stage"] is None and by["student_ce_resnet18"]["student"] == "resnet18"
 
 
+def _record(**identity):
+    return StageRecord(arch="resnet18", top1=1.0, epochs=1, train_seconds=1.0, params=1, **identity)
+
+
 def test_students_controls_and_teachers_are_found_by_their_fields_not_their_names():
     records = {
-        "standard_teacher": {"top1": 1.0, "role": "standard"},
-        "generous_teacher": {"top1": 1.0, "role": "generous"},
-        "x": {"top1": 2.0, "role": "student", "student": "a", "teacher_stage": "generous_teacher"},
-        "y": {"top1": 3.0, "role": "student", "student": "a", "teacher_stage": "standard_teacher"},
-        "z": {"top1": 3.0, "role": "student", "student": "b", "teacher_stage": "standard_teacher"},
-        "w": {"top1": 3.0, "role": "student", "student": "a", "teacher_stage": None},
+        "standard_teacher": _record(role="standard"),
+        "generous_teacher": _record(role="generous"),
+        "x": _record(role="student", student="a", teacher_stage="generous_teacher"),
+        "y": _record(role="student", student="a", teacher_stage="standard_teacher"),
+        "z": _record(role="student", student="b", teacher_stage="standard_teacher"),
+        "w": _record(role="student", student="a"),
     }
     assert distilled_students(records) == ["x"]
     assert controls_of(records, "x") == {"standard_teacher": "y"}, "the same student's controls only"
     assert controls_of(records, "standard_teacher") == {}
     assert deployable_teachers(records) == ["generous_teacher", "standard_teacher"]
-    assert trained({"a": {"top1": 1.0}, "export": [], "b": {}}) == ["a"]
+
+
+def test_the_run_reads_back_the_stages_it_recorded_and_nothing_else(tmp_path):
+    run = RunDir(tmp_path)
+    write_json(run.metrics_path, {"export": [], "unfinished": {}})
+    run.write_stage("a", _record(role="student", student="s", method="kd"))
+    assert list(run.stage_records()) == ["a"]
+    assert run.stage_records()["a"] == _record(role="student", student="s", method="kd")
+    assert "teacher_stage" not in run.metrics()["a"], "what does not apply is not written"
 
 
 def test_a_run_records_identities_and_an_older_run_gets_them_from_its_configuration(pipeline_run, tmp_path):
     import json
     import shutil
 
-    from gtcompress.rundir import RunDir
     from gtcompress.stages import stage_records
 
     metrics = json.loads((pipeline_run / "metrics.json").read_text())
@@ -119,7 +132,7 @@ def test_a_run_records_identities_and_an_older_run_gets_them_from_its_configurat
     shutil.copytree(pipeline_run, old, symlinks=True)
     for m in (v for v in metrics.values() if isinstance(v, dict)):
         for key in ("title", "role", "student"):
-            m.pop(key)
+            m.pop(key, None)
     (old / "metrics.json").write_text(json.dumps(metrics))
     records = stage_records(RunDir(old))
     assert records == stage_records(RunDir(pipeline_run))
