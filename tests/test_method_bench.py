@@ -295,6 +295,7 @@ def test_readme_states_the_committed_primary_result():
     primary = [s for s in result["summary"] if s["setting"] == method.PRIMARY]
     assert len(primary) == len(method.PAIRS) and all(len(s["seeds"]) >= 10 for s in primary)
     for s in primary:
-        row = next(line for line in readme.splitlines() if line.startswith(f"| {s['teacher']} → {s['student']} |"))
-        assert grid.fmt_gain(s["gt_minus_continued"]).replace("-", "−") in row
-        assert s["gt_minus_continued"]["verdict"].removesuffix(" at this precision") in row
+        gain = grid.fmt_gain(s["gt_minus_continued"]).replace("-", "−")
+        verdict = s["gt_minus_continued"]["verdict"].removesuffix(" at this precision")
+        rows = [line for line in readme.splitlines() if line.startswith(f"| {s['teacher']} → {s['student']} |")]
+        assert any(gain in row and verdict in row for row in rows), "the README's table of this grid (one of two)"
