@@ -1,7 +1,6 @@
 """The run's records as typed models: each trained stage (metrics.json's stage entries), what export verified
 (metrics.json's `export`, `export_rejected`), what bench measured (bench.json), and the latency pre-check
-(candidates.json). `RunDir` reads and writes them; every
-other module reads these fields.
+(candidates.json). `RunDir` reads and writes them; every other module reads these fields.
 
 A bench result is one stage's artefact on one backend, device, precision, setting (CPU threads, CUDA graph) and
 batch size, with its latency percentiles and throughput.
