@@ -13,7 +13,9 @@ import yaml
 
 from . import __version__
 from .backends import BACKENDS
-from .records import StageRecord
+from .config import RunConfig
+from .export.precisions import PRECISIONS
+from .records import BenchResult, Report, ReportRow, StageRecord
 from .report import markdown_table
 from .stages import distilled_students
 
@@ -31,8 +33,8 @@ METHOD_NAMES = {
 class Card:
     """What the card is made of: the run's files as read, and where the folder is loaded from."""
 
-    report: dict[str, Any]
-    config: dict[str, Any]  # the run's config.yaml
+    report: Report
+    config: RunConfig  # the run's config.yaml
     metrics: dict[str, StageRecord]  # the run's stage records (metrics.json with each stage's identity)
     engines: bool  # the run has TensorRT engines of the published stage
     stage: str
@@ -42,10 +44,15 @@ class Card:
     load_name: str  # hf-hub:REPO or local-dir:FOLDER
     repo_id: str | None
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[ReportRow]:
         """The report's rows of the published model whose files are in the folder (fp32 first)."""
         in_folder = {r["run_path"] for r in self.files}
-        return [r for r in self.report["rows"] if r["stage"] == self.stage and r["file"] in in_folder]
+        return [r for r in self.report.rows if r.stage == self.stage and r.file in in_folder]
+
+    @property
+    def split(self) -> str:
+        """The split its top-1 was measured on."""
+        return (self.config.environment or {}).get("eval_split", "test")
 
 
 def model_card(card: Card) -> str:
@@ -58,7 +65,7 @@ def model_card(card: Card) -> str:
 
 def _heading(card: Card) -> str:
     m = card.metrics[card.stage]
-    return f"{m.arch}: {m.title} on {_dataset_id(card.config['data']['name'])}, by gtcompress"
+    return f"{m.arch}: {m.title} on {_dataset_id(card.config.data.name)}, by gtcompress"
 
 
 def _dataset_id(name: str) -> str:
@@ -71,10 +78,9 @@ def _dataset_id(name: str) -> str:
 
 def _front_matter(card: Card) -> dict[str, Any]:
     """library, license, tags, data set, and the model-index block with the measured top-1 of each file."""
-    data = _dataset_id(card.config["data"]["name"])
-    split = card.config.get("environment", {}).get("eval_split", "test")
+    data = _dataset_id(card.config.data.name)
     results = [
-        {"type": "accuracy", "name": f"top-1 accuracy ({_form(r['precision'])})", "value": round(r["top1"], 2)}
+        {"type": "accuracy", "name": f"top-1 accuracy ({_form(r.precision)})", "value": round(r.top1, 2)}
         for r in card.rows()
     ]
     source = card.metrics[card.stage].source or ""
@@ -91,7 +97,7 @@ def _front_matter(card: Card) -> dict[str, Any]:
                 "results": [
                     {
                         "task": {"type": "image-classification", "name": "Image Classification"},
-                        "dataset": {"name": data, "type": data, "split": split},
+                        "dataset": {"name": data, "type": data, "split": card.split},
                         "metrics": results,
                     }
                 ],
@@ -118,7 +124,7 @@ def _start(card: Card) -> str:
 
 def _method(card: Card) -> str:
     """One paragraph: the teacher, the Generous Teacher's settings, the distillation method and the epochs."""
-    metrics, student, data = card.metrics, card.config["student"], _dataset_id(card.config["data"]["name"])
+    metrics, student, data = card.metrics, card.config.student, _dataset_id(card.config.data.name)
     said = []
     by_role = {m.role: m for m in metrics.values()}
     if st := by_role.get("standard"):
@@ -137,10 +143,10 @@ def _method(card: Card) -> str:
             f"(β {gt.beta}, k {gt.k}, scale {gt.scale}; {_trained(gt)})."
         )
     if students := [metrics[s].arch for s in distilled_students(metrics)]:
-        params = ", ".join(f"{k} {v}" for k, v in student[student["method"]].items())
+        params = ", ".join(f"{k} {v}" for k, v in student.method_config.model_dump().items())
         said.append(
             f"The student{'s' * (len(students) > 1)} {', '.join(students)} {'were' if len(students) > 1 else 'was'} "
-            f"distilled from it with {METHOD_NAMES.get(student['method'], student['method'])} ({params})."
+            f"distilled from it with {METHOD_NAMES.get(student.method, student.method)} ({params})."
         )
     m = metrics[card.stage]
     said.append(
@@ -151,57 +157,55 @@ def _method(card: Card) -> str:
     return " ".join(said)
 
 
-def _best_p50(bench: list[dict[str, Any]], stage: str, backend: str, precision: str, batch: int) -> float | None:
+def _best_p50(bench: list[BenchResult], stage: str, backend: str, precision: str, batch: int) -> float | None:
     """The p50 of the fastest setting measured for one artefact on one backend and batch (None: not measured)."""
     key = (stage, backend, precision, batch)
-    return min(
-        (b["p50_ms"] for b in bench if (b["stage"], b["backend"], b["precision"], b["batch_size"]) == key), default=None
-    )
+    return min((b.p50_ms for b in bench if (b.stage, b.backend, b.precision, b.batch_size) == key), default=None)
 
 
 def _results(card: Card) -> list[str]:
     """The report's numbers for the published files (and the reference teacher): top-1, size, p50 per backend and
     batch, and what that buys against the teacher; where they were measured."""
-    report, h = card.report, card.report["header"]
-    teacher = [r for r in report["rows"] if r["stage"] == report["teacher"] and r["precision"] == "fp32"]
-    rows = card.rows() + (teacher if card.stage != report["teacher"] else [])
+    report, h = card.report, card.report.header
+    teacher = report.teacher_row()
+    rows = card.rows() + ([teacher] if teacher and card.stage != report.teacher else [])
     order = {b: i for i, b in enumerate(BACKENDS)}
-    measured = {(b["backend"], b["batch_size"]) for b in report["bench"] if b["stage"] == card.stage}
+    measured = {(b.backend, b.batch_size) for b in report.bench if b.stage == card.stage}
     columns = sorted(measured, key=lambda c: (order.get(c[0], len(order)), c[1]))
     in_folder = {r["run_path"]: r["path"] for r in card.files}
     headers = ["model", "file", "top-1 %", "MB", *(f"{b} p50 ms b{n}" for b, n in columns), "× faster", "× smaller"]
     cells = []
     for r in rows:
-        p50 = [_best_p50(report["bench"], r["stage"], b, r["precision"], n) for b, n in columns]
-        file = in_folder.get(r["file"], "not in this folder")
+        p50 = [_best_p50(report.bench, r.stage, b, r.precision, n) for b, n in columns]
+        file = in_folder.get(r.file, "not in this folder")
         cells.append(
             [
-                r["name"] if r["stage"] != card.stage else f"{r['arch']} {_form(r['precision'])}",
-                f"model.safetensors, {file}" if r["stage"] == card.stage and r["precision"] == "fp32" else file,
-                f"{r['top1']:.2f}",
-                f"{r['bytes'] / 1e6:.2f}" if r["bytes"] else "–",
+                r.name if r.stage != card.stage else f"{r.arch} {_form(r.precision)}",
+                f"model.safetensors, {file}" if r.stage == card.stage and r.precision == "fp32" else file,
+                f"{r.top1:.2f}",
+                f"{r.bytes / 1e6:.2f}" if r.bytes else "–",
                 *(f"{x:.3f}" if x is not None else "–" for x in p50),
-                f"{r['speedup']:.1f}×" if r.get("speedup") else "–",
-                f"{r['size_ratio']:.1f}×" if r.get("size_ratio") else "–",
+                f"{r.speedup:.1f}×" if r.speedup else "–",
+                f"{r.size_ratio:.1f}×" if r.size_ratio else "–",
             ]
         )
     test_images = next(r["test_images"] for r in card.files if r["precision"] == "fp32")
-    split = card.config.get("environment", {}).get("eval_split", "test")
+    teacher_title = report.titles.get(report.teacher, report.teacher) if report.teacher else None
     where = (
         f"Latency is the p50 of end-to-end calls (a float32 batch in host memory to logits) timed by `gtcompress "
-        f"bench` on {h['machine']}, each model at its best setting (CPU threads, CUDA graph); × faster and "
-        f"× smaller compare with the {report['titles'].get(report['teacher'], report['teacher'])} at fp32 on "
-        f"{report['primary_backend']} at batch {report['batch_size']}."
-        if report["bench"]
+        f"bench` on {h.machine}, each model at its best setting (CPU threads, CUDA graph); × faster and "
+        f"× smaller compare with the {teacher_title} at fp32 on {report.primary_backend} at batch "
+        f"{report.batch_size}."
+        if report.bench
         else "Latency was not measured (`gtcompress bench` was not run)."
     )
-    intro = f"Top-1 on the {split} split of {_dataset_id(h['data'])} ({test_images} images), from the run's report. "
+    intro = f"Top-1 on the {card.split} split of {_dataset_id(h.data)} ({test_images} images), from the run's report. "
     return [intro + where, markdown_table(headers, cells)]
 
 
 def _usage(card: Card) -> list[str]:
     """Loading with timm, and running an ONNX file with onnxruntime (timm's preprocessing from config.json)."""
-    onnx = next(r["path"] for p in ("int8", "fp16", "fp32") for r in card.files if r["precision"] == p)
+    onnx = next(r["path"] for p in reversed(PRECISIONS) for r in card.files if r["precision"] == p)  # the smallest
     where = (
         f'from huggingface_hub import snapshot_download\n\nfolder = snapshot_download("{card.repo_id}")'
         if card.repo_id
@@ -246,22 +250,19 @@ print(config["label_names"][logits.argmax()])
 
 def _limits(card: Card) -> list[str]:
     """What the numbers cover and what was not measured, from the run's files."""
-    r, h = card.report, card.report["header"]
-    split = card.config.get("environment", {}).get("eval_split", "test")
+    r, h = card.report, card.report.header
     lines = [
-        f"Trained and evaluated on {_dataset_id(h['data'])} only ({len(card.sidecar['class_names'])} classes, "
-        f"{card.sidecar['img_size']}-px images); top-1 is from one run (seed {card.config.get('seed')}) on the "
-        f"{split} split, without a confidence interval, and says nothing about other data."
+        f"Trained and evaluated on {_dataset_id(h.data)} only ({len(card.sidecar['class_names'])} classes, "
+        f"{card.sidecar['img_size']}-px images); top-1 is from one run (seed {card.config.seed}) on the "
+        f"{card.split} split, without a confidence interval, and says nothing about other data."
     ]
-    missing = [b for b in BACKENDS if b not in r["backends"]]
-    unmeasured = [f"latency on {', '.join(missing)}"] if r["bench"] and missing else []
-    unmeasured += [] if r["bench"] else ["latency (no `gtcompress bench`)"]
-    unmeasured += [
-        f"a {p} file (not exported)" for p in ("fp16", "int8") if p not in {f["precision"] for f in card.files}
-    ]
+    missing = [b for b in BACKENDS if b not in r.backends]
+    unmeasured = [f"latency on {', '.join(missing)}"] if r.bench and missing else []
+    unmeasured += [] if r.bench else ["latency (no `gtcompress bench`)"]
+    unmeasured += [f"a {p} file (not exported)" for p in PRECISIONS if p not in {f["precision"] for f in card.files}]
     lines.append(f"Not measured: {'; '.join([*unmeasured, 'robustness to other data, calibration, fairness'])}.")
     if card.stage in distilled_students(card.metrics):
-        delta = next((x["delta_vs_st_student"] for x in card.rows() if x["delta_vs_st_student"] is not None), None)
+        delta = next((x.delta_vs_st_student for x in card.rows() if x.delta_vs_st_student is not None), None)
         lines.append(
             f"Against the student distilled from the Standard Teacher (same seed and schedule) its top-1 differs by "
             f"{delta:+.2f} points, in one run."
@@ -272,4 +273,4 @@ def _limits(card: Card) -> list[str]:
         lines.append("TensorRT engines are not included (each is bound to one GPU model and TensorRT version).")
     if card.license == "other":
         lines.append("No license was chosen when publishing (`--license`): the data set's and the teacher's apply.")
-    return lines + [f"From the run's report: {note}" for note in r["notes"]]
+    return lines + [f"From the run's report: {note}" for note in r.notes]

@@ -24,7 +24,7 @@ from .errors import UserError, first_line
 from .export.precisions import PRECISIONS
 from .export.sidecar import read_sidecar
 from .models import ModelSpec, load_model
-from .records import StageRecord
+from .records import Report, StageRecord
 from .report import build_report, write_report
 from .rundir import RunDir, atomic_dir, resolve_run, write_json, write_text
 from .stages import distilled_students, stage_records
@@ -69,11 +69,12 @@ def publish(cfg: PublishConfig, say: Callable[[str], None] = print) -> Path:
     with atomic_dir(out) as folder:
         _save_model(model, spec, sidecar, folder, {"license": cfg.license}, {"run": run.path.name, "stage": stage})
         files = _copy_onnx(run, onnx, sidecar, folder)
-        write_json(folder / "report.json", report)
+        write_json(folder / "report.json", report.to_json())
         load_name = f"hf-hub:{cfg.push}" if cfg.push else f"local-dir:{out.name}"
-        tree = run.saved_config().model_dump(mode="json")
         engines = any(r.stage == stage and r.format == "engine" for r in run.exports())
-        card = Card(report, tree, records, engines, stage, files, sidecar, cfg.license, load_name, cfg.push)
+        card = Card(
+            report, run.saved_config(), records, engines, stage, files, sidecar, cfg.license, load_name, cfg.push
+        )
         write_text(folder / "README.md", model_card(card))
     say(f"wrote {out}: config.json, model.safetensors, {', '.join(r['path'] for r in files)}, report.json, README.md")
     if cfg.push:
@@ -141,7 +142,7 @@ def _check_out(out: Path, run: RunDir, force: bool) -> None:
         )
 
 
-def _report(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
+def _report(run: RunDir, say: Callable[[str], None]) -> Report:
     """The run's report.json, written first by the report code where it is missing or older than what it reads."""
     path = run.report_path
     inputs = [run.metrics_path, run.history_path, run.candidates_path, run.bench_path]

@@ -7,13 +7,9 @@ nothing, and a deployment should ship the teacher then.
 
 from __future__ import annotations
 
-from typing import Any
-
-from .records import StageRecord
+from .records import Pareto, Point, Recommendation, ReportRow, StageRecord
 from .rundir import RunDir
 from .stages import deployable_teachers, distilled_students
-
-Point = dict[str, Any]  # at least "top1" (%) and "p50_ms"; "role" "student" (the default) or "teacher"
 
 
 def pareto_front(points: list[Point]) -> list[Point]:
@@ -22,71 +18,60 @@ def pareto_front(points: list[Point]) -> list[Point]:
 
     def dominated(p: Point) -> bool:
         return any(
-            q["top1"] >= p["top1"]
-            and q["p50_ms"] <= p["p50_ms"]
-            and (q["top1"] > p["top1"] or q["p50_ms"] < p["p50_ms"])
-            for q in points
+            q.top1 >= p.top1 and q.p50_ms <= p.p50_ms and (q.top1 > p.top1 or q.p50_ms < p.p50_ms) for q in points
         )
 
-    return sorted((p for p in points if not dominated(p)), key=lambda p: (p["p50_ms"], -p["top1"]))
-
-
-def _role(p: Point) -> str:
-    return p.get("role", "student")
+    return sorted((p for p in points if not dominated(p)), key=lambda p: (p.p50_ms, -p.top1))
 
 
 def faster_than_the_teachers(points: list[Point]) -> list[Point]:
     """The students faster than every teacher artefact (all of them where no teacher is measured)."""
-    fastest = min((p["p50_ms"] for p in points if _role(p) == "teacher"), default=float("inf"))
-    return [p for p in points if _role(p) == "student" and p["p50_ms"] < fastest]
+    fastest = min((p.p50_ms for p in points if p.role == "teacher"), default=float("inf"))
+    return [p for p in points if p.role == "student" and p.p50_ms < fastest]
 
 
-def recommend(points: list[Point], budget_ms: float | None = None) -> tuple[Point | None, str]:
+def recommend(points: list[Point], budget_ms: float | None = None) -> Recommendation:
     """With a budget: the most accurate point within it, teachers included. Without one: the most accurate
     student that is faster than every teacher artefact, else the most accurate teacher artefact. The faster
-    (then smaller) one on a tie; and why. None, with the reason, when no point fits the budget."""
+    (then smaller) one on a tie; and why. No pick, with the reason, when no point fits the budget."""
     if budget_ms is not None:
         fits, why = (
-            [p for p in points if p["p50_ms"] <= budget_ms],
+            [p for p in points if p.p50_ms <= budget_ms],
             f"the most accurate within the {budget_ms:g} ms budget",
         )
     elif faster_than_the_teachers(points):
         fits, why = faster_than_the_teachers(points), "the most accurate student faster than the teacher"
     else:
-        fits, why = [p for p in points if _role(p) == "teacher"], "no student is faster than the teacher"
+        fits, why = [p for p in points if p.role == "teacher"], "no student is faster than the teacher"
     if not fits:
-        return None, f"no verified artefact runs within the {budget_ms:g} ms budget"
-    return max(fits, key=lambda p: (p["top1"], -p["p50_ms"], -(p.get("bytes") or 0))), why
+        return Recommendation(reason=f"no verified artefact runs within the {budget_ms:g} ms budget")
+    return Recommendation(reason=why, pick=max(fits, key=lambda p: (p.top1, -p.p50_ms, -(p.bytes or 0))))
 
 
 def no_speed_line(points: list[Point], backend: str | None, batch_size: int) -> str | None:
     """One plain line when no student is faster than the fastest teacher artefact, else None."""
-    students, teachers = [p for p in points if _role(p) == "student"], [p for p in points if _role(p) == "teacher"]
+    students, teachers = [p for p in points if p.role == "student"], [p for p in points if p.role == "teacher"]
     if not students or not teachers or faster_than_the_teachers(points):
         return None
-    s, t = min(students, key=lambda p: p["p50_ms"]), min(teachers, key=lambda p: p["p50_ms"])
+    s, t = min(students, key=lambda p: p.p50_ms), min(teachers, key=lambda p: p.p50_ms)
     return (
         f"On {backend} at batch {batch_size} the students buy no speed over the teacher: the fastest student, "
-        f"{s['name']}, takes {s['p50_ms']:.3f} ms against {t['p50_ms']:.3f} ms for {t['name']}"
-        + (
-            f" (each at its best setting: {s['setting']}, {t['setting']})."
-            if "setting" in s and "setting" in t
-            else "."
-        )
+        f"{s.name}, takes {s.p50_ms:.3f} ms against {t.p50_ms:.3f} ms for {t.name}"
+        + (f" (each at its best setting: {s.setting}, {t.setting})." if s.setting and t.setting else ".")
     )
 
 
 def which_student(
     run: RunDir,
     records: dict[str, StageRecord],
-    rows: list[dict[str, Any]],
+    rows: list[ReportRow],
     backend: str | None,
     batch_size: int,
     budget_ms: float | None,
-) -> dict[str, Any]:
-    """`pareto` (every distilled student and deployable teacher x precision on the headline backend, the front, and
-    the line saying so where the students buy no speed) and `recommendation` (None when nothing is benchmarked
-    or nothing fits the budget; `reason` says why)."""
+) -> tuple[Pareto, Recommendation]:
+    """The front (every distilled student and deployable teacher x precision on the headline backend, the front,
+    and the line saying so where the students buy no speed) and the recommendation (no pick when nothing is
+    benchmarked or nothing fits the budget; its reason says why)."""
     budget_set_on = None  # where the run's budget was checked, when that differs from here
     check = run.candidate_check() if budget_ms is None else None
     if check is not None:
@@ -98,75 +83,66 @@ def which_student(
         **{s: "student" for s in distilled_students(records)},
     }
     points = [
-        {
-            "name": r["name"],
-            "role": roles[r["stage"]],
-            "stage": r["stage"],
-            "arch": r["arch"],
-            "precision": r["precision"],
-            "file": r["file"],
-            "bytes": r["bytes"],
-            "top1": r["top1"],
-            "backend": backend,
-            "p50_ms": r["p50_ms"][backend],
-            "setting": r["setting"][backend],
-        }
+        Point(
+            **r.model_dump(include={"name", "stage", "arch", "precision", "file", "bytes", "top1"}),
+            role=roles[r.stage],
+            backend=backend,
+            p50_ms=r.p50_ms[backend],
+            setting=r.setting.get(backend),
+        )
         for r in rows
-        if r["stage"] in roles and backend in r["p50_ms"]
+        if r.stage in roles and backend in r.p50_ms
     ]
-    pick, why = recommend(points, budget_ms) if points else (None, "nothing benchmarked yet: run gtcompress bench")
-    return {
-        "pareto": {
-            "backend": backend,
-            "batch_size": batch_size,
-            "budget_ms": budget_ms,
-            "budget_set_on": budget_set_on,
-            "points": points,
-            "front": [p["name"] for p in pareto_front(points)],
-            "no_speed": no_speed_line(points, backend, batch_size),
-        },
-        "recommendation": {**pick, "reason": why} if pick else {"reason": why},
-    }
-
-
-def recommendation_line(report: dict[str, Any]) -> str:
-    """The recommendation in one line (the printed table and report.md), after the no-speed line if there is one."""
-    r, b = report["recommendation"], report["pareto"]["batch_size"]
-    before = f"{report['pareto']['no_speed']} " if report["pareto"].get("no_speed") else ""
-    if "file" not in r:
-        return f"{before}Recommended: none ({r['reason']})."
-    return before + (
-        f"Recommended: {r['name']} ({r['file']}, {r['precision']}, {r['backend']}, {r['setting']}): top-1 "
-        f"{r['top1']:.2f}%, p50 {r['p50_ms']:.3f} ms at batch {b}, {r['bytes'] / 1e6:.2f} MB; {r['reason']}."
+    pareto = Pareto(
+        backend=backend,
+        batch_size=batch_size,
+        budget_ms=budget_ms,
+        budget_set_on=budget_set_on,
+        points=points,
+        front=[p.name for p in pareto_front(points)],
+        no_speed=no_speed_line(points, backend, batch_size),
+    )
+    return pareto, recommend(points, budget_ms) if points else Recommendation(
+        reason="nothing benchmarked yet: run gtcompress bench"
     )
 
 
-def pareto_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    front = set(report["pareto"]["front"])
+def recommendation_line(pareto: Pareto, recommendation: Recommendation) -> str:
+    """The recommendation in one line (the printed table and report.md), after the no-speed line if there is one."""
+    p = recommendation.pick
+    before = f"{pareto.no_speed} " if pareto.no_speed else ""
+    if p is None:
+        return f"{before}Recommended: none ({recommendation.reason})."
+    return before + (
+        f"Recommended: {p.name} ({p.file}, {p.precision}, {p.backend}, {p.setting}): top-1 {p.top1:.2f}%, p50 "
+        f"{p.p50_ms:.3f} ms at batch {pareto.batch_size}, {(p.bytes or 0) / 1e6:.2f} MB; {recommendation.reason}."
+    )
+
+
+def pareto_rows(pareto: Pareto) -> tuple[list[str], list[list[str]]]:
+    front = set(pareto.front)
     cells = [
         [
-            p["name"],
-            p.get("role", "student"),
-            p["precision"],
-            p.get("setting", "–"),
-            f"{p['top1']:.2f}",
-            f"{p['p50_ms']:.3f}",
-            f"{p['bytes'] / 1e6:.2f}",
-            "yes" if p["name"] in front else "",
+            p.name,
+            p.role,
+            p.precision,
+            p.setting or "–",
+            f"{p.top1:.2f}",
+            f"{p.p50_ms:.3f}",
+            f"{(p.bytes or 0) / 1e6:.2f}",
+            "yes" if p.name in front else "",
         ]
-        for p in sorted(report["pareto"]["points"], key=lambda p: p["p50_ms"])
+        for p in sorted(pareto.points, key=lambda p: p.p50_ms)
     ]
     return ["model", "role", "precision", "setting", "top-1 %", "p50 ms", "MB", "on the front"], cells
 
 
-def pareto_note(report: dict[str, Any]) -> str:
-    p = report["pareto"]
-    budget = f"; the latency budget is {p['budget_ms']:g} ms" if p["budget_ms"] is not None else ""
-    if p.get("budget_set_on"):
-        budget += f" (checked before training on {p['budget_set_on']}: here it is applied to these p50s)"
+def pareto_note(p: Pareto) -> str:
+    budget = f"; the latency budget is {p.budget_ms:g} ms" if p.budget_ms is not None else ""
+    if p.budget_set_on:
+        budget += f" (checked before training on {p.budget_set_on}: here it is applied to these p50s)"
     return (
         f"Every student distilled from the GT and every teacher at every verified precision, each at its best "
-        f"setting, top-1 against p50 on "
-        f"{p['backend']} "
-        f"at batch {p['batch_size']}{budget}. On the front: no other artefact is both as accurate and as fast."
+        f"setting, top-1 against p50 on {p.backend} at batch {p.batch_size}{budget}. On the front: no other "
+        f"artefact is both as accurate and as fast."
     )

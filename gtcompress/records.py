@@ -1,6 +1,7 @@
 """The run's records as typed models: each trained stage (metrics.json's stage entries), what export verified
 (metrics.json's `export`, `export_rejected`), what bench measured (bench.json), and the latency pre-check
-(candidates.json). `RunDir` reads and writes them; every other module reads these fields.
+(candidates.json), and what the report made of them (report.json). `RunDir` reads and writes them; every other
+module reads these fields.
 
 A bench result is one stage's artefact on one backend, device, precision, setting (CPU threads, CUDA graph) and
 batch size, with its latency percentiles and throughput.
@@ -191,3 +192,104 @@ class CandidateCheck(Record):
 
     def target(self) -> str:
         return f"{self.backend} {self.precision} at batch {self.batch_size}"
+
+
+class Point(Record):
+    """One artefact on the accuracy-latency front's plane: a model at a precision, timed on the headline backend
+    at its best setting. Teachers are points too: a student slower than its teacher buys nothing."""
+
+    name: str
+    role: Literal["student", "teacher"] = "student"
+    stage: str
+    arch: str
+    precision: str
+    file: str
+    bytes: int | None = None
+    top1: float
+    backend: str | None = None
+    p50_ms: float
+    setting: str | None = None  # its best setting's label (threads, CUDA graph)
+
+
+class Recommendation(Record):
+    """What to ship and why; no pick when nothing is benchmarked or nothing fits the budget."""
+
+    reason: str
+    pick: Point | None = None
+
+
+class Pareto(Record):
+    """Every candidate point on the headline backend and batch, the front's names, and the budget applied."""
+
+    backend: str | None
+    batch_size: int
+    budget_ms: float | None = None
+    budget_set_on: str | None = None  # where the run's budget was checked before training, when not here
+    points: list[Point] = []
+    front: list[str] = []  # the points' names, fastest first
+    no_speed: str | None = None  # the line saying the students buy no speed over the teacher, where they don't
+
+
+class ReportRow(Record):
+    """One model at one precision: its file, size, accuracy, the differences from its control students, and its
+    p50 per backend at its best setting (named)."""
+
+    name: str
+    stage: str
+    role: str | None = None
+    arch: str
+    precision: str
+    file: str
+    bytes: int | None = None
+    top1: float
+    top5: float | None = None
+    delta_vs_st_student: float | None = None
+    delta_vs_continued_student: float | None = None
+    delta_vs_born_again_student: float | None = None
+    params: int
+    macs: int | None = None
+    p50_ms: dict[str, float] = {}  # backend -> p50 at its best setting
+    setting: dict[str, str] = {}  # backend -> that setting's label
+    speedup: float | None = None  # the reference teacher's fp32 p50 over this row's (students, headline backend)
+    size_ratio: float | None = None  # the reference teacher's fp32 file size over this row's (students)
+
+
+class ReportHeader(Record):
+    """Where the numbers come from: the commands, data, method and machine."""
+
+    run: str
+    command: str
+    bench_command: str | None = None
+    data: str
+    num_classes: int | None = None
+    method: str
+    teacher: str | None = None
+    student: str | None = None
+    machine: str
+    trained_on: str
+    run_started: str | None = None
+    generated: str
+
+
+class Report(Record):
+    """report.json: the report's content, which report.md, report.html, the plots and the model card show."""
+
+    header: ReportHeader
+    batch_size: int
+    primary_backend: str | None = None  # the headline backend: the registry's first that was benchmarked
+    backends: list[str] = []
+    teacher: str | None = None  # the stage speed-ups and size ratios compare with
+    titles: dict[str, str] = {}  # stage -> its title
+    rows: list[ReportRow]
+    bench: list[BenchResult] = []  # every measurement (without the samples, which stay in bench.json)
+    pareto: Pareto
+    recommendation: Recommendation
+    notes: list[str] = []
+
+    def to_json(self) -> dict[str, Any]:
+        """What report.json holds: everything but the latency samples (they stay in bench.json)."""
+        return self.model_dump(mode="json", exclude={"bench": {"__all__": {"samples_ms"}}})
+
+    def teacher_row(self) -> ReportRow | None:
+        """The reference teacher at fp32, which speed-ups and size ratios compare with."""
+        return next((r for r in self.rows if r.stage == self.teacher and r.precision == "fp32"), None)

@@ -24,8 +24,8 @@ from .bench import RESULT_COLUMNS, reference_teacher, result_cells
 from .export.precisions import PRECISIONS
 from .plots import PLOTS, make_plots
 from .recommend import pareto_note, pareto_rows, recommendation_line, which_student
-from .records import BenchFile, BenchResult, ExportRecord, StageRecord, in_order
-from .rundir import RunDir, resolve_run, write_bytes, write_json, write_text
+from .records import BenchFile, ExportRecord, Report, ReportHeader, ReportRow, StageRecord, in_order
+from .rundir import RunDir, resolve_run, write_bytes, write_text
 from .stages import controls_of, deployable_teachers, distilled_students, stage_records
 
 # Students' top-1 differences: key -> (the teacher of the control student subtracted, its column). <-ST asks
@@ -65,7 +65,7 @@ def stage_table(records: dict[str, StageRecord]) -> Table:
     return table
 
 
-def _header(run: RunDir, records: dict[str, StageRecord], bench: BenchFile | None) -> dict[str, Any]:
+def _header(run: RunDir, records: dict[str, StageRecord], bench: BenchFile | None) -> ReportHeader:
     cfg = run.saved_config()
     env = cfg.environment or {}
     if bench:
@@ -76,23 +76,23 @@ def _header(run: RunDir, records: dict[str, StageRecord], bench: BenchFile | Non
     else:
         machine = f"{env.get('device_name', '?')} (training device {env.get('device', '?')})"
     g = cfg.generous
-    return {
-        "run": run.path.name,
-        "command": env.get("command", "?"),
-        "bench_command": bench.command if bench else None,
-        "data": cfg.data.name,
-        "num_classes": next((m.num_classes for m in bench.models.values()), None) if bench else None,
-        "method": f"{cfg.student.method} from the Generous Teacher (beta {g.beta}, k {g.k}, init {g.init})",
-        "teacher": next((m.arch for m in records.values() if m.role == "standard"), None),
-        "student": ", ".join(records[s].arch for s in distilled_students(records)) or None,
-        "machine": machine,
-        "trained_on": f"{env.get('device', '?')} x{env.get('world_size', 1)}",
-        "run_started": env.get("started"),
-        "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-    }
+    return ReportHeader(
+        run=run.path.name,
+        command=env.get("command", "?"),
+        bench_command=bench.command if bench else None,
+        data=cfg.data.name,
+        num_classes=next((m.num_classes for m in bench.models.values()), None) if bench else None,
+        method=f"{cfg.student.method} from the Generous Teacher (beta {g.beta}, k {g.k}, init {g.init})",
+        teacher=next((m.arch for m in records.values() if m.role == "standard"), None),
+        student=", ".join(records[s].arch for s in distilled_students(records)) or None,
+        machine=machine,
+        trained_on=f"{env.get('device', '?')} x{env.get('world_size', 1)}",
+        run_started=env.get("started"),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    )
 
 
-def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | None = None) -> dict[str, Any]:
+def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | None = None) -> Report:
     """The report's content: header, one row per model x verified precision (each timed at its best setting),
     bench results, the accuracy-latency front with a recommendation (within `budget_ms`, default the run's
     latency budget), notes."""
@@ -110,18 +110,20 @@ def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | 
         for precision in _precisions(exports, stage)
     ]
     _add_ratios(rows, teacher, primary)
-    return {
-        "header": _header(run, records, bench),
-        "batch_size": batch_size,
-        "primary_backend": primary,
-        "backends": backends,
-        "teacher": teacher,
-        "titles": {name: m.title for name, m in records.items()},
-        "rows": rows,
-        "bench": [r.model_dump(mode="json", exclude={"samples_ms"}) for r in results],
-        **which_student(run, records, rows, primary, batch_size, budget_ms),
-        "notes": _notes(bench, run),
-    }
+    pareto, recommendation = which_student(run, records, rows, primary, batch_size, budget_ms)
+    return Report(
+        header=_header(run, records, bench),
+        batch_size=batch_size,
+        primary_backend=primary,
+        backends=backends,
+        teacher=teacher,
+        titles={name: m.title for name, m in records.items()},
+        rows=rows,
+        bench=results,
+        pareto=pareto,
+        recommendation=recommendation,
+        notes=_notes(bench, run),
+    )
 
 
 def _export(exports: list[ExportRecord], stage: str, precision: str, backend: str | None) -> ExportRecord | None:
@@ -147,7 +149,7 @@ def _row(
     bench: BenchFile | None,
     batch_size: int,
     backends: list[str],
-) -> dict[str, Any]:
+) -> ReportRow:
     """One model at one precision: its file, size, accuracy, deltas vs the control students, and its p50 per
     backend at its best setting (named)."""
     m, ckpt = records[stage], run.checkpoint(stage)
@@ -157,32 +159,32 @@ def _row(
     controls = controls_of(records, stage)  # the same student's control students, by their teachers
     deltas = {key: top1 - records[controls[t]].top1 if t in controls else None for key, (t, _) in DELTAS.items()}
     best = {b: bench.best(stage, b, precision, batch_size) for b in backends} if bench else {}
-    return {
-        "name": m.title + ("" if precision == "fp32" else f" {precision}"),
-        "stage": stage,
-        "role": m.role,
-        "arch": m.arch,
-        "precision": precision,
-        "file": file,
-        "bytes": size,
-        "top1": top1,
-        "top5": m.top5 if precision == "fp32" else None,
+    return ReportRow(
+        name=m.title + ("" if precision == "fp32" else f" {precision}"),
+        stage=stage,
+        role=m.role,
+        arch=m.arch,
+        precision=precision,
+        file=file,
+        bytes=size,
+        top1=top1,
+        top5=m.top5 if precision == "fp32" else None,
         **deltas,
-        "params": m.params,
-        "macs": m.macs,
-        "p50_ms": {b: r.p50_ms for b, r in best.items() if r},
-        "setting": {b: r.setting.label() for b, r in best.items() if r},
-    }
+        params=m.params,
+        macs=m.macs,
+        p50_ms={b: r.p50_ms for b, r in best.items() if r},
+        setting={b: r.setting.label() for b, r in best.items() if r},
+    )
 
 
-def _add_ratios(rows: list[dict[str, Any]], teacher: str, primary: str | None) -> None:
+def _add_ratios(rows: list[ReportRow], teacher: str | None, primary: str | None) -> None:
     """What compression bought, for the students: × faster and × smaller than the teacher at fp32."""
-    ref = next((r for r in rows if r["stage"] == teacher and r["precision"] == "fp32"), None)
+    ref = next((r for r in rows if r.stage == teacher and r.precision == "fp32"), None)
     for row in rows:
-        student = ref is not None and row["role"] == "student"
-        fast = student and primary in ref["p50_ms"] and primary in row["p50_ms"]
-        row["speedup"] = ref["p50_ms"][primary] / row["p50_ms"][primary] if fast else None
-        row["size_ratio"] = ref["bytes"] / row["bytes"] if student and ref["bytes"] and row["bytes"] else None
+        student = ref is not None and row.role == "student"
+        fast = student and primary in ref.p50_ms and primary in row.p50_ms
+        row.speedup = ref.p50_ms[primary] / row.p50_ms[primary] if fast else None
+        row.size_ratio = ref.bytes / row.bytes if student and ref.bytes and row.bytes else None
 
 
 def _notes(bench: BenchFile | None, run: RunDir) -> list[str]:
@@ -198,10 +200,10 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "–" if value is None else f"{value:{spec}}{suffix}"
 
 
-def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of the main table (the same strings in every output format)."""
-    b = report["batch_size"]
-    deltas = [k for k in DELTAS if k == "delta_vs_st_student" or any(r[k] is not None for r in report["rows"])]
+    b, primary = report.batch_size, report.primary_backend
+    deltas = [k for k in DELTAS if k == "delta_vs_st_student" or any(getattr(r, k) is not None for r in report.rows)]
     cols = [
         "model",
         "arch",
@@ -211,45 +213,44 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "MMACs",
         "file",
         "MB",
-        *(f"{backend} p50 ms (b{b})" for backend in report["backends"]),
-        f"setting ({report['primary_backend'] or '–'})",
-        f"× faster ({report['primary_backend'] or '–'})",
+        *(f"{backend} p50 ms (b{b})" for backend in report.backends),
+        f"setting ({primary or '–'})",
+        f"× faster ({primary or '–'})",
         "× smaller",
     ]
     cells = []
-    for r in report["rows"]:
+    for r in report.rows:
         cells.append(
             [
-                r["name"],
-                r["arch"],
-                _fmt(r["top1"], ".2f"),
-                *(_fmt(r[k], "+.2f") for k in deltas),
-                f"{r['params'] / 1e6:.2f}M",
-                _fmt(r["macs"] and r["macs"] / 1e6, ".1f"),
-                r["file"],
-                _fmt(r["bytes"] and r["bytes"] / 1e6, ".2f"),
-                *(_fmt(r["p50_ms"].get(backend), ".3f") for backend in report["backends"]),
-                r["setting"].get(report["primary_backend"], "–"),
-                _fmt(r["speedup"], ".1f", "×"),
-                _fmt(r["size_ratio"], ".1f", "×"),
+                r.name,
+                r.arch,
+                _fmt(r.top1, ".2f"),
+                *(_fmt(getattr(r, k), "+.2f") for k in deltas),
+                f"{r.params / 1e6:.2f}M",
+                _fmt(r.macs and r.macs / 1e6, ".1f"),
+                r.file,
+                _fmt(r.bytes and r.bytes / 1e6, ".2f"),
+                *(_fmt(r.p50_ms.get(backend), ".3f") for backend in report.backends),
+                r.setting.get(primary, "–") if primary else "–",
+                _fmt(r.speedup, ".1f", "×"),
+                _fmt(r.size_ratio, ".1f", "×"),
             ]
         )
     return cols, cells
 
 
-def bench_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    results = in_order([BenchResult.model_validate(r) for r in report["bench"]])
-    return [*RESULT_COLUMNS, "iters"], [[*result_cells(r), str(r.iters)] for r in results]
+def bench_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    return [*RESULT_COLUMNS, "iters"], [[*result_cells(r), str(r.iters)] for r in in_order(report.bench)]
 
 
-def report_table(report: dict[str, Any]) -> Table:
+def report_table(report: Report) -> Table:
     """The main table for the terminal (the file column left to report.md/html, to fit 120 columns)."""
-    h = report["header"]
+    h = report.header
     table = Table(
-        title=f"gtcompress report: {h['teacher']} -> {h['student']} on {h['data']} ({h['machine']})",
+        title=f"gtcompress report: {h.teacher} -> {h.student} on {h.data} ({h.machine})",
         box=box.SIMPLE_HEAVY,
-        caption=f"p50 at batch {report['batch_size']}; × faster/smaller: vs the {report['teacher']} "
-        f"(fp32, {report['primary_backend'] or 'not benchmarked'})",
+        caption=f"p50 at batch {report.batch_size}; × faster/smaller: vs the {report.teacher} "
+        f"(fp32, {report.primary_backend or 'not benchmarked'})",
         title_justify="left",
         caption_justify="left",
     )
@@ -275,57 +276,57 @@ def _numeric(cell: str) -> bool:
     return bool(cell) and (cell[0].isdigit() or cell[0] in "+-−") and any(c.isdigit() for c in cell)
 
 
-def _header_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
-    h = report["header"]
+def _header_lines(report: Report) -> list[tuple[str, str]]:
+    h = report.header
     return [
-        ("command", h["command"]),
-        ("benchmark", h["bench_command"] or "not run"),
-        ("data", f"{h['data']}" + (f" ({h['num_classes']} classes)" if h["num_classes"] else "")),
-        ("method", h["method"]),
-        ("machine", h["machine"]),
-        ("trained on", h["trained_on"]),
-        ("run started", str(h["run_started"])),
-        ("report generated", h["generated"]),
+        ("command", h.command),
+        ("benchmark", h.bench_command or "not run"),
+        ("data", h.data + (f" ({h.num_classes} classes)" if h.num_classes else "")),
+        ("method", h.method),
+        ("machine", h.machine),
+        ("trained on", h.trained_on),
+        ("run started", str(h.run_started)),
+        ("report generated", h.generated),
     ]
 
 
-def markdown(report: dict[str, Any], plot_files: dict[str, str]) -> str:
-    h = report["header"]
-    parts = [f"# gtcompress report: {h['teacher']} -> {h['student']} ({h['run']})", ""]
+def markdown(report: Report, plot_files: dict[str, str]) -> str:
+    h = report.header
+    parts = [f"# gtcompress report: {h.teacher} -> {h.student} ({h.run})", ""]
     parts += [
         f"- **{k}**: `{v}`" if k in ("command", "benchmark") else f"- **{k}**: {v}" for k, v in _header_lines(report)
     ]
     parts += [
         "",
-        f"Latency: p50 at batch {report['batch_size']}, each model at its best setting on each backend (CPU "
+        f"Latency: p50 at batch {report.batch_size}, each model at its best setting on each backend (CPU "
         f"threads, CUDA graph or eager: every setting is under Every measurement); × faster is the "
-        f"{report['teacher']}'s fp32 p50 on {report['primary_backend'] or 'no backend'} over the row's; "
+        f"{report.teacher}'s fp32 p50 on {report.primary_backend or 'no backend'} over the row's; "
         f"× smaller compares file sizes. {DELTA_NOTE}",
         "",
         markdown_table(*table_rows(report)),
         "",
     ]
-    if report["pareto"]["points"]:
+    if report.pareto.points:
         parts += [
             "## What to ship",
             "",
-            pareto_note(report),
+            pareto_note(report.pareto),
             "",
-            markdown_table(*pareto_rows(report)),
-            recommendation_line(report),
+            markdown_table(*pareto_rows(report.pareto)),
+            recommendation_line(report.pareto, report.recommendation),
             "",
         ]
-    if report["bench"]:
+    if report.bench:
         parts += ["## Every measurement", "", markdown_table(*bench_rows(report)), ""]
     parts += [f"![{PLOTS[k]}]({v})\n" for k, v in plot_files.items()]
-    if report["notes"]:
-        parts += ["## Notes", "", *(f"- {n}" for n in report["notes"]), ""]
+    if report.notes:
+        parts += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
     return "\n".join(parts)
 
 
-def html_page(report: dict[str, Any], plots: dict[str, bytes]) -> str:
+def html_page(report: Report, plots: dict[str, bytes]) -> str:
     e = html.escape
-    h = report["header"]
+    h = report.header
 
     def table(cols: list[str], cells: list[list[str]], id_: str) -> str:
         head = "".join(f"<th>{e(c)}</th>" for c in cols)
@@ -338,17 +339,17 @@ def html_page(report: dict[str, Any], plots: dict[str, bytes]) -> str:
         f'src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>{e(PLOTS[k])}</figcaption></figure>'
         for k, png in plots.items()
     )
-    notes = "".join(f"<li>{e(n)}</li>" for n in report["notes"])
-    bench = f"<h2>Every measurement</h2>{table(*bench_rows(report), 'bench')}" if report["bench"] else ""
-    if report["pareto"]["points"]:
+    notes = "".join(f"<li>{e(n)}</li>" for n in report.notes)
+    bench = f"<h2>Every measurement</h2>{table(*bench_rows(report), 'bench')}" if report.bench else ""
+    if report.pareto.points:
+        ship = recommendation_line(report.pareto, report.recommendation)
         bench = (
-            f"<h2>What to ship</h2><p>{e(pareto_note(report))}</p>"
-            f"{table(*pareto_rows(report), 'pareto')}<p id='recommendation'>{e(recommendation_line(report))}</p>"
-            + bench
+            f"<h2>What to ship</h2><p>{e(pareto_note(report.pareto))}</p>"
+            f"{table(*pareto_rows(report.pareto), 'pareto')}<p id='recommendation'>{e(ship)}</p>" + bench
         )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>gtcompress report: {e(h["run"])}</title>
+<title>gtcompress report: {e(h.run)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
 dl {{ display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }} dt {{ font-weight: 600; }}
@@ -359,11 +360,11 @@ th:first-child, td:first-child {{ text-align: left; }}
 figure {{ display: inline-block; margin: 1em; }} img.plot {{ max-width: 560px; }}
 img#plot-training_curves {{ max-width: 1100px; }}
 </style></head><body>
-<h1>gtcompress report: {e(h["teacher"] or "?")} → {e(h["student"] or "?")}</h1>
+<h1>gtcompress report: {e(h.teacher or "?")} → {e(h.student or "?")}</h1>
 <dl>{meta}</dl>
-<p>Latency is p50 at batch {report["batch_size"]}, each model at its best setting on each backend;
-× faster is the {e(report["teacher"])}'s fp32 p50 on
-{e(report["primary_backend"] or "no backend")} over the row's; × smaller compares file sizes. {e(DELTA_NOTE)}</p>
+<p>Latency is p50 at batch {report.batch_size}, each model at its best setting on each backend;
+× faster is the {e(str(report.teacher))}'s fp32 p50 on
+{e(report.primary_backend or "no backend")} over the row's; × smaller compares file sizes. {e(DELTA_NOTE)}</p>
 {table(*table_rows(report), "summary")}
 {figures}
 {bench}
@@ -373,10 +374,9 @@ img#plot-training_curves {{ max-width: 1100px; }}
 
 
 # -- plots -------------------------------------------------------------------------------------------------------
-def write_report(run: RunDir, report: dict[str, Any]) -> list[Path]:
+def write_report(run: RunDir, report: Report) -> list[Path]:
     """report.json, report.md (+ plots/*.png) and the self-contained report.html, each written atomically."""
-    bench = run.bench()
-    plots = make_plots(report, run.history(), [r.model_dump() for r in bench.results] if bench else [])
+    plots = make_plots(report, run.history())
     plot_files = {}
     for name, png in plots.items():
         path = run.path / "plots" / f"{name}.png"
@@ -385,7 +385,7 @@ def write_report(run: RunDir, report: dict[str, Any]) -> list[Path]:
         plot_files[name] = f"plots/{name}.png"
     paths = [run.path / "report.md", run.report_path, run.path / "report.html"]
     write_text(paths[0], markdown(report, plot_files))
-    write_json(paths[1], report)
+    run.write_report(report)
     write_text(paths[2], html_page(report, plots))
     return paths
 
@@ -402,8 +402,8 @@ def report(
     content = build_report(rundir, batch_size, budget_ms)
     paths = write_report(rundir, content)
     console.print(report_table(content))
-    if content["pareto"]["points"]:
-        say(recommendation_line(content))
-    for note in content["notes"]:
+    if content.pareto.points:
+        say(recommendation_line(content.pareto, content.recommendation))
+    for note in content.notes:
         say(f"note: {note}")
     say(f"wrote {', '.join(str(p) for p in paths)}")

@@ -18,7 +18,7 @@ import yaml
 
 from .config import RunConfig
 from .errors import UserError, first_line
-from .records import BenchFile, CandidateCheck, ExportRecord, RejectedExport, StageRecord
+from .records import BenchFile, CandidateCheck, ExportRecord, RejectedExport, Report, StageRecord
 from .typed import validate
 
 RUNS_ROOT = Path("runs")
@@ -177,9 +177,13 @@ class RunDir:
     def write_candidate_check(self, check: CandidateCheck) -> None:
         write_json(self.candidates_path, check.model_dump(mode="json"))
 
-    def report(self) -> dict[str, Any]:
-        """report.json: the report's own output, read back whole (publish copies it beside the model)."""
-        return read_json(self.report_path)
+    def report(self) -> Report:
+        """report.json: the report's own output (publish copies it beside the model and its card reads it)."""
+        path = self.report_path
+        return validate(Report, read_json(path), f"{path} is not a gtcompress report", "run gtcompress report again")
+
+    def write_report(self, report: Report) -> None:
+        write_json(self.report_path, report.to_json())
 
     def history(self) -> list[dict[str, Any]]:
         if not self.history_path.exists():

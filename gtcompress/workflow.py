@@ -11,7 +11,7 @@ from rich.console import Console
 from .bench import BenchConfig, bench_table, run_bench
 from .export.config import ExportConfig
 from .export.exporter import artefact_table, is_up_to_date, run_export
-from .export.precisions import Tolerance
+from .export.precisions import PRECISIONS, Tolerance
 from .report import report
 from .rundir import resolve_run
 from .stages import distilled_students, stage_records
@@ -35,9 +35,9 @@ class Workflow:
         bench: BenchConfig | None,
         export: bool = True,
     ) -> Workflow:
-        """`gtcompress run`'s: the students at `precisions` (default fp32, fp16, int8; a reduced precision that fails
-        verification is reported, the others go on) and the Generous Teacher at fp32, the speed reference."""
-        values = {"precisions": precisions or ("fp32", "fp16", "int8"), "trt": trt, "tolerances": tolerances}
+        """`gtcompress run`'s: the students at `precisions` (default every registered one; a reduced precision that
+        fails verification is reported, the others go on) and the Generous Teacher at fp32, the speed reference."""
+        values = {"precisions": precisions or tuple(PRECISIONS), "trt": trt, "tolerances": tolerances}
         student = validate(ExportConfig, {"stage": "student", **values, "keep_going": True})
         teacher = ExportConfig(stage="generous_teacher", trt=trt, tolerances=tolerances)
         return cls(exports=(student, teacher) if export else (), bench=bench)

@@ -7,15 +7,20 @@ import pytest
 from conftest import INT8_TOLERANCE, TEACHER, assert_one_line_error, invoke
 
 from gtcompress.recommend import pareto_front, recommend, recommendation_line, which_student
-from gtcompress.records import StageRecord
+from gtcompress.records import Point, ReportRow, StageRecord
 from gtcompress.rundir import RunDir
 
 STUDENTS = ("mobilenetv3_small_050", "test_efficientnet")
 
 
+def _point(name, top1, p50_ms, role="student"):
+    return Point(name=name, role=role, stage=name, arch=name, precision="fp32", file=f"{name}.onnx", top1=top1,
+                 p50_ms=p50_ms)  # fmt: skip
+
+
 def test_the_front_keeps_what_nothing_beats_and_the_pick_is_the_most_accurate_within_budget():
     points = [
-        {"name": n, "top1": a, "p50_ms": t}
+        _point(n, a, t)
         for n, a, t in [
             ("small", 80.0, 1.0),
             ("mid", 85.0, 2.0),
@@ -24,18 +29,18 @@ def test_the_front_keeps_what_nothing_beats_and_the_pick_is_the_most_accurate_wi
             ("tie-slower", 85.0, 2.5),
         ]
     ]
-    assert [p["name"] for p in pareto_front(points)] == ["small", "mid", "big"]
-    assert recommend(points, 2.4)[0]["name"] == "mid"
-    assert recommend(points)[0]["name"] == "big"
-    pick, why = recommend(points, 0.5)
-    assert pick is None and "0.5 ms budget" in why
+    assert [p.name for p in pareto_front(points)] == ["small", "mid", "big"]
+    assert recommend(points, 2.4).pick.name == "mid"
+    assert recommend(points).pick.name == "big"
+    none = recommend(points, 0.5)
+    assert none.pick is None and "0.5 ms budget" in none.reason
 
 
 def _rows(models):
     """Report rows for (stage, top-1, p50 ms) on onnxruntime."""
     return [
-        {"name": m, "stage": m, "arch": m, "precision": "fp32", "file": f"{m}.onnx", "bytes": 1, "top1": a,
-         "p50_ms": {"onnxruntime": t}, "setting": {"onnxruntime": "1 thread"}}
+        ReportRow(name=m, stage=m, arch=m, precision="fp32", file=f"{m}.onnx", bytes=1, top1=a, params=1,
+                  p50_ms={"onnxruntime": t}, setting={"onnxruntime": "1 thread"})
         for m, a, t in models
     ]  # fmt: skip
 
@@ -52,14 +57,14 @@ METRICS = {  # stage records: their identities decide who is a candidate, not th
 
 def test_a_student_slower_than_its_teacher_is_not_shipped_and_the_report_says_why(tmp_path):
     rows = _rows([("standard_teacher", 90.0, 0.41), ("generous_teacher", 91.0, 0.45), ("student", 88.0, 1.0)])
-    got = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, None)
-    assert got["recommendation"]["stage"] == "generous_teacher" and got["recommendation"]["role"] == "teacher"
-    assert got["recommendation"]["reason"] == "no student is faster than the teacher"
-    assert got["pareto"]["no_speed"] == (
+    pareto, got = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, None)
+    assert got.pick.stage == "generous_teacher" and got.pick.role == "teacher"
+    assert got.reason == "no student is faster than the teacher"
+    assert pareto.no_speed == (
         "On onnxruntime at batch 1 the students buy no speed over the teacher: the fastest student, student, "
         "takes 1.000 ms against 0.410 ms for standard_teacher (each at its best setting: 1 thread, 1 thread)."
     )
-    line = recommendation_line({**got, "pareto": got["pareto"]})
+    line = recommendation_line(pareto, got)
     assert (
         line.startswith("On onnxruntime at batch 1 the students buy no speed")
         and "Recommended: generous_teacher" in line
@@ -68,11 +73,11 @@ def test_a_student_slower_than_its_teacher_is_not_shipped_and_the_report_says_wh
 
 def test_without_a_budget_the_pick_is_the_best_student_that_buys_speed(tmp_path):
     rows = _rows([("generous_teacher", 95.0, 3.0), ("student", 90.0, 0.5)])
-    got = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, None)
-    assert got["recommendation"]["stage"] == "student" and got["pareto"]["no_speed"] is None
-    assert {p["role"] for p in got["pareto"]["points"]} == {"student", "teacher"}
-    within = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, 5.0)["recommendation"]
-    assert within["stage"] == "generous_teacher", "a budget the teacher meets: the most accurate that fits"
+    pareto, got = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, None)
+    assert got.pick.stage == "student" and pareto.no_speed is None
+    assert {p.role for p in pareto.points} == {"student", "teacher"}
+    _, within = which_student(RunDir(tmp_path), METRICS, rows, "onnxruntime", 1, 5.0)
+    assert within.pick.stage == "generous_teacher", "a budget the teacher meets: the most accurate that fits"
 
 
 def test_candidates_prints_every_students_latency_on_the_target():
@@ -186,7 +191,7 @@ def test_every_student_is_exported_benched_and_on_the_front(two_students):
         *((f"student_{a}", p) for a in STUDENTS for p in ("fp32", "int8")),
         ("generous_teacher", "fp32"),  # the teacher is a candidate too
     }
-    pick = report["recommendation"]
+    pick = report["recommendation"]["pick"]
     assert pick["top1"] == max(p["top1"] for p in points) and pick["p50_ms"] <= 1000
     assert pick["file"] in paths and pick["backend"] == "onnxruntime"
     assert report["pareto"]["budget_ms"] == 1000 and pick["name"] in report["pareto"]["front"]
@@ -221,8 +226,8 @@ def test_a_budget_checked_elsewhere_is_said_to_be(two_students):
 
     out, _, _ = two_students
     report = build_report(RunDir(out), batch_size=4)
-    assert report["pareto"]["budget_set_on"] == "onnxruntime fp32 at batch 1"
-    assert all(p["p50_ms"] > 0 for p in report["pareto"]["points"])
+    assert report.pareto.budget_set_on == "onnxruntime fp32 at batch 1"
+    assert all(p.p50_ms > 0 for p in report.pareto.points)
 
 
 @pytest.mark.slow
@@ -236,6 +241,7 @@ def test_a_student_larger_than_its_teacher_is_not_recommended_and_the_report_say
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["pareto"]["no_speed"].startswith("On onnxruntime at batch 1 the students buy no speed")
-    assert report["recommendation"]["role"] == "teacher" and report["recommendation"]["stage"] == "generous_teacher"
+    pick = report["recommendation"]["pick"]
+    assert pick["role"] == "teacher" and pick["stage"] == "generous_teacher"
     flat = " ".join(result.stdout.split())
     assert "the students buy no speed over the teacher" in flat and "Recommended: Generous Teacher" in flat

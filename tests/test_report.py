@@ -13,7 +13,9 @@ import pytest
 from conftest import BENCH_BATCHES, BENCH_THREADS, COMPARE_STAGES, copy_run, invoke
 from PIL import Image
 
+from gtcompress.errors import UserError
 from gtcompress.report import PLOTS, markdown_table, table_rows
+from gtcompress.rundir import RunDir
 from gtcompress.stages import TITLES
 
 
@@ -53,7 +55,7 @@ def test_one_row_per_stage_and_exported_precision(workflow_run, report):
     assert by["student", "fp32"]["delta_vs_born_again_student"] == pytest.approx(m["student"]["top1"] - born_again)
     assert by["born_again_teacher", "fp32"]["delta_vs_born_again_student"] is None
     assert all(r["delta_vs_continued_student"] is None for r in report["rows"])
-    cols, cells = table_rows(report)
+    cols, cells = table_rows(RunDir(workflow_run).report())
     student = next(c for c in cells if c[0] == TITLES["student"])
     assert student[cols.index("Δ vs ←born-again")] == f"{m['student']['top1'] - born_again:+.2f}"
     assert "Δ vs ←continued" not in cols
@@ -191,6 +193,16 @@ def test_a_headless_browser_renders_the_table_and_every_plot(workflow_run, repor
     assert rendered and rows, done.stdout[:2000]
     assert int(rendered.group(1)) == len(PLOTS)
     assert int(rows.group(1)) == len(report["rows"])
+
+
+def test_report_json_reads_back_typed_without_the_samples_and_a_broken_one_is_one_line(workflow_run, tmp_path):
+    typed = RunDir(workflow_run).report()
+    assert typed.to_json() == json.loads((workflow_run / "report.json").read_text())
+    assert typed.bench and not any(b.samples_ms for b in typed.bench), "the samples stay in bench.json"
+    (tmp_path / "report.json").write_text(json.dumps({**typed.to_json(), "rows": [{"stage": "student"}]}))
+    with pytest.raises(UserError, match=r"report.json is not a gtcompress report: 'rows.name' field required") as e:
+        RunDir(tmp_path).report()
+    assert "\n" not in str(e.value) and e.value.hint == "run gtcompress report again"
 
 
 def test_markdown_table_right_aligns_numbers():
