@@ -15,7 +15,7 @@ from . import __version__
 from .backends import BACKENDS
 from .config import RunConfig
 from .export.precisions import PRECISIONS
-from .records import BenchResult, Report, ReportRow, StageRecord
+from .records import BenchResult, ExportRecord, Report, ReportRow, StageRecord
 from .report import markdown_table
 from .stages import distilled_students
 
@@ -30,6 +30,14 @@ METHOD_NAMES = {
 
 
 @dataclass(frozen=True)
+class FolderFile:
+    """A verified ONNX file copied into the folder: its name there, and its export record in the run."""
+
+    path: str  # in the folder: onnx/model[.precision].onnx
+    record: ExportRecord  # as the run verified it (its path is the run's)
+
+
+@dataclass(frozen=True)
 class Card:
     """What the card is made of: the run's files as read, and where the folder is loaded from."""
 
@@ -38,15 +46,20 @@ class Card:
     metrics: dict[str, StageRecord]  # the run's stage records (metrics.json with each stage's identity)
     engines: bool  # the run has TensorRT engines of the published stage
     stage: str
-    files: list[dict[str, Any]]  # the folder's ONNX records (path in the folder, run_path in the run)
+    files: list[FolderFile]
     sidecar: dict[str, Any]
     license: str
-    load_name: str  # hf-hub:REPO or local-dir:FOLDER
-    repo_id: str | None
+    folder: str  # the folder's name
+    repo_id: str | None  # the Hub repo it is pushed to
+
+    @property
+    def load_name(self) -> str:
+        """What timm.create_model loads it by."""
+        return f"hf-hub:{self.repo_id}" if self.repo_id else f"local-dir:{self.folder}"
 
     def rows(self) -> list[ReportRow]:
         """The report's rows of the published model whose files are in the folder (fp32 first)."""
-        in_folder = {r["run_path"] for r in self.files}
+        in_folder = {f.record.path for f in self.files}
         return [r for r in self.report.rows if r.stage == self.stage and r.file in in_folder]
 
     @property
@@ -93,7 +106,7 @@ def _front_matter(card: Card) -> dict[str, Any]:
         **({"base_model": source.split(":", 1)[1]} if source.startswith("hf-hub:") else {}),
         "model-index": [
             {
-                "name": (card.repo_id or card.load_name.split(":", 1)[1]).split("/")[-1],
+                "name": (card.repo_id or card.folder).split("/")[-1],
                 "results": [
                     {
                         "task": {"type": "image-classification", "name": "Image Classification"},
@@ -172,7 +185,7 @@ def _results(card: Card) -> list[str]:
     order = {b: i for i, b in enumerate(BACKENDS)}
     measured = {(b.backend, b.batch_size) for b in report.bench if b.stage == card.stage}
     columns = sorted(measured, key=lambda c: (order.get(c[0], len(order)), c[1]))
-    in_folder = {r["run_path"]: r["path"] for r in card.files}
+    in_folder = {f.record.path: f.path for f in card.files}
     headers = ["model", "file", "top-1 %", "MB", *(f"{b} p50 ms b{n}" for b, n in columns), "× faster", "× smaller"]
     cells = []
     for r in rows:
@@ -189,7 +202,7 @@ def _results(card: Card) -> list[str]:
                 f"{r.size_ratio:.1f}×" if r.size_ratio else "–",
             ]
         )
-    test_images = next(r["test_images"] for r in card.files if r["precision"] == "fp32")
+    test_images = next(f.record.test_images for f in card.files if f.record.precision == "fp32")
     teacher_title = report.titles.get(report.teacher, report.teacher) if report.teacher else None
     where = (
         f"Latency is the p50 of end-to-end calls (a float32 batch in host memory to logits) timed by `gtcompress "
@@ -205,11 +218,11 @@ def _results(card: Card) -> list[str]:
 
 def _usage(card: Card) -> list[str]:
     """Loading with timm, and running an ONNX file with onnxruntime (timm's preprocessing from config.json)."""
-    onnx = next(r["path"] for p in reversed(PRECISIONS) for r in card.files if r["precision"] == p)  # the smallest
+    onnx = next(f.path for p in reversed(PRECISIONS) for f in card.files if f.record.precision == p)  # the smallest
     where = (
         f'from huggingface_hub import snapshot_download\n\nfolder = snapshot_download("{card.repo_id}")'
         if card.repo_id
-        else f'folder = "{card.load_name.split(":", 1)[1]}"  # this folder'
+        else f'folder = "{card.folder}"  # this folder'
     )
     timm_code = f"""```python
 import timm
@@ -240,7 +253,7 @@ print(config["label_names"][logits.argmax()])
     return [
         "With timm (the classifier and preprocessing come from config.json):",
         timm_code,
-        f"With onnxruntime (`{ONNX_DIR}/`: {', '.join(r['path'].split('/')[-1] for r in card.files)}):",
+        f"With onnxruntime (`{ONNX_DIR}/`: {', '.join(Path(f.path).name for f in card.files)}):",
         onnx_code,
         f"Without torch: `{ONNX_DIR}/model.json` describes the input: resize the short side to {s.get('resize')} px "
         f"({s.get('interpolation')}), centre-crop to {s['crop'][0]}×{s['crop'][1]}, scale to [0, 1], subtract `mean`, "
@@ -259,7 +272,8 @@ def _limits(card: Card) -> list[str]:
     missing = [b for b in BACKENDS if b not in r.backends]
     unmeasured = [f"latency on {', '.join(missing)}"] if r.bench and missing else []
     unmeasured += [] if r.bench else ["latency (no `gtcompress bench`)"]
-    unmeasured += [f"a {p} file (not exported)" for p in PRECISIONS if p not in {f["precision"] for f in card.files}]
+    published = {f.record.precision for f in card.files}
+    unmeasured += [f"a {p} file (not exported)" for p in PRECISIONS if p not in published]
     lines.append(f"Not measured: {'; '.join([*unmeasured, 'robustness to other data, calibration, fairness'])}.")
     if card.stage in distilled_students(card.metrics):
         delta = next((x.delta_vs_st_student for x in card.rows() if x.delta_vs_st_student is not None), None)

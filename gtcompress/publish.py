@@ -19,12 +19,12 @@ from timm.models import save_for_hf
 from torch import nn
 
 from . import __version__
-from .card import ONNX_DIR, Card, model_card
+from .card import ONNX_DIR, Card, FolderFile, model_card
 from .errors import UserError, first_line
 from .export.precisions import PRECISIONS
 from .export.sidecar import read_sidecar
 from .models import ModelSpec, load_model
-from .records import Report, StageRecord
+from .records import ExportRecord, Report, StageRecord
 from .report import build_report, write_report
 from .rundir import RunDir, atomic_dir, resolve_run, write_json, write_text
 from .stages import distilled_students, stage_records
@@ -65,18 +65,17 @@ def publish(cfg: PublishConfig, say: Callable[[str], None] = print) -> Path:
         )
     report = _report(run, say)
     onnx = _verified_onnx(run, stage, say)
-    sidecar = read_sidecar(run.path / next(r["path"] for r in onnx if r["precision"] == "fp32"))
+    sidecar = read_sidecar(run.path / next(r.path for r in onnx if r.precision == "fp32"))
     with atomic_dir(out) as folder:
         _save_model(model, spec, sidecar, folder, {"license": cfg.license}, {"run": run.path.name, "stage": stage})
         files = _copy_onnx(run, onnx, sidecar, folder)
         write_json(folder / "report.json", report.to_json())
-        load_name = f"hf-hub:{cfg.push}" if cfg.push else f"local-dir:{out.name}"
         engines = any(r.stage == stage and r.format == "engine" for r in run.exports())
         card = Card(
-            report, run.saved_config(), records, engines, stage, files, sidecar, cfg.license, load_name, cfg.push
+            report, run.saved_config(), records, engines, stage, files, sidecar, cfg.license, out.name, cfg.push
         )
         write_text(folder / "README.md", model_card(card))
-    say(f"wrote {out}: config.json, model.safetensors, {', '.join(r['path'] for r in files)}, report.json, README.md")
+    say(f"wrote {out}: config.json, model.safetensors, {', '.join(f.path for f in files)}, report.json, README.md")
     if cfg.push:
         say(f"pushed to {push_folder(out, cfg.push, cfg.private)}")
     return out
@@ -153,20 +152,20 @@ def _report(run: RunDir, say: Callable[[str], None]) -> Report:
     return run.report()
 
 
-def _verified_onnx(run: RunDir, stage: str, say: Callable[[str], None]) -> list[dict]:
+def _verified_onnx(run: RunDir, stage: str, say: Callable[[str], None]) -> list[ExportRecord]:
     """The stage's ONNX files that `gtcompress export` verified and kept, unchanged since (size, newer than .pt);
     one record each (its first backend's)."""
     trained_at = run.checkpoint(stage).stat().st_mtime
-    kept: dict[str, dict] = {}
+    kept: dict[str, ExportRecord] = {}
     for record in run.exports():
         if record.stage != stage or record.format != "onnx" or record.path in kept:
             continue
         path = run.path / record.path
         if path.is_file() and path.stat().st_size == record.bytes and path.stat().st_mtime >= trained_at:
-            kept[record.path] = record.model_dump(mode="json")
+            kept[record.path] = record
         else:
             say(f"left out {record.path}: missing, changed or older than {stage}.pt since it was verified")
-    if not any(r["precision"] == "fp32" for r in kept.values()):
+    if not any(r.precision == "fp32" for r in kept.values()):
         raise UserError(
             f"{run.path} has no verified ONNX export of {stage}", f"run `gtcompress export {run.path} --stage {stage}`"
         )
@@ -179,15 +178,15 @@ def _crop_pct(crop: int, resize: int) -> float:
     return pct if math.floor(crop / pct) == resize else math.nextafter(pct, 0.0)
 
 
-def _copy_onnx(run: RunDir, records: list[dict], sidecar: dict[str, Any], folder: Path) -> list[dict]:
-    """The verified files as onnx/model[.precision].onnx beside their model.json; their records, re-pathed."""
+def _copy_onnx(run: RunDir, records: list[ExportRecord], sidecar: dict[str, Any], folder: Path) -> list[FolderFile]:
+    """The verified files as onnx/model[.precision].onnx beside their model.json."""
     (folder / ONNX_DIR).mkdir()
     copied = []
     for record in records:
-        name = PRECISIONS[record["precision"]].onnx_file("model", record["target"])
-        shutil.copyfile(run.path / record["path"], folder / ONNX_DIR / name)
-        copied.append({**record, "path": f"{ONNX_DIR}/{name}", "run_path": record["path"]})
-    files = {Path(r["path"]).name: r["precision"] for r in copied}
+        name = PRECISIONS[record.precision].onnx_file("model", record.target)
+        shutil.copyfile(run.path / record.path, folder / ONNX_DIR / name)
+        copied.append(FolderFile(f"{ONNX_DIR}/{name}", record))
+    files = {Path(f.path).name: f.record.precision for f in copied}
     write_json(folder / ONNX_DIR / "model.json", {**sidecar, "checkpoint": "model.safetensors", "files": files})
     return copied
 

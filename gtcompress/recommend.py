@@ -7,7 +7,7 @@ nothing, and a deployment should ship the teacher then.
 
 from __future__ import annotations
 
-from .records import Pareto, Point, Recommendation, ReportRow, StageRecord
+from .records import ModelFile, Pareto, Point, Recommendation, ReportRow, StageRecord
 from .rundir import RunDir
 from .stages import deployable_teachers, distilled_students
 
@@ -84,7 +84,7 @@ def which_student(
     }
     points = [
         Point(
-            **r.model_dump(include={"name", "stage", "arch", "precision", "file", "bytes", "top1"}),
+            **r.model_dump(include=set(ModelFile.model_fields)),
             role=roles[r.stage],
             backend=backend,
             p50_ms=r.p50_ms[backend],

@@ -194,18 +194,23 @@ class CandidateCheck(Record):
         return f"{self.backend} {self.precision} at batch {self.batch_size}"
 
 
-class Point(Record):
-    """One artefact on the accuracy-latency front's plane: a model at a precision, timed on the headline backend
-    at its best setting. Teachers are points too: a student slower than its teacher buys nothing."""
+class ModelFile(Record):
+    """A model at one precision: its file (the ONNX export, or the checkpoint at fp32), size and top-1."""
 
-    name: str
-    role: Literal["student", "teacher"] = "student"
+    name: str  # its title, with the precision where reduced
     stage: str
     arch: str
     precision: str
     file: str
     bytes: int | None = None
     top1: float
+
+
+class Point(ModelFile):
+    """One artefact on the accuracy-latency front's plane, timed on the headline backend at its best setting.
+    Teachers are points too: a student slower than its teacher buys nothing."""
+
+    role: Literal["student", "teacher"] = "student"
     backend: str | None = None
     p50_ms: float
     setting: str | None = None  # its best setting's label (threads, CUDA graph)
@@ -230,18 +235,11 @@ class Pareto(Record):
     no_speed: str | None = None  # the line saying the students buy no speed over the teacher, where they don't
 
 
-class ReportRow(Record):
-    """One model at one precision: its file, size, accuracy, the differences from its control students, and its
-    p50 per backend at its best setting (named)."""
+class ReportRow(ModelFile):
+    """One artefact in the report's table: with its top-5, the differences from its control students, its size
+    and cost, and its p50 per backend at its best setting (named)."""
 
-    name: str
-    stage: str
     role: str | None = None
-    arch: str
-    precision: str
-    file: str
-    bytes: int | None = None
-    top1: float
     top5: float | None = None
     delta_vs_st_student: float | None = None
     delta_vs_continued_student: float | None = None
