@@ -21,12 +21,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-from gtcompress.backends import OnnxRuntimeBackend, TorchBackend
-from gtcompress.bench import time_backend
+from gtcompress.backends import BACKENDS, Setting
 from gtcompress.environment import command_line, cpu_name, machine_info, versions
 from gtcompress.export.config import ExportConfig
 from gtcompress.export.exporter import run_export
@@ -34,6 +32,7 @@ from gtcompress.export.source import load_eval_data, resolve_source
 from gtcompress.export.verify import batches
 from gtcompress.models import load_model
 from gtcompress.rundir import resolve_run, write_json
+from gtcompress.timing import time_backend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 BATCH_SIZES = (1, 32)
@@ -43,20 +42,20 @@ PRECISIONS = ("fp32", "fp16", "int8")
 def measure(run, stage: str, args: argparse.Namespace, console: Console) -> dict:
     """Export one model of the run in every precision, then time PyTorch eager and its ONNX files."""
     records = run_export(ExportConfig(run=run.path, stage=stage, precisions=PRECISIONS), say=console.print)
-    by_precision = {r["precision"]: r for r in records if r.get("target", "onnxruntime") == "onnxruntime"}
+    by_precision = {r.precision: r for r in records if r.target == "onnxruntime" and r.backend == "onnxruntime"}
     model, spec, _ = load_model(run.checkpoint(stage))
     data = load_eval_data(resolve_source(ExportConfig(run=run.path, stage=stage)).data, spec)
     images = np.concatenate(list(batches(data.test, max(BATCH_SIZES))))
-    backends = {"torch fp32": TorchBackend(model, "cpu", "fp32")}
+    threads = Setting(threads=args.threads)
+    runners = {("torch", "fp32"): BACKENDS["torch"].open(model, "cpu", "fp32", threads)}
     for precision in PRECISIONS:
-        path = run.path / by_precision[precision]["path"]
-        backends[f"onnxruntime {precision}"] = OnnxRuntimeBackend(path, "cpu", precision, threads=args.threads)
+        path = run.path / by_precision[precision].path
+        runners["onnxruntime", precision] = BACKENDS["onnxruntime"].open(path, "cpu", precision, threads)
     latency = []
     for batch in BATCH_SIZES:
-        for name, backend_ in backends.items():
+        for (backend, precision), runner in runners.items():
             # one backend at a time: interleaved calls would let each session's idle threads spin against the next
-            ms = time_backend(backend_, images[:batch], args.warmup, args.iters, None)
-            backend, precision = name.split()
+            ms = time_backend(runner, images[:batch], args.warmup, args.iters, None)
             latency.append(
                 {
                     "backend": backend,
@@ -74,7 +73,7 @@ def measure(run, stage: str, args: argparse.Namespace, console: Console) -> dict
         "arch": spec.arch,
         "test_images": len(data.labels),
         "latency": latency,
-        "artefacts": [{k: r[k] for k in keys} for r in by_precision.values()],
+        "artefacts": [r.model_dump(include=set(keys)) for r in by_precision.values()],
         "checkpoint_bytes": os.path.getsize(run.checkpoint(stage)),
     }
 
@@ -180,10 +179,7 @@ def main() -> None:
             "note": "2-core CPU; each backend timed in turn, the other work on the machine paused",
         },
         "versions": {**versions(), "onnx": onnx.__version__},
-        "run": {
-            "path": str(run.path),
-            "command": (yaml.safe_load(run.config.read_text()).get("environment") or {}).get("command"),
-        },
+        "run": {"path": str(run.path), "command": (run.saved_config().environment or {}).get("command")},
         "models": models,
         "goals": goals(models),
     }

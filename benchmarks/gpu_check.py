@@ -13,7 +13,6 @@ timing); the GPU, driver and versions. TensorRT is run where it is installed; wh
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from gtcompress.rundir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = [
@@ -88,8 +89,7 @@ def _tensorrt() -> str:
 
 def _bench_summary(run: Path) -> list[dict[str, Any]]:
     """Every result's setting and p50, from the run's bench.json."""
-    bench = json.loads((run / "bench.json").read_text())
-    return [{k: r.get(k) for k in SUMMARY_KEYS} for r in bench["results"]]
+    return [r.model_dump(mode="json", include=set(SUMMARY_KEYS)) for r in RunDir(run).bench().results]
 
 
 def _p50(rows: list[dict[str, Any]], **match: Any) -> float | None:
@@ -178,8 +178,7 @@ def _run() -> dict[str, Any]:
         run = Path(tmp) / "run"
         result = _command([sys.executable, "-m", "gtcompress", "run", *RUN_ARGS, "--out", str(run)])
         if result["returncode"] == 0:
-            metrics = json.loads((run / "metrics.json").read_text())
-            result["metrics"] = {k: v["top1"] for k, v in metrics.items() if isinstance(v, dict) and "top1" in v}
+            result["metrics"] = {k: v.top1 for k, v in RunDir(run).stage_records().items()}
             result["bench"] = _bench_summary(run)
             result["speed"] = speed(result["bench"])
     return result

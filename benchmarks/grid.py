@@ -23,7 +23,7 @@ from scipy import stats
 
 from gtcompress import environment
 from gtcompress.environment import machine_info, versions
-from gtcompress.rundir import write_json, write_text
+from gtcompress.rundir import RunDir, write_json, write_text
 from gtcompress.stages import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,10 +47,10 @@ def sets(overrides: dict[str, Any]) -> tuple[str, ...]:
 
 def run_state(run: Task) -> str:
     """'done' when metrics.json holds every stage, 'partial' when the run has started, else 'new'."""
-    metrics = run.out / "metrics.json"
-    if metrics.exists() and set(run.stages) <= set(json.loads(metrics.read_text())):
+    files = RunDir(run.out)
+    if set(run.stages) <= set(files.metrics()):
         return "done"
-    return "partial" if (run.out / "config.yaml").exists() else "new"
+    return "partial" if files.config.exists() else "new"
 
 
 def distill_command(run: Task, python: str = sys.executable) -> list[str]:
@@ -136,7 +136,7 @@ def run_groups(
 
 
 def metrics(run: Task) -> dict[str, Any]:
-    return json.loads((run.out / "metrics.json").read_text())
+    return RunDir(run.out).metrics()
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:

@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from scipy import stats
 
 from benchmarks import grid
 from gtcompress.config import DataConfig, RunConfig, load_config
 from gtcompress.errors import UserError
 from gtcompress.report import markdown_table
+from gtcompress.rundir import RunDir
 from gtcompress.stages import run_stages
 
 
@@ -206,7 +206,7 @@ _EVAL_LOCK = threading.Lock()
 
 def big_test_top1(run: grid.Task, stage: str) -> float:
     """Top-1 (%) of a run's finished stage on the larger test split, cached in <run>/big_test.json."""
-    from gtcompress.backends import TorchBackend
+    from gtcompress.backends import BACKENDS
     from gtcompress.export.verify import predict
     from gtcompress.models import load_model
     from gtcompress.rundir import read_json, write_json
@@ -216,13 +216,13 @@ def big_test_top1(run: grid.Task, stage: str) -> float:
     if stage not in cache:
         with _EVAL_LOCK:  # one evaluation at a time: each holds the 20,000 images
             model, spec, _ = load_model(run.out / f"{stage}.pt")
-            cfg = yaml.safe_load((run.out / "config.yaml").read_text())["data"]
+            cfg = RunDir(run.out).saved_config().data.model_dump(mode="json")
             cfg["synthetic"]["val_per_class"] = BIG_TEST_PER_CLASS
             key = json.dumps(
                 [spec.arch, spec.num_classes, spec.img_size, list(spec.mean), list(spec.std), list(spec.class_names)]
             )
             data = _big_test(json.dumps(cfg), key)
-            logits = predict(TorchBackend(model, "cpu", "fp32"), data, 256)
+            logits = predict(BACKENDS["torch"].open(model, "cpu", "fp32"), data, 256)
             cache[stage] = float(100 * (logits.argmax(1) == data.labels).mean())
             write_json(cache_path, cache)
     return cache[stage]
@@ -262,8 +262,8 @@ def cell_record(cell: Cell, runs: dict[str, grid.Task], big_test: bool) -> dict[
     record["small_test"] = {name: grid.metrics(runs[r])[s]["top1"] for name, (r, s) in present.items()}
     teachers = ("standard_teacher", "generous_teacher", "continued_teacher")
     record["seconds"] = {s: m[s]["train_seconds"] for s in teachers if s in runs["compare"].stages}
-    gen = yaml.safe_load((runs["compare"].out / "config.yaml").read_text())["generous"]
-    record["generous"] = {**{k: gen[k] for k in ("k", "beta", "warmup", "init")}, "epochs": gen["train"]["epochs"]}
+    gen = RunDir(runs["compare"].out).saved_config().generous
+    record["generous"] = {**gen.model_dump(include={"k", "beta", "warmup", "init"}), "epochs": gen.train.epochs}
     costs = [grid.run_cost(r) for r in runs.values()]
     return {
         **record,

@@ -27,12 +27,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmarks import grid, method
 from benchmarks.method import MARGIN, STUDENT_SEEDS, Cell, Setting, paired_test, student_seed
 from gtcompress.errors import UserError
 from gtcompress.report import markdown_table
+from gtcompress.rundir import RunDir
 
 AUTHORS_KD = {"student.kd.ce_weight": 0.1, "student.kd.kd_weight": 0.9, "student.kd.temperature": 20.0}
 PRODUCT_KD = {"student.kd.ce_weight": 1.0, "student.kd.kd_weight": 1.0, "student.kd.temperature": 4.0}
@@ -124,7 +123,7 @@ def cell_record(cell: Cell, runs: dict[str, grid.Task], big_test: bool) -> dict[
     m = grid.metrics(runs["compare"])
     record["small_test"] = {name: grid.metrics(runs[r])[s]["top1"] for name, (r, s) in present.items()}
     record["seconds"] = {s: m[s]["train_seconds"] for s in TEACHERS if s in m}
-    record["generous"] = yaml.safe_load((runs["compare"].out / "config.yaml").read_text())["generous"]
+    record["generous"] = RunDir(runs["compare"].out).saved_config().generous.model_dump(mode="json")
     costs = [grid.run_cost(r) for r in runs.values()]
     return {**record, **{key: sum(c[key] for c in costs) for key in method.COST_KEYS}}
 

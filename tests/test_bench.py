@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BENCH_BATCHES, BENCH_ITERS, assert_one_line_error, copy_run, invoke
+from conftest import BENCH_BATCHES, BENCH_ITERS, BENCH_THREADS, assert_one_line_error, copy_run, invoke
 
 from gtcompress.backends.torch_runner import TorchBackend
 from gtcompress.bench import BenchConfig, parse_batch_sizes, speedup
@@ -127,6 +127,20 @@ def test_bench_json_follows_the_contract(workflow_run):
     for model in ("student", "generous_teacher"):
         assert bench["models"][model]["params"] > 0 and bench["models"][model]["macs"] > 0
     assert bench["models"]["generous_teacher"]["macs"] != bench["models"]["student"]["macs"]
+
+
+def test_the_gpu_check_summarises_the_runs_bench_rows_and_reads_its_ratios_from_them(workflow_run):
+    from benchmarks import gpu_check
+
+    rows = gpu_check._bench_summary(workflow_run)
+    results = bench_json(workflow_run)["results"]
+    assert rows == [{k: r[k] for k in gpu_check.SUMMARY_KEYS} for r in results]
+    threads = max(BENCH_THREADS)
+    for b, got in gpu_check.speed(rows)["onnxruntime_student_best_vs_all_threads"].items():
+        mine = [r for r in results if (r["stage"], r["backend"], r["precision"], r["batch_size"]) ==
+                ("student", "onnxruntime", "fp32", b)]  # fmt: skip
+        assert got == {"best": min(r["p50_ms"] for r in mine),
+                       "all": next(r["p50_ms"] for r in mine if r["threads"] == threads)}  # fmt: skip
 
 
 @pytest.mark.skipif(HAS_TRT and torch.cuda.is_available(), reason="TensorRT can run here, so it is not skipped")

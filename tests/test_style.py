@@ -1,12 +1,16 @@
 """The package stays readable: no function over 60 lines and no module over 450 in gtcompress/."""
 
 import ast
+import importlib
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "gtcompress"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "gtcompress"
 MODULES = sorted(PACKAGE.rglob("*.py"))
+BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
 MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 450
 
 
@@ -39,9 +43,34 @@ def test_no_stage_or_precision_is_parsed_from_a_name(path):
 RUN_FILES = ('"config.yaml"', '"metrics.json"', '"history.jsonl"', '"bench.json"', '"candidates.json"', "'bench.json'")
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize("path", MODULES + BENCHMARKS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_run_files_are_named_only_by_the_run_directory(path):
     if path.name == "rundir.py":
         assert all(name in path.read_text() for name in RUN_FILES[:-1])
         return
     assert not [name for name in RUN_FILES if name in path.read_text()]
+
+
+OURS = ("gtcompress", "benchmarks")
+
+
+def _imported_names(path: Path) -> list[tuple[int, str, str]]:
+    """Every `from gtcompress... import name` (and benchmarks...) in a file, in-function ones included."""
+    return [
+        (node.lineno, node.module, alias.name)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in OURS
+        for alias in node.names
+    ]
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_name_the_benchmarks_import_from_the_package_exists(path):
+    """A benchmark imports most of the package inside the function that needs it; a rename must not leave it
+    importing what is gone (the scripts run for hours before they reach that line)."""
+    missing = []
+    for line, module, name in _imported_names(path):
+        found = importlib.import_module(module)
+        if not hasattr(found, name) and importlib.util.find_spec(f"{module}.{name}") is None:
+            missing.append(f"{path.name}:{line} {module}.{name}")
+    assert not missing
