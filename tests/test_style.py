@@ -3,6 +3,7 @@
 import ast
 import importlib
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,17 @@ def test_module_and_function_length(path):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             length = node.end_lineno - node.lineno + 1
             assert length <= MAX_FUNCTION_LINES, f"{path.name}:{node.lineno} {node.name}() has {length} lines"
+
+
+def test_the_readmes_development_layout_names_every_module():
+    """The README's map of the package is the tree: every module is named in it (a runner by its pattern)."""
+    readme = (ROOT / "README.md").read_text()
+    layout = " ".join(
+        readme[readme.index("The package reads like the pipeline") : readme.index("Where things go")].split()
+    )
+    modules = [m for m in MODULES if not m.stem.startswith("__") and not m.stem.endswith("_runner")]
+    assert not [m.name for m in modules if not re.search(rf"\b{m.stem}\b", layout)]
+    assert "one runner module per runtime" in layout
 
 
 def test_the_check_sees_the_whole_package():
