@@ -26,8 +26,10 @@ from rich.table import Table
 
 from gtcompress.backends import BACKENDS, Setting
 from gtcompress.environment import command_line, cpu_name, machine_info, versions
-from gtcompress.export.config import ExportConfig
+from gtcompress.errors import UserError
+from gtcompress.export.config import ExportConfig, parse_tolerances
 from gtcompress.export.exporter import run_export
+from gtcompress.export.precisions import PRECISIONS as EXPORT_PRECISIONS
 from gtcompress.export.source import load_eval_data, resolve_source
 from gtcompress.export.verify import batches
 from gtcompress.models import load_model
@@ -36,12 +38,13 @@ from gtcompress.timing import time_backend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 BATCH_SIZES = (1, 32)
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = tuple(EXPORT_PRECISIONS)  # every registered one: fp32, fp16, int8
 
 
 def measure(run, stage: str, args: argparse.Namespace, console: Console) -> dict:
     """Export one model of the run in every precision, then time PyTorch eager and its ONNX files."""
-    records = run_export(ExportConfig(run=run.path, stage=stage, precisions=PRECISIONS), say=console.print)
+    cfg = ExportConfig(run=run.path, stage=stage, precisions=PRECISIONS, tolerances=parse_tolerances(args.tolerance))
+    records = run_export(cfg, say=console.print)
     by_precision = {r.precision: r for r in records if r.target == "onnxruntime" and r.backend == "onnxruntime"}
     model, spec, _ = load_model(run.checkpoint(stage))
     data = load_eval_data(resolve_source(ExportConfig(run=run.path, stage=stage)).data, spec)
@@ -164,6 +167,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=100, help="timed calls per backend and batch size")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls first")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
+    parser.add_argument("--tolerance", action="append", default=[], help="as export's: int8.min_agreement=80")
     args = parser.parse_args()
 
     console = Console(width=None if sys.stdout.isatty() else 120)  # keep the table whole in logs
@@ -195,4 +199,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

@@ -1,6 +1,7 @@
 """Benchmark: latency statistics, the timing loop, bench.json, backends detected or skipped, bad input."""
 
 import importlib.util
+import io
 import json
 import time
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BENCH_BATCHES, BENCH_ITERS, BENCH_THREADS, assert_one_line_error, copy_run, invoke
+from conftest import BENCH_BATCHES, BENCH_ITERS, BENCH_THREADS, INT8_TOLERANCE, assert_one_line_error, copy_run, invoke
 
 from gtcompress.backends.torch_runner import TorchBackend
 from gtcompress.bench import BenchConfig, parse_batch_sizes, speedup
@@ -141,6 +142,25 @@ def test_the_gpu_check_summarises_the_runs_bench_rows_and_reads_its_ratios_from_
                 ("student", "onnxruntime", "fp32", b)]  # fmt: skip
         assert got == {"best": min(r["p50_ms"] for r in mine),
                        "all": next(r["p50_ms"] for r in mine if r["threads"] == threads)}  # fmt: skip
+
+
+def test_the_export_benchmark_exports_every_precision_and_times_each_beside_pytorch(workflow_run, tmp_path):
+    import argparse
+
+    from rich.console import Console
+
+    from benchmarks import export
+    from gtcompress.rundir import RunDir
+
+    run = RunDir(copy_run(workflow_run, tmp_path / "run"))
+    args = argparse.Namespace(threads=1, iters=2, warmup=0, tolerance=[INT8_TOLERANCE])
+    got = export.measure(run, "student", args, Console(file=io.StringIO()))
+    assert [a["precision"] for a in got["artefacts"]] == list(export.PRECISIONS)
+    assert all((run.path / a["path"]).is_file() for a in got["artefacts"])
+    timed = {(r["backend"], r["precision"], r["batch_size"]) for r in got["latency"]}
+    pairs = [("torch", "fp32"), *(("onnxruntime", p) for p in export.PRECISIONS)]
+    assert timed == {(*pair, b) for pair in pairs for b in export.BATCH_SIZES}
+    assert all(r["iters"] == 2 and r["p50_ms"] > 0 for r in got["latency"])
 
 
 @pytest.mark.skipif(HAS_TRT and torch.cuda.is_available(), reason="TensorRT can run here, so it is not skipped")
