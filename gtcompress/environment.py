@@ -27,6 +27,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU extensions that decide how fast fp16, bf16 and int8 kernels run (int8 is 2-4x faster with VNNI or AMX).
+CPU_FEATURES = ("avx2", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8")
+
+
+def cpu_features() -> list[str]:
+    """Which of CPU_FEATURES this CPU has (`/proc/cpuinfo` flags; empty where there is none)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return [f for f in CPU_FEATURES if f in flags]
+    return []
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
@@ -60,9 +74,11 @@ def gpu_clocks() -> dict[str, str] | None:
 
 
 def machine_info(threads: int | None = None, cuda: bool = False) -> dict[str, Any]:
-    """CPU, cores, threads, OS and (with `cuda`) the GPU, its CUDA version and clocks."""
+    """CPU (and its int8/fp16 extensions), cores, threads, OS and (with `cuda`) the GPU, its CUDA version and
+    clocks."""
     info: dict[str, Any] = {
         "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "threads": threads,
         "platform": platform.platform(),

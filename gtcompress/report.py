@@ -70,8 +70,9 @@ def _header(run: RunDir, records: dict[str, StageRecord], bench: BenchFile | Non
     env = cfg.environment or {}
     if bench:
         dev = bench.device
+        features = f" ({', '.join(dev['cpu_features'])})" if dev.get("cpu_features") else ""
         machine = (f"{dev['gpu']} (CUDA {dev.get('cuda_version')}), " if dev.get("cuda") else "") + (
-            f"{dev['cpu']}, {dev['cores']} cores"
+            f"{dev['cpu']}{features}, {dev['cores']} cores"
         )
     else:
         machine = f"{env.get('device_name', '?')} (training device {env.get('device', '?')})"

@@ -13,6 +13,7 @@ from conftest import BENCH_BATCHES, BENCH_ITERS, BENCH_THREADS, INT8_TOLERANCE, 
 
 from gtcompress.backends.torch_runner import TorchBackend
 from gtcompress.bench import BenchConfig, parse_batch_sizes, speedup
+from gtcompress.environment import CPU_FEATURES
 from gtcompress.errors import UserError
 from gtcompress.models import create_model
 from gtcompress.records import BenchFile, BenchResult, in_order
@@ -113,6 +114,12 @@ def test_bench_json_follows_the_contract(workflow_run):
     bench = bench_json(workflow_run)
     assert {"device", "versions", "results"} <= bench.keys()
     assert {"cpu", "cores", "threads"} <= bench["device"].keys()
+    features = bench["device"]["cpu_features"]  # what decides int8 and fp16 speed, checked against torch's own view
+    assert set(features) <= set(CPU_FEATURES)
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert ("avx512f" in features) == capability.startswith("AVX512") and ("avx2" in features) == (
+        capability != "DEFAULT"
+    )
     assert {"torch", "onnxruntime", "timm", "gtcompress"} <= bench["versions"].keys()
     for r in bench["results"]:
         for key, kind in CONTRACT.items():
@@ -362,3 +369,24 @@ def test_a_bench_file_of_an_earlier_gtcompress_still_reads():
            **STATS}  # fmt: skip
     r = BenchResult.model_validate(old)
     assert r.stage == "student" and r.threads is None and r.cuda_graph is False and r.setting.label() == "eager"
+
+
+def test_the_readme_quotes_the_export_benchmarks_committed_numbers():
+    """README "Speed and size" is benchmarks/results/export.json: every file's size, top-1 and p50s."""
+    root = Path(__file__).resolve().parent.parent
+    result = json.loads((root / "benchmarks/results/export.json").read_text())
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("**Speed and size**") : readme.index("## Benchmark and report")]
+    rows = {
+        tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in section.splitlines() if "|" in line
+    }
+    for stage, model in result["models"].items():
+        who = "student" if stage == "student" else "teacher"
+        latency = {(r["backend"], r["precision"], r["batch_size"]): r["p50_ms"] for r in model["latency"]}
+        for a in model["artefacts"]:
+            line = rows[who, f"onnxruntime {a['precision']}"]
+            cells = [f"{a['bytes'] / 1e6:.2f}", f"{a['top1']:.2f}"]
+            cells += [f"{latency['onnxruntime', a['precision'], b]:.3f}" for b in (1, 32)]
+            assert all(f" {c} " in line for c in cells), (line, cells)
+        eager = rows[who, "PyTorch eager fp32"]
+        assert all(f" {latency['torch', 'fp32', b]:.3f} " in eager for b in (1, 32)), eager
