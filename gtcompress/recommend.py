@@ -12,16 +12,23 @@ from .rundir import RunDir
 from .stages import deployable_teachers, distilled_students
 
 
+def _top1(p: Point) -> float:
+    """Top-1 as compared: to a millionth of a point, for the same count of correct images reached by two sums
+    (the checkpoint's and an export's) differs in its last bits, and that must not decide between them."""
+    return round(p.top1, 6)
+
+
 def pareto_front(points: list[Point]) -> list[Point]:
     """The points no other point beats on both accuracy and latency (better or equal on both, better on one),
     fastest first."""
 
     def dominated(p: Point) -> bool:
         return any(
-            q.top1 >= p.top1 and q.p50_ms <= p.p50_ms and (q.top1 > p.top1 or q.p50_ms < p.p50_ms) for q in points
+            _top1(q) >= _top1(p) and q.p50_ms <= p.p50_ms and (_top1(q) > _top1(p) or q.p50_ms < p.p50_ms)
+            for q in points
         )
 
-    return sorted((p for p in points if not dominated(p)), key=lambda p: (p.p50_ms, -p.top1))
+    return sorted((p for p in points if not dominated(p)), key=lambda p: (p.p50_ms, -_top1(p)))
 
 
 def faster_than_the_teachers(points: list[Point]) -> list[Point]:
@@ -45,7 +52,7 @@ def recommend(points: list[Point], budget_ms: float | None = None) -> Recommenda
         fits, why = [p for p in points if p.role == "teacher"], "no student is faster than the teacher"
     if not fits:
         return Recommendation(reason=f"no verified artefact runs within the {budget_ms:g} ms budget")
-    return Recommendation(reason=why, pick=max(fits, key=lambda p: (p.top1, -p.p50_ms, -(p.bytes or 0))))
+    return Recommendation(reason=why, pick=max(fits, key=lambda p: (_top1(p), -p.p50_ms, -(p.bytes or 0))))
 
 
 def no_speed_line(points: list[Point], backend: str | None, batch_size: int) -> str | None:

@@ -36,6 +36,12 @@ def test_the_front_keeps_what_nothing_beats_and_the_pick_is_the_most_accurate_wi
     assert none.pick is None and "0.5 ms budget" in none.reason
 
 
+def test_the_same_accuracy_reached_by_two_sums_is_a_tie_that_speed_decides():
+    checkpoint, export = _point("fp32", 97.22222222222223, 0.31), _point("fp16", 97.22222222222221, 0.29)
+    assert [p.name for p in pareto_front([checkpoint, export])] == ["fp16"]
+    assert recommend([checkpoint, export]).pick.name == "fp16"
+
+
 def _rows(models):
     """Report rows for (stage, top-1, p50 ms) on onnxruntime."""
     return [
