@@ -269,12 +269,14 @@ def report_table(report: Report) -> Table:
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub Markdown table: pipes in cells escaped, numeric columns right-aligned; ends with a newline."""
     rows = [[str(c).replace("|", "\\|") for c in row] for row in rows]
-    align = ["---:" if rows and all(_numeric(r[i]) for r in rows) else "---" for i in range(len(headers))]
+    align = ["---:" if _numeric([r[i] for r in rows]) else "---" for i in range(len(headers))]
     return "\n".join("| " + " | ".join(line) + " |" for line in [list(headers), align, *rows]) + "\n"
 
 
-def _numeric(cell: str) -> bool:
-    return bool(cell) and (cell[0].isdigit() or cell[0] in "+-−") and any(c.isdigit() for c in cell)
+def _numeric(column: list[str]) -> bool:
+    """A column of numbers, "–" standing for a value not measured; at least one number."""
+    values = [c for c in column if c != "–"]
+    return bool(values) and all(c and (c[0].isdigit() or c[0] in "+-−") and any(d.isdigit() for d in c) for c in values)
 
 
 def _header_lines(report: Report) -> list[tuple[str, str]]:

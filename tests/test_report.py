@@ -209,3 +209,5 @@ def test_markdown_table_right_aligns_numbers():
     text = markdown_table(["name", "top-1"], [["a", "81.00 ± 1.00"], ["b", "+0.50 [-1.00, +2.00]"]])
     lines = text.splitlines()
     assert lines[0] == "| name | top-1 |" and lines[1] == "| --- | ---: |" and len(lines) == 4
+    missing = markdown_table(["name", "p50", "note"], [["a", "0.30", "–"], ["b", "–", "–"], ["c", "1.2×", "x"]])
+    assert missing.splitlines()[1] == "| --- | ---: | --- |", "a value not measured leaves a number column numeric"
