@@ -32,7 +32,7 @@ from benchmarks import grid
 from gtcompress.config import DataConfig, RunConfig, load_config
 from gtcompress.errors import UserError
 from gtcompress.report import markdown_table
-from gtcompress.rundir import RunDir
+from gtcompress.rundir import RunDir, read_json, write_json
 from gtcompress.stages import run_stages
 
 
@@ -209,7 +209,6 @@ def big_test_top1(run: grid.Task, stage: str) -> float:
     from gtcompress.backends import BACKENDS
     from gtcompress.export.verify import predict
     from gtcompress.models import load_model
-    from gtcompress.rundir import read_json, write_json
 
     cache_path = run.out / "big_test.json"
     cache = read_json(cache_path) if cache_path.exists() else {}

@@ -110,9 +110,8 @@ def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | 
         for stage in records
         for precision in _precisions(exports, stage)
     ]
-    _add_ratios(rows, teacher, primary)
     pareto, recommendation = which_student(run, records, rows, primary, batch_size, budget_ms)
-    return Report(
+    report = Report(
         header=_header(run, records, bench),
         batch_size=batch_size,
         primary_backend=primary,
@@ -125,6 +124,8 @@ def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | 
         recommendation=recommendation,
         notes=_notes(bench, run),
     )
+    _add_ratios(report)
+    return report
 
 
 def _export(exports: list[ExportRecord], stage: str, precision: str, backend: str | None) -> ExportRecord | None:
@@ -178,10 +179,10 @@ def _row(
     )
 
 
-def _add_ratios(rows: list[ReportRow], teacher: str | None, primary: str | None) -> None:
+def _add_ratios(report: Report) -> None:
     """What compression bought, for the students: × faster and × smaller than the teacher at fp32."""
-    ref = next((r for r in rows if r.stage == teacher and r.precision == "fp32"), None)
-    for row in rows:
+    ref, primary = report.teacher_row(), report.primary_backend
+    for row in report.rows:
         student = ref is not None and row.role == "student"
         fast = student and primary in ref.p50_ms and primary in row.p50_ms
         row.speedup = ref.p50_ms[primary] / row.p50_ms[primary] if fast else None
@@ -232,7 +233,7 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
                 r.file,
                 _fmt(r.bytes and r.bytes / 1e6, ".2f"),
                 *(_fmt(r.p50_ms.get(backend), ".3f") for backend in report.backends),
-                r.setting.get(primary, "–") if primary else "–",
+                r.setting.get(primary, "–"),
                 _fmt(r.speedup, ".1f", "×"),
                 _fmt(r.size_ratio, ".1f", "×"),
             ]
