@@ -159,7 +159,7 @@ class Bench:
             if reason is None:
                 chosen.append((spec, device))
             elif self.cfg.backends is not None:
-                raise UserError(f"backend {spec.name} was asked for but cannot run here: {reason}", spec.install)
+                spec.require(device)
             else:
                 self.skipped.append(Skipped(backend=spec.name, reason=reason))
         return chosen

@@ -58,6 +58,20 @@ def test_each_entry_runs_one_kind_of_artefact_and_says_why_it_cannot_run():
         backend("tvm")
 
 
+def test_every_onnx_runtime_verifies_exports_and_every_cpu_runtime_sweeps_threads(monkeypatch):
+    from dataclasses import replace
+
+    from gtcompress.backends import settings
+
+    assert [s.name for s in BACKENDS.values() if s.onnx_verifier] == ["onnxruntime", "openvino"]
+    monkeypatch.setitem(BACKENDS, "ncnn", replace(BACKENDS["openvino"], name="ncnn"))
+    assert BACKENDS["ncnn"].onnx_verifier and not BACKENDS["tensorrt"].onnx_verifier
+    for spec in BACKENDS.values():
+        if "cpu" in spec.devices:
+            assert settings(spec, "cpu", (1, 2), "both") == [Setting(threads=1), Setting(threads=2)], spec.name
+    assert settings(BACKENDS["tensorrt"], "cuda", (1, 2), "both") == [Setting(), Setting(cuda_graph=True)]
+
+
 def test_settings_are_labelled_as_a_deployment_names_them():
     assert [Setting(1).label(), Setting(8).label(), Setting(cuda_graph=True).label(), Setting().label()] == [
         "1 thread",

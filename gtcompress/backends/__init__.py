@@ -58,9 +58,7 @@ class BackendSpec:
     install: str  # how to get it where it is missing
     # device -> what bench times unless told, where that is not everything it runs
     timed_by_default: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    cpu_threads: bool = False  # its CPU thread count is a deployment setting worth sweeping
     cuda_graph: bool = False  # it can replay calls as captured CUDA graphs
-    onnx_verifier: bool = False  # exported ONNX files are verified on it (CPU) where it is installed
     gaps: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (device, precision) it lacks -> why
 
     def lacks(self, device: str, precision: str) -> str | None:
@@ -75,6 +73,12 @@ class BackendSpec:
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(self.precisions)
+
+    @property
+    def onnx_verifier(self) -> bool:
+        """Whether exported ONNX files are verified on it (on the CPU, where it is installed): every runtime of
+        ONNX files is, so that an export a deployment's runtime would misread is rejected."""
+        return self.artefact == "onnx" and "cpu" in self.precisions
 
     @property
     def onnx_target(self) -> str:
@@ -96,12 +100,16 @@ class BackendSpec:
         lack = self.lacks(device, precision)
         if lack is not None:
             raise UserError(lack, f"choose from {', '.join(self.precisions.get(device, ())) or 'another backend'}")
+        self.require(device)
+        return self._runner().open(source, device, precision, setting)
+
+    def require(self, device: str) -> None:
+        """One line saying why this backend cannot run on `device` here and how to get it (none where it can)."""
         reason = self.missing(device)
         if reason is not None:
             raise UserError(
                 f"backend {self.name} cannot run here: {reason}", "" if self.install in reason else self.install
             )
-        return self._runner().open(source, device, precision, setting)
 
     def _runner(self) -> Any:
         """Its runner module, `<name>_runner` in this package, imported only when a runner is opened."""
@@ -124,29 +132,19 @@ BACKENDS: dict[str, BackendSpec] = {
             "onnx",
             {"cpu": ("fp32", "fp16", "int8"), "cuda": ("fp32", "fp16")},
             "for CUDA: pip uninstall -y onnxruntime && pip install onnxruntime-gpu (the two cannot coexist)",
-            cpu_threads=True,
             cuda_graph=True,
-            onnx_verifier=True,
             gaps={
                 ("cuda", "int8"): "onnxruntime's CUDA provider has no int8 kernels for Q/DQ graphs: it would time "
                 "dequantized float math, not int8 inference (time int8 on TensorRT or the CPU)"
             },
         ),
-        BackendSpec(
-            "openvino",
-            "onnx",
-            {"cpu": ("fp32", "fp16", "int8")},
-            "pip install 'gtcompress[openvino]'",
-            cpu_threads=True,
-            onnx_verifier=True,
-        ),
+        BackendSpec("openvino", "onnx", {"cpu": ("fp32", "fp16", "int8")}, "pip install 'gtcompress[openvino]'"),
         BackendSpec(
             "torch",
             "checkpoint",
             {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")},
             "torch is a dependency of gtcompress",
             timed_by_default={"cpu": ("fp32",), "cuda": ("fp32", "fp16")},
-            cpu_threads=True,
             cuda_graph=True,
         ),
     )
@@ -193,10 +191,10 @@ def thread_counts(requested: tuple[int, ...] | Literal["auto"], cores: int | Non
 
 
 def settings(spec: BackendSpec, device: str, threads: tuple[int, ...], cuda_graph: str) -> list[Setting]:
-    """The settings to time `spec` at on `device`: each thread count (CPU backends that have one), and eager
-    and/or CUDA-graph calls (`cuda_graph` both | on | off) where the backend can capture graphs."""
+    """The settings to time `spec` at on `device`: each thread count on the CPU (every CPU runtime here takes
+    one), and eager and/or CUDA-graph calls (`cuda_graph` both | on | off) where the backend can capture graphs."""
     if device == "cpu":
-        return [Setting(threads=t) for t in threads] if spec.cpu_threads else [Setting()]
+        return [Setting(threads=t) for t in threads]
     graph = {"both": (False, True), "on": (True,), "off": (False,)}[cuda_graph] if spec.cuda_graph else (False,)
     return [Setting(cuda_graph=g) for g in graph]
 

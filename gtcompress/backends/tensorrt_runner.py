@@ -18,11 +18,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from . import Setting
+from . import BACKENDS, Setting
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install 'gtcompress[trt]' on a machine with an NVIDIA GPU and CUDA"
 
 
 def require_tensorrt() -> ModuleType:
@@ -30,7 +28,7 @@ def require_tensorrt() -> ModuleType:
     try:
         import tensorrt as trt
     except ImportError:
-        raise UserError("TensorRT is not installed", INSTALL_HINT) from None
+        raise UserError("TensorRT is not installed", BACKENDS["tensorrt"].install) from None
     import torch
 
     if not torch.cuda.is_available():
@@ -60,7 +58,7 @@ def make_logger(trt: ModuleType) -> Any:
 
 def missing(device: str) -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
-        return f"tensorrt is not installed ({INSTALL_HINT})"
+        return f"tensorrt is not installed ({BACKENDS['tensorrt'].install})"
     return None if torch.cuda.is_available() else "no CUDA device"
 
 
