@@ -15,7 +15,7 @@ from . import __version__
 from .backends import BACKENDS
 from .config import RunConfig
 from .export.precisions import PRECISIONS
-from .records import BenchResult, ExportRecord, Report, ReportRow, StageRecord
+from .records import ExportRecord, Report, ReportRow, StageRecord, fastest
 from .report import markdown_table
 from .stages import distilled_students
 
@@ -170,12 +170,6 @@ def _method(card: Card) -> str:
     return " ".join(said)
 
 
-def _best_p50(bench: list[BenchResult], stage: str, backend: str, precision: str, batch: int) -> float | None:
-    """The p50 of the fastest setting measured for one artefact on one backend and batch (None: not measured)."""
-    key = (stage, backend, precision, batch)
-    return min((b.p50_ms for b in bench if (b.stage, b.backend, b.precision, b.batch_size) == key), default=None)
-
-
 def _results(card: Card) -> list[str]:
     """The report's numbers for the published files (and the reference teacher): top-1, size, p50 per backend and
     batch, and what that buys against the teacher; where they were measured."""
@@ -189,7 +183,7 @@ def _results(card: Card) -> list[str]:
     headers = ["model", "file", "top-1 %", "MB", *(f"{b} p50 ms b{n}" for b, n in columns), "× faster", "× smaller"]
     cells = []
     for r in rows:
-        p50 = [_best_p50(report.bench, r.stage, b, r.precision, n) for b, n in columns]
+        best = [fastest(report.bench, r.stage, b, r.precision, n) for b, n in columns]
         file = in_folder.get(r.file, "not in this folder")
         cells.append(
             [
@@ -197,7 +191,7 @@ def _results(card: Card) -> list[str]:
                 f"model.safetensors, {file}" if r.stage == card.stage and r.precision == "fp32" else file,
                 f"{r.top1:.2f}",
                 f"{r.bytes / 1e6:.2f}" if r.bytes else "–",
-                *(f"{x:.3f}" if x is not None else "–" for x in p50),
+                *(f"{x.p50_ms:.3f}" if x is not None else "–" for x in best),
                 f"{r.speedup:.1f}×" if r.speedup else "–",
                 f"{r.size_ratio:.1f}×" if r.size_ratio else "–",
             ]

@@ -148,13 +148,19 @@ class BenchFile(Record):
     missing: list[str] = []
 
     def best(self, stage: str, backend: str, precision: str, batch_size: int) -> BenchResult | None:
-        """The fastest setting (thread count, CUDA graph or not) of one artefact on one backend and batch."""
-        rows = [
-            r
-            for r in self.results
-            if (r.stage, r.backend, r.precision, r.batch_size) == (stage, backend, precision, batch_size)
-        ]
-        return min(rows, key=lambda r: r.p50_ms, default=None)
+        return fastest(self.results, stage, backend, precision, batch_size)
+
+
+def fastest(
+    results: list[BenchResult], stage: str, backend: str, precision: str, batch_size: int
+) -> BenchResult | None:
+    """The fastest setting (thread count, CUDA graph or not) of one artefact on one backend and batch."""
+    key = (stage, backend, precision, batch_size)
+    return min(
+        (r for r in results if (r.stage, r.backend, r.precision, r.batch_size) == key),
+        key=lambda r: r.p50_ms,
+        default=None,
+    )
 
 
 def in_order(results: list[BenchResult]) -> list[BenchResult]:
