@@ -154,8 +154,8 @@ def test_distill_and_export_run_end_to_end_on_shards(wds_digits, tmp_path):
     assert export.exit_code == 0, export.output
     records = json.loads((out / "metrics.json").read_text())["export"]
     assert {r["test_images"] for r in records} == {60}, "verified on the shards' own validation split"
-    for r in records:  # each recorded accuracy is what `gtcompress eval` measures on the same shards
-        assert r["top1"] == pytest.approx(evaluate_artefact(out / r["path"])["top1"]), r["path"]
+    for r in records:  # each recorded accuracy is what `gtcompress eval` measures on the same shards and backend
+        assert r["top1"] == pytest.approx(evaluate_artefact(out / r["path"], backend=r["backend"])["top1"]), r["path"]
 
 
 @pytest.mark.parametrize(
