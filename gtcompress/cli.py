@@ -73,6 +73,7 @@ def distill(
     seed: Annotated[Optional[int], config_option("seed")] = None,
     device: Annotated[Optional[str], config_option("device")] = None,
     precision: Annotated[Optional[str], config_option("precision")] = None,
+    dist_bn: Annotated[Optional[str], config_option("dist_bn")] = None,
     compile_: Annotated[Optional[bool], config_option("compile_", "--compile")] = None,
     tensorboard: Annotated[Optional[bool], config_option("tensorboard", "--tensorboard")] = None,
     cache_teacher_logits: Annotated[

@@ -269,6 +269,11 @@ class RunConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="training autocast dtype: fp32 | bf16 | fp16 (CUDA)"
     )
+    dist_bn: Literal["reduce", "broadcast"] = Field(
+        "reduce",
+        description="under torchrun, before every evaluation and checkpoint: the ranks' BatchNorm statistics "
+        "averaged (reduce) or rank 0's (broadcast), so the accuracy recorded is the saved model's",
+    )
     channels_last: bool = True
     small_stem: bool = Field(
         False, description="every model with a CIFAR-style stem for 32-px inputs: first conv 3x3 stride 1, no max-pool"

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from timm.utils import distribute_bn
+from torch import nn
 
 from .errors import UserError, first_line
 
@@ -66,6 +68,10 @@ def init_distributed(device_request: str, precision: str) -> tuple[DistEnv, torc
     return DistEnv(dist.get_rank(), local_rank, dist.get_world_size()), device
 
 
+class AgreedError(UserError):
+    """A UserError every rank of the job raises together, after `agree`: rank 0 alone prints it."""
+
+
 def all_ranks_ok(env: DistEnv, error: UserError | None) -> None:
     """Raise on every rank if any rank failed a step (so no rank hangs in a later collective)."""
     if not env.enabled:
@@ -74,10 +80,13 @@ def all_ranks_ok(env: DistEnv, error: UserError | None) -> None:
         return
     errors: list[UserError | None] = [None] * env.world_size
     dist.all_gather_object(errors, error)
-    first = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
-    if first is not None:
-        rank, err = first
-        raise UserError(f"rank {rank}: {err.message}", err.hint)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if not failed:
+        return
+    rank, err = failed[0]
+    if len(failed) == env.world_size and len({str(e) for _, e in failed}) == 1:
+        raise AgreedError(err.message, err.hint)  # the same mistake everywhere: no rank to name
+    raise AgreedError(f"rank {rank}: {err.message}", err.hint)
 
 
 def broadcast_object(obj: Any, env: DistEnv) -> Any:
@@ -90,7 +99,8 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
 
 
 def agree(env: DistEnv, step: Callable[[], T]) -> T:
-    """Run `step` on every rank; a UserError on any rank is raised on all of them (rank 0 reports it)."""
+    """Run `step` on every rank; a UserError on any rank is raised on all of them (rank 0 reports it, naming the
+    rank that failed unless every rank failed alike)."""
     result, error = None, None
     try:
         result = step()
@@ -98,6 +108,21 @@ def agree(env: DistEnv, step: Callable[[], T]) -> T:
         error = e
     all_ranks_ok(env, error)
     return result
+
+
+def raised_here(error: UserError, env: DistEnv) -> UserError:
+    """Mark an error that leaves a distributed run without `agree`: only this rank has it, so it prints it."""
+    if env.enabled:
+        error.rank = env.rank
+    return error
+
+
+def sync_batchnorm(model: nn.Module, env: DistEnv, mode: str) -> None:
+    """Make every rank's BatchNorm running statistics equal (timm's distribute_bn): their mean (`reduce`) or rank
+    0's (`broadcast`). Each rank updates them from its own shard, so without this the ranks evaluate, and rank 0
+    saves, different models."""
+    if env.enabled:
+        distribute_bn(model, env.world_size, reduce=mode == "reduce")
 
 
 def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:

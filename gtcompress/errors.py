@@ -8,9 +8,15 @@ class UserError(Exception):
         super().__init__(message, hint)
         self.message = message
         self.hint = hint
+        # Under torchrun: the one rank that raised it, which alone prints it; None where every rank has it.
+        self.rank: int | None = None
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def line(self) -> str:
+        """What the CLI prints after `error: `: the message, prefixed with the rank that alone raised it."""
+        return str(self) if self.rank is None else f"rank {self.rank}: {self}"
 
 
 class VerificationError(UserError):

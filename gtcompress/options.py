@@ -34,8 +34,8 @@ def user_errors(fn: Callable) -> Callable:
             if ctx.find_root().params.get("debug"):
                 raise
             # escaped: messages hold brackets (`gtcompress[trt]`) that rich would take for markup
-            if is_main_process():  # under torchrun every rank has the error; rank 0 reports it
-                err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
+            if e.rank is not None or is_main_process():  # the rank that alone raised it, or rank 0 for all
+                err_console.print(f"[bold red]error:[/] {escape(e.line())}", markup=True, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -85,6 +85,7 @@ OPTION_KEYS = {
     "seed": "seed",
     "device": "device",
     "precision": "precision",
+    "dist_bn": "dist_bn",
     "compile_": "compile",
     "tensorboard": "tensorboard",
     "cache_teacher_logits": "cache_teacher_logits",

@@ -17,7 +17,7 @@ from . import terminal
 from .candidates import candidate_table, measure, within_budget
 from .config import RunConfig, differences, dump_config
 from .data import Splits, build_transform, create_loader, load_splits, loader_workers, transformed
-from .distributed import DistEnv, agree, barrier, broadcast_object, init_distributed, shutdown
+from .distributed import AgreedError, DistEnv, agree, barrier, broadcast_object, init_distributed, raised_here, shutdown
 from .environment import command_line, device_name, versions
 from .errors import UserError
 from .models import (
@@ -125,6 +125,8 @@ def run_distill(
     env, device = init_distributed(cfg.device, cfg.precision)
     try:
         return _run(cfg, None if resume else out, run if resume else None, env, device, console, dry_run)
+    except UserError as e:
+        raise e if isinstance(e, AgreedError) else raised_here(e, env)
     finally:
         shutdown(env)
 
@@ -137,7 +139,7 @@ def _prepare(
     data and the budget check's record."""
     for note in agree(env, lambda: resolve_names(cfg)):
         say(f"resolved {note}")
-    _check(cfg)
+    agree(env, lambda: _check(cfg))
     splits = agree(env, lambda: load_splits(cfg.data))
     if splits.streaming:  # a rank without a training shard is refused here, before anything is written
         agree(env, lambda: stream_workers(splits.train, loader_workers(cfg.data, splits), env.world_size, quiet=True))
@@ -227,6 +229,7 @@ def _setup(
         device=device,
         dist=env,
         precision=cfg.precision,
+        dist_bn=cfg.dist_bn,
         channels_last=cfg.channels_last,
         seed=cfg.seed,
         workers=loader_workers(cfg.data, splits),

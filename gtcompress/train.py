@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .config import TrainConfig
 from .data import Indexed, create_loader
-from .distributed import DistEnv, all_reduce_sum, barrier
+from .distributed import DistEnv, agree, all_reduce_sum, barrier, sync_batchnorm
 from .errors import UserError
 from .models import unwrap
 from .objectives import Objective
@@ -48,6 +48,7 @@ class Context:
     device: torch.device
     dist: DistEnv = field(default_factory=DistEnv)
     precision: str = "fp32"
+    dist_bn: str = "reduce"  # how the ranks' BatchNorm statistics are made equal (distributed.sync_batchnorm)
     channels_last: bool = True
     seed: int = 0
     workers: int = 0
@@ -273,8 +274,7 @@ def fit(job: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, 
     if job.train.epochs == 0:
         model = _place(job.model, ctx)
         return {**evaluate(model, _val_loader(job, ctx), ctx, num_classes), "epochs": 0, "train_seconds": 0.0}
-    _check_batch(job, ctx)
-    kit = build(job, ctx)
+    kit = agree(ctx.dist, lambda: _check_batch(job, ctx) or build(job, ctx))
     state, progress = TrainState(), ctx.run.progress(job.name)
     if progress.exists():
         state = TrainState.load(progress, kit, ctx.device)
@@ -342,6 +342,9 @@ class Epoch:
             index, lambda s: bar.update(task, advance=1, **({"status": s} if s else {}))
         )
         bar.remove_task(task)
+        sync_batchnorm(kit.model, ctx.dist, ctx.dist_bn)  # before evaluation and checkpoint: the saved model
+        if kit.ema is not None:
+            sync_batchnorm(kit.ema.module, ctx.dist, ctx.dist_bn)
         state.epoch, state.train_seconds, state.train_images = (
             index + 1,
             state.train_seconds + seconds,

@@ -15,6 +15,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from gtcompress.cli import app  # noqa: E402
 from gtcompress.config import RunConfig  # noqa: E402
+from gtcompress.evaluate import predict_artefact  # noqa: E402
 from gtcompress.stages import run_stages  # noqa: E402
 
 TEACHER, STUDENT = "test_resnet", "mobilenetv3_small_050"
@@ -30,6 +31,26 @@ def invoke(*args: str):
 def distill(*args: str):
     """`gtcompress distill --teacher TEACHER --student STUDENT *args`, in-process."""
     return invoke("distill", *PAIR, *args)
+
+
+# A top-2 logit margin this small may flip between two runs of the same model whose kernels sum in another order
+# (another batch size, thread count or instruction set): the only images a top-1 comparison may excuse.
+NEAR_TIE = 1e-4
+
+
+def assert_recorded_accuracy_is_the_saved_models(record: dict, checkpoint: Path) -> None:
+    """A recorded top-1 (and top-5) is the saved checkpoint's under `gtcompress eval` (PyTorch, fp32) to the image,
+    but for the images it finds itself whose k-th and (k+1)-th logits are near-tied."""
+    p = predict_artefact(checkpoint)
+    ranked = np.argsort(-p.logits, axis=1, kind="stable")
+    ordered = np.take_along_axis(p.logits, ranked, axis=1)
+    for k in (1, 5):
+        if f"top{k}" not in record:
+            continue
+        hits = int((ranked[:, :k] == p.labels[:, None]).any(1).sum())
+        near_ties = int((ordered[:, k - 1] - ordered[:, k] < NEAR_TIE).sum())
+        recorded = round(record[f"top{k}"] * len(p.labels) / 100)
+        assert abs(recorded - hits) <= near_ties, f"{checkpoint.name} top-{k}: {recorded} vs {hits}, {near_ties} ties"
 
 
 def shared(tmp_path_factory, name: str, make) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import assert_one_line_error, copy_run, invoke
+from conftest import assert_one_line_error, assert_recorded_accuracy_is_the_saved_models, copy_run, invoke
 
 from gtcompress.backends import BACKENDS, load_backend
 from gtcompress.backends.onnxruntime_runner import OnnxRuntimeBackend
@@ -83,7 +83,6 @@ def test_every_precision_is_written_verified_and_recorded(exported_run):
     assert sorted(p.name for p in export.iterdir()) == sorted([*ARTEFACTS.values(), "student.json"])
     recs = {r["precision"]: r for r in records(exported_run)}
     assert set(recs) == set(ARTEFACTS)
-    student_top1 = json.loads((exported_run / "metrics.json").read_text())["student"]["top1"]
     for precision, name in ARTEFACTS.items():
         r = recs[precision]
         assert RECORD_KEYS <= set(r), RECORD_KEYS - set(r)
@@ -91,10 +90,10 @@ def test_every_precision_is_written_verified_and_recorded(exported_run):
         assert (r["stage"], r["format"], r["backend"]) == ("student", "onnx", "onnxruntime")
         assert r["test_images"] == 360 and r["export_seconds"] > 0
         # the reference is the PyTorch model on the same test split the distill stage evaluated
-        assert r["reference_top1"] == pytest.approx(student_top1, abs=100 / 360 + 1e-9)
+        assert_recorded_accuracy_is_the_saved_models({"top1": r["reference_top1"]}, exported_run / "student.pt")
         assert r["top1_agreement"] >= (INT8_AGREEMENT if precision == "int8" else 99.0)
     assert recs["fp32"]["max_abs_diff"] <= 1e-3
-    assert recs["fp32"]["top1"] == pytest.approx(recs["fp32"]["reference_top1"])
+    assert_recorded_accuracy_is_the_saved_models(recs["fp32"], exported_run / "student.pt")
     assert recs["int8"]["calibration_images"] == 64
     assert recs["int8"]["bytes"] < 0.5 * recs["fp32"]["bytes"] and recs["fp16"]["bytes"] < 0.6 * recs["fp32"]["bytes"]
 
@@ -108,7 +107,7 @@ def test_every_onnx_file_is_verified_on_openvino_too(exported_run):
         assert r["precision"] == ort[path]["precision"] and r["bytes"] == ort[path]["bytes"]
         assert r["top1_agreement"] >= (INT8_AGREEMENT if r["precision"] == "int8" else 99.0)
     assert ov["export/student.onnx"]["max_abs_diff"] <= 1e-3
-    assert ov["export/student.onnx"]["top1"] == pytest.approx(ort["export/student.onnx"]["top1"])
+    assert_recorded_accuracy_is_the_saved_models(ov["export/student.onnx"], exported_run / "student.pt")
     meta = json.loads((exported_run / "export" / "student.json").read_text())
     assert meta["files"] == {name: precision for precision, name in ARTEFACTS.items()}
 
@@ -188,6 +187,7 @@ def test_onnx_files_take_any_batch_size(exported_run):
         backend = OnnxRuntimeBackend(exported_run / "export" / name)
         whole = backend.infer(x)
         assert whole.shape == (7, 10)
+        # the same graph at batch 1 and 7: kernels may sum in another order, so float rounding, not exactness
         np.testing.assert_allclose(np.concatenate([backend.infer(x[i : i + 1]) for i in range(7)]), whole, atol=1e-5)
     np.testing.assert_allclose(
         OnnxRuntimeBackend(exported_run / "export" / ARTEFACTS["fp32"]).infer(x), reference, atol=1e-4
