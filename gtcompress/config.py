@@ -139,11 +139,40 @@ class GenerousConfig(Strict):
     )
 
 
+class MatchScale(Strict):
+    """A teacher's logits rescaled so that their median per-image std on the training split is `match`'s."""
+
+    match: str = Field(description="the run's teacher stage whose scale is matched, e.g. standard_teacher")
+
+
 class MethodConfig(Strict):
     """A distillation method's knobs (its loss term is objectives.py's, for this class)."""
 
     ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy term")
     warmup: float = Field(0.0, ge=0, le=1, description="fraction of epochs over which the KD term ramps up")
+    teacher_scale: float | MatchScale = Field(
+        1.0,
+        description="the frozen teacher's logits times this before the temperature (a scale control), or "
+        "match:<stage>: the ratio of that teacher's median per-image logit std to this one's (training split)",
+    )
+
+    @field_validator("teacher_scale", mode="before")
+    @classmethod
+    def _match_spelled(cls, value: Any) -> Any:
+        """`match:<stage>`, as a recipe or --set spells it."""
+        if not isinstance(value, str):
+            return value
+        kind, _, stage = value.partition(":")
+        if kind != "match" or not stage:
+            raise ValueError(f"a number or match:<stage> is wanted, got {value!r}")
+        return MatchScale(match=stage)
+
+    @field_validator("teacher_scale")
+    @classmethod
+    def _positive(cls, value: float | MatchScale) -> float | MatchScale:
+        if isinstance(value, float) and value <= 0:
+            raise ValueError(f"a scale must be positive, got {value}")
+        return value
 
 
 class KDConfig(MethodConfig):

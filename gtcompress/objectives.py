@@ -62,8 +62,12 @@ def student_objective(cfg: StudentConfig) -> Objective:
     method = cfg.method_config
     warmup_epochs = method.warmup * cfg.train.epochs
 
+    scale = method.teacher_scale
+    if not isinstance(scale, float):
+        raise TypeError(f"teacher_scale {scale} must be resolved to a number first (logit_scale.resolve_scale)")
+
     def objective(logits: Tensor, teacher: Tensor | None, target: Tensor, progress: float) -> dict[str, Tensor]:
-        logits, teacher = logits.float(), teacher.float()
+        logits, teacher = logits.float(), teacher.float() * scale
         ce = method.ce_weight * ce_loss(logits, target, cfg.train.label_smoothing)
         kd = warmup_factor(progress, warmup_epochs) * method_term(method, logits, teacher, target)
         return {"loss": ce + kd, "ce": ce, "kd": kd}

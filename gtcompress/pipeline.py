@@ -12,14 +12,16 @@ from typing import Any
 import torch
 from rich.console import Console
 from torch import nn
+from torch.utils.data import Dataset
 
 from . import terminal
 from .candidates import candidate_table, measure, within_budget
-from .config import RunConfig, differences, dump_config
+from .config import MatchScale, RunConfig, differences, dump_config
 from .data import Splits, build_transform, create_loader, load_splits, loader_workers, transformed
 from .distributed import AgreedError, DistEnv, agree, barrier, broadcast_object, init_distributed, raised_here, shutdown
 from .environment import command_line, device_name, versions
 from .errors import UserError
+from .logit_scale import measure_scale, resolve_scale, student_temperature, with_scale
 from .models import (
     ModelSpec,
     base_arch,
@@ -31,11 +33,11 @@ from .models import (
     resolve_model_name,
     save_checkpoint,
 )
-from .records import CandidateCheck, StageRecord
+from .records import CandidateCheck, LogitScale, StageRecord
 from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
 from .stages import Models, Stage, stages
 from .stream import stream_workers
-from .train import Context, Job, fit, make_optimizer, seed_everything
+from .train import Context, Job, dataset_logits, fit, make_optimizer, seed_everything
 
 
 def resolve_names(cfg: RunConfig) -> list[str]:
@@ -100,6 +102,13 @@ def _check(cfg: RunConfig) -> None:
         raise UserError(
             "--gt-init standard needs the Generous Teacher to share the teacher's architecture",
             "drop generous.arch or use --gt-init scratch",
+        )
+    scale = cfg.student.method_config.teacher_scale
+    teachers = [s.name for s in stages(cfg) if s.role != "student" and s.skip(cfg) is None]
+    if isinstance(scale, MatchScale) and scale.match not in teachers:
+        raise UserError(
+            f"teacher_scale match:{scale.match}: this run has no such teacher stage",
+            f"match one of {', '.join(teachers)}",
         )
 
 
@@ -193,6 +202,7 @@ class _Setup:
     img_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    train_eval: Dataset  # the training images under the evaluation transform (teachers' logits on them)
 
     def spec(self, arch: str) -> ModelSpec:
         s = self.splits
@@ -224,6 +234,7 @@ def _setup(
     eval_transform = build_transform(cfg.data, splits, img_size, mean, std, training=False)
     cache = cfg.cache_teacher_logits if cfg.cache_teacher_logits is not None else not cfg.data.augment_train
     cache = cache and not splits.streaming  # cached logits are looked up by sample index: streams have none
+    train_eval = transformed(splits.train, eval_transform)
     ctx = Context(
         run=run,
         device=device,
@@ -238,9 +249,9 @@ def _setup(
         train_data=transformed(splits.train, build_transform(cfg.data, splits, img_size, mean, std, training=True)),
         val_data=transformed(splits.val, eval_transform),
         # with augmentation, cached logits are the teacher's on the un-augmented image: an approximation
-        cache_data=transformed(splits.train, eval_transform) if cache else None,
+        cache_data=train_eval if cache else None,
     )
-    return _Setup(cfg, splits, ctx, img_size, mean, std)
+    return _Setup(cfg, splits, ctx, img_size, mean, std, train_eval)
 
 
 def _describe(stage: Stage, setup: _Setup, models: Models, say: Callable[..., None]) -> nn.Module:
@@ -268,11 +279,12 @@ def _train(
         return load_model(run.checkpoint(stage.name))[0]
     seed_everything(cfg.seed, stage.seed_offset)
     model = agree(env, lambda: stage.build(cfg, setup.splits.num_classes, models))
+    scaled, scale = _scaled(stage, cfg, run)
     job = Job(
         stage.name,
         model,
         stage.train(cfg),
-        stage.objective(cfg),
+        stage.objective(scaled),
         models[stage.teacher] if stage.teacher else None,
         stage.seed_offset,
         stage.teacher,
@@ -286,6 +298,8 @@ def _train(
         params=count_params(job.model),
         macs=count_macs(job.model, setup.img_size),
         **stage.record(cfg),
+        **scale,
+        logit_scale=_logit_scale(stage, job.model, setup) if stage.role != "student" else None,
     )
     if env.is_main:
         save_checkpoint(run.checkpoint(stage.name), job.model, setup.spec(arch), stage.name, record.as_json())
@@ -293,6 +307,30 @@ def _train(
         run.progress(stage.name).unlink(missing_ok=True)
     barrier(env)
     return job.model
+
+
+def _scaled(stage: Stage, cfg: RunConfig, run: RunDir) -> tuple[RunConfig, dict[str, Any]]:
+    """A student's configuration with its teacher_scale resolved to a number, and what its record says of it."""
+    configured = cfg.student.method_config.teacher_scale
+    if stage.role != "student" or stage.teacher is None or configured == 1.0:
+        return cfg, {}
+    scale = resolve_scale(cfg, stage.teacher, run.stage_records())
+    match = configured.match if isinstance(configured, MatchScale) else None
+    return with_scale(cfg, scale), {"teacher_scale": scale, "teacher_scale_match": match}
+
+
+def _logit_scale(stage: Stage, model: nn.Module, setup: _Setup) -> LogitScale:
+    """A teacher's logit scale on the test split and its median per-image std on the training split; with cached
+    teacher logits, the training split's logits are its students' cache."""
+    ctx, batch = setup.ctx, 2 * stage.train(setup.cfg).batch_size
+    model.eval()
+    train = None
+    if not setup.splits.streaming:  # a stream's images have no index to gather them back in order by
+        train = ctx.logits.get(stage.name)
+        train = dataset_logits(model, setup.train_eval, ctx, batch) if train is None else train
+        if ctx.cache_data is not None:
+            ctx.logits[stage.name] = train
+    return measure_scale(dataset_logits(model, ctx.val_data, ctx, batch), train, student_temperature(setup.cfg))
 
 
 def _run(

@@ -22,6 +22,21 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+class LogitScale(Record):
+    """A teacher's logit scale on the test split: per-image std over classes, the largest |logit|, and the mean
+    entropy of softmax(z / T) at the students' temperature beside log C (a flat distribution's); and the median
+    per-image std on the training split, which `teacher_scale: match:<stage>` compares."""
+
+    std_mean: float
+    std_median: float
+    std_p95: float
+    max_abs: float
+    temperature: float
+    entropy: float
+    log_classes: float
+    train_std_median: float | None = None
+
+
 class StageRecord(Record):
     """A trained (or loaded) stage: its identity, its final test metrics, its size, and how it was made."""
 
@@ -47,6 +62,9 @@ class StageRecord(Record):
     k: float | None = None
     scale: str | None = None
     temperature: float | None = None  # the born-again teacher's fixed T
+    logit_scale: LogitScale | None = None  # a teacher's
+    teacher_scale: float | None = None  # a student's: the factor on its teacher's logits, where not 1
+    teacher_scale_match: str | None = None  # the stage whose scale that factor matched
 
     def as_json(self) -> dict[str, Any]:
         """As metrics.json (and the checkpoint) hold it: the fields that apply."""
@@ -285,6 +303,7 @@ class Report(Record):
     teacher: str | None = None  # the stage speed-ups and size ratios compare with
     titles: dict[str, str] = {}  # stage -> its title
     rows: list[ReportRow]
+    scales: dict[str, LogitScale] = {}  # teacher stage -> its logit scale, where recorded
     bench: list[BenchResult] = []  # every measurement (without the samples, which stay in bench.json)
     pareto: Pareto
     recommendation: Recommendation

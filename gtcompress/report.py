@@ -119,6 +119,7 @@ def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | 
         teacher=teacher,
         titles={name: m.title for name, m in records.items()},
         rows=rows,
+        scales={name: m.logit_scale for name, m in records.items() if m.logit_scale is not None},
         bench=results,
         pareto=pareto,
         recommendation=recommendation,
@@ -241,6 +242,41 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return cols, cells
 
 
+def scale_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Each teacher's accuracy beside its logit scale: what its students' temperature sees of it."""
+    fp32 = {r.stage: r.top1 for r in report.rows if r.precision == "fp32"}
+    t = next((s.temperature for s in report.scales.values()), None)
+    cols = ["teacher", "top-1 %", "logit std (median)", "std p95", "max |logit|", f"entropy at T {t:g}", "log C"]
+    return cols, [
+        [
+            report.titles.get(stage, stage),
+            _fmt(fp32.get(stage), ".2f"),
+            f"{s.std_median:.2f}",
+            f"{s.std_p95:.2f}",
+            f"{s.max_abs:.1f}",
+            f"{s.entropy:.3f}",
+            f"{s.log_classes:.3f}",
+        ]
+        for stage, s in report.scales.items()
+    ]
+
+
+SCALE_NOTE = (
+    "A student's KD divides its teacher's logits by one temperature: a teacher with larger logits gives sharper "
+    "targets (lower entropy) at that T, as if at a lower temperature."
+)
+
+
+def scale_table(report: Report) -> Table:
+    table = Table(title="teachers' logit scale (test split)", box=box.SIMPLE_HEAVY, title_justify="left")
+    cols, cells = scale_rows(report)
+    for i, col in enumerate(cols):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
 def bench_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return [*RESULT_COLUMNS, "iters"], [[*result_cells(r), str(r.iters)] for r in in_order(report.bench)]
 
@@ -310,6 +346,8 @@ def markdown(report: Report, plot_files: dict[str, str]) -> str:
         markdown_table(*table_rows(report)),
         "",
     ]
+    if report.scales:
+        parts += ["## The teachers' logit scale", "", SCALE_NOTE, "", markdown_table(*scale_rows(report)), ""]
     if report.pareto.points:
         parts += [
             "## What to ship",
@@ -344,6 +382,8 @@ def html_page(report: Report, plots: dict[str, bytes]) -> str:
         for k, png in plots.items()
     )
     notes = "".join(f"<li>{e(n)}</li>" for n in report.notes)
+    scales = f"<h2>The teachers' logit scale</h2><p>{e(SCALE_NOTE)}</p>{table(*scale_rows(report), 'scales')}"
+    scales = scales if report.scales else ""
     bench = f"<h2>Every measurement</h2>{table(*bench_rows(report), 'bench')}" if report.bench else ""
     if report.pareto.points:
         ship = recommendation_line(report.pareto, report.recommendation)
@@ -370,6 +410,7 @@ img#plot-training_curves {{ max-width: 1100px; }}
 × faster is the {e(str(report.teacher))}'s fp32 p50 on
 {e(report.primary_backend or "no backend")} over the row's; × smaller compares file sizes. {e(DELTA_NOTE)}</p>
 {table(*table_rows(report), "summary")}
+{scales}
 {figures}
 {bench}
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
@@ -406,6 +447,8 @@ def report(
     content = build_report(rundir, batch_size, budget_ms)
     paths = write_report(rundir, content)
     console.print(report_table(content))
+    if content.scales:
+        console.print(scale_table(content))
     if content.pareto.points:
         say(recommendation_line(content.pareto, content.recommendation))
     for note in content.notes:

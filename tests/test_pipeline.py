@@ -1,6 +1,7 @@
 """The distill pipeline end to end through the CLI, and the run-directory contracts other tools read."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +233,8 @@ def test_teachers_of_one_run_teach_the_students_of_another(pipeline_run, tmp_pat
         out,
         "--set",
         "data.train_fraction=0.5",
+        "--set",
+        "student.dist.teacher_scale=match:standard_teacher",
     )
     assert result.exit_code == 0, result.output
     old = json.loads((pipeline_run / "metrics.json").read_text())
@@ -239,7 +242,35 @@ def test_teachers_of_one_run_teach_the_students_of_another(pipeline_run, tmp_pat
     for stage in ("standard_teacher", "generous_teacher"):
         assert new[stage]["source"] == "checkpoint" and new[stage]["epochs"] == 0
         assert new[stage]["top1"] == pytest.approx(old[stage]["top1"])
+        scale = {k: v for k, v in new[stage]["logit_scale"].items() if k not in ("temperature", "entropy")}
+        assert scale == pytest.approx({k: old[stage]["logit_scale"][k] for k in scale}, rel=1e-5), "a loaded teacher's"
+        assert new[stage]["logit_scale"]["temperature"] == 1.0, "entropy at the DIST students' temperature"
     assert new["student"]["method"] == "dist" and new["student"]["epochs"] == 1
+    # the GT's logits at the ST's scale: the ratio of their median per-image stds on the training split
+    medians = {s: new[s]["logit_scale"]["train_std_median"] for s in ("standard_teacher", "generous_teacher")}
+    assert new["student"]["teacher_scale"] == pytest.approx(medians["standard_teacher"] / medians["generous_teacher"])
+    assert new["student"]["teacher_scale_match"] == "standard_teacher"
+    assert yaml.safe_load((out / "config.yaml").read_text())["student"]["dist"]["teacher_scale"] == {
+        "match": "standard_teacher"
+    }, "the configuration keeps what was asked; the record, what it resolved to"
+
+
+def test_every_teacher_records_its_logit_scale_and_no_student_does(pipeline_run):
+    metrics = json.loads((pipeline_run / "metrics.json").read_text())
+    for stage, m in metrics.items():
+        if m["role"] == "student":
+            assert "logit_scale" not in m and "teacher_scale" not in m, stage
+            continue
+        s = m["logit_scale"]
+        assert 0 < s["std_median"] <= s["std_p95"] <= s["max_abs"] and s["train_std_median"] > 0, stage
+        assert s["temperature"] == 4.0 and 0 < s["entropy"] <= s["log_classes"] == pytest.approx(math.log(10))
+
+
+def test_matching_a_teacher_the_run_does_not_have_is_refused_before_anything_is_written(tmp_path):
+    result = distill("--out", tmp_path / "r", "--set", "student.kd.teacher_scale=match:born_again_teacher")
+    assert result.exit_code == 2
+    assert "no such teacher stage (match one of standard_teacher, generous_teacher)" in result.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_tensorboard_logs_every_stage_and_loss_term(tmp_path):

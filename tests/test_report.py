@@ -97,6 +97,19 @@ def test_html_and_markdown_hold_the_numbers_of_metrics_and_bench(workflow_run, r
         assert text in md and html.escape(text) in page
 
 
+def test_each_teachers_logit_scale_stands_beside_its_accuracy(workflow_run, report):
+    m = metrics(workflow_run)
+    teachers = [s for s in COMPARE_STAGES if m[s]["role"] != "student"]
+    assert list(report["scales"]) == teachers
+    md = (workflow_run / "report.md").read_text().split("## The teachers' logit scale")[1].split("##")[0]
+    for stage in teachers:
+        s = m[stage]["logit_scale"]
+        row = next(line for line in md.splitlines() if line.startswith(f"| {m[stage]['title']} |"))
+        for cell in (f"{m[stage]['top1']:.2f}", f"{s['std_median']:.2f}", f"{s['entropy']:.3f}"):
+            assert f"| {cell} |" in row, (stage, cell)
+    assert 'id="scales"' in (workflow_run / "report.html").read_text()
+
+
 def test_html_is_self_contained_with_every_plot_a_decodable_png(workflow_run):
     page = (workflow_run / "report.html").read_text()
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing loaded from elsewhere
