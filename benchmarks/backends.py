@@ -95,7 +95,7 @@ def checks(s: dict[str, Any]) -> dict[str, bool]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from gtcompress.report import markdown_table
+    from gtcompress.tables import markdown_table
 
     s = result["summary"]
     rows = [[r["stage"], r["precision"], r["backend"], r["batch_size"], f"{r['best_p50_ms']:.3f}", r["best_threads"],

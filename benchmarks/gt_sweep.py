@@ -26,8 +26,8 @@ from typing import Any
 from benchmarks import grid
 from gtcompress.config import load_config
 from gtcompress.errors import UserError
-from gtcompress.report import markdown_table
 from gtcompress.stages import run_stages
+from gtcompress.tables import markdown_table
 
 RECIPE = "recipes/synthetic100.yaml"
 TEACHER, STUDENT = "resnet18", "mobilenetv3_small_100"

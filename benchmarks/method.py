@@ -31,9 +31,9 @@ from scipy import stats
 from benchmarks import grid
 from gtcompress.config import DataConfig, RunConfig, load_config
 from gtcompress.errors import UserError
-from gtcompress.report import markdown_table
 from gtcompress.rundir import RunDir, read_json, write_json
 from gtcompress.stages import run_stages
+from gtcompress.tables import markdown_table
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from typing import Any
 from benchmarks import grid, method
 from benchmarks.method import MARGIN, STUDENT_SEEDS, Cell, Setting, paired_test, student_seed
 from gtcompress.errors import UserError
-from gtcompress.report import markdown_table
 from gtcompress.rundir import RunDir
+from gtcompress.tables import markdown_table
 
 AUTHORS_KD = {"student.kd.ce_weight": 0.1, "student.kd.kd_weight": 0.9, "student.kd.temperature": 20.0}
 PRODUCT_KD = {"student.kd.ce_weight": 1.0, "student.kd.kd_weight": 1.0, "student.kd.temperature": 4.0}

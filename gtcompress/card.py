@@ -16,8 +16,8 @@ from .backends import BACKENDS
 from .config import RunConfig
 from .export.precisions import PRECISIONS
 from .records import ExportRecord, Report, ReportRow, StageRecord, fastest
-from .report import markdown_table
 from .stages import distilled_students
+from .tables import markdown_table
 
 ONNX_DIR = "onnx"  # the folder's ONNX files and their model.json
 TAGS = ("image-classification", "timm", "knowledge-distillation", "generous-teacher", "gtcompress", "onnx")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -27,6 +26,7 @@ from .recommend import pareto_note, pareto_rows, recommendation_line, which_stud
 from .records import BenchFile, ExportRecord, Report, ReportHeader, ReportRow, StageRecord, in_order
 from .rundir import RunDir, resolve_run, write_bytes, write_text
 from .stages import controls_of, deployable_teachers, distilled_students, stage_records
+from .tables import SCALE_NOTE, fmt, markdown_table, scale_rows, scale_table
 
 # Students' top-1 differences: key -> (the teacher of the control student subtracted, its column). <-ST asks
 # whether the GT helps; <-continued whether a fine-tuned GT helps beyond its extra epochs; <-born-again whether a
@@ -199,10 +199,6 @@ def _notes(bench: BenchFile | None, run: RunDir) -> list[str]:
 
 
 # -- formatting --------------------------------------------------------------------------------------------------
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "–" if value is None else f"{value:{spec}}{suffix}"
-
-
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of the main table (the same strings in every output format)."""
     b, primary = report.batch_size, report.primary_backend
@@ -227,54 +223,19 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
             [
                 r.name,
                 r.arch,
-                _fmt(r.top1, ".2f"),
-                *(_fmt(getattr(r, k), "+.2f") for k in deltas),
+                fmt(r.top1, ".2f"),
+                *(fmt(getattr(r, k), "+.2f") for k in deltas),
                 f"{r.params / 1e6:.2f}M",
-                _fmt(r.macs and r.macs / 1e6, ".1f"),
+                fmt(r.macs and r.macs / 1e6, ".1f"),
                 r.file,
-                _fmt(r.bytes and r.bytes / 1e6, ".2f"),
-                *(_fmt(r.p50_ms.get(backend), ".3f") for backend in report.backends),
+                fmt(r.bytes and r.bytes / 1e6, ".2f"),
+                *(fmt(r.p50_ms.get(backend), ".3f") for backend in report.backends),
                 r.setting.get(primary, "–"),
-                _fmt(r.speedup, ".1f", "×"),
-                _fmt(r.size_ratio, ".1f", "×"),
+                fmt(r.speedup, ".1f", "×"),
+                fmt(r.size_ratio, ".1f", "×"),
             ]
         )
     return cols, cells
-
-
-def scale_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Each teacher's accuracy beside its logit scale: what its students' temperature sees of it."""
-    fp32 = {r.stage: r.top1 for r in report.rows if r.precision == "fp32"}
-    t = next((s.temperature for s in report.scales.values()), None)
-    cols = ["teacher", "top-1 %", "logit std (median)", "std p95", "max |logit|", f"entropy at T {t:g}", "log C"]
-    return cols, [
-        [
-            report.titles.get(stage, stage),
-            _fmt(fp32.get(stage), ".2f"),
-            f"{s.std_median:.2f}",
-            f"{s.std_p95:.2f}",
-            f"{s.max_abs:.1f}",
-            f"{s.entropy:.3f}",
-            f"{s.log_classes:.3f}",
-        ]
-        for stage, s in report.scales.items()
-    ]
-
-
-SCALE_NOTE = (
-    "A student's KD divides its teacher's logits by one temperature: a teacher with larger logits gives sharper "
-    "targets (lower entropy) at that T, as if at a lower temperature."
-)
-
-
-def scale_table(report: Report) -> Table:
-    table = Table(title="teachers' logit scale (test split)", box=box.SIMPLE_HEAVY, title_justify="left")
-    cols, cells = scale_rows(report)
-    for i, col in enumerate(cols):
-        table.add_column(col, justify="left" if i == 0 else "right")
-    for row in cells:
-        table.add_row(*row)
-    return table
 
 
 def bench_rows(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -301,19 +262,6 @@ def report_table(report: Report) -> Table:
     for row in cells:
         table.add_row(*(row[i] for i in keep))
     return table
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub Markdown table: pipes in cells escaped, numeric columns right-aligned; ends with a newline."""
-    rows = [[str(c).replace("|", "\\|") for c in row] for row in rows]
-    align = ["---:" if _numeric([r[i] for r in rows]) else "---" for i in range(len(headers))]
-    return "\n".join("| " + " | ".join(line) + " |" for line in [list(headers), align, *rows]) + "\n"
-
-
-def _numeric(column: list[str]) -> bool:
-    """A column of numbers, "–" standing for a value not measured; at least one number."""
-    values = [c for c in column if c != "–"]
-    return bool(values) and all(c and (c[0].isdigit() or c[0] in "+-−") and any(d.isdigit() for d in c) for c in values)
 
 
 def _header_lines(report: Report) -> list[tuple[str, str]]:

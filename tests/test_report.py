@@ -14,9 +14,10 @@ from conftest import BENCH_BATCHES, BENCH_THREADS, COMPARE_STAGES, copy_run, inv
 from PIL import Image
 
 from gtcompress.errors import UserError
-from gtcompress.report import PLOTS, markdown_table, table_rows
+from gtcompress.report import PLOTS, table_rows
 from gtcompress.rundir import RunDir
 from gtcompress.stages import TITLES
+from gtcompress.tables import markdown_table
 
 
 def metrics(run: Path) -> dict:
