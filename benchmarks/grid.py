@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class Task:
     out: Path
     args: tuple[str, ...]
     stages: tuple[str, ...] = STAGE_NAMES
+    # overrides known only once an earlier run of the cell has finished (e.g. a scale read from its records)
+    later: Callable[[], dict[str, Any]] | None = field(default=None, compare=False)
 
 
 def sets(overrides: dict[str, Any]) -> tuple[str, ...]:
@@ -58,7 +60,7 @@ def distill_command(run: Task, python: str = sys.executable) -> list[str]:
     base = [python, "-m", "gtcompress", "distill"]
     if run_state(run) == "partial":
         return [*base, "--resume", "--out", str(run.out)]
-    return [*base, *run.args, "--out", str(run.out)]
+    return [*base, *run.args, *sets(run.later() if run.later else {}), "--out", str(run.out)]
 
 
 def log_path(run: Task) -> Path:
@@ -246,7 +248,8 @@ def run_grid(
     if args.dry_run:
         for group in todo.values():
             for run in group.values():
-                print(" ".join(distill_command(run)), f"  [{run_state(run)}]")
+                later = " + overrides read from the cell's earlier runs" if run.later else ""
+                print(" ".join(distill_command(replace(run, later=None))), f"  [{run_state(run)}{later}]")
         return None
     cells = list(todo)
 
