@@ -123,10 +123,10 @@ def candidates(
     from .candidates import candidate_table, measure
     from .config import load_config
     from .data import load_splits
-    from .pipeline import resolve_names
+    from .resolve import resolve_names
 
-    cfg = load_config(recipe, distill_overrides(ctx.params))
-    for note in resolve_names(cfg):
+    cfg, notes = resolve_names(load_config(recipe, distill_overrides(ctx.params)))
+    for note in notes:
         say(f"resolved {note}")
     splits = load_splits(cfg.data)
     console.print(candidate_table(measure(cfg, splits.num_classes, cfg.data.img_size or splits.img_size, say)))

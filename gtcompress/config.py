@@ -395,9 +395,8 @@ def load_config(recipe: Path | None = None, overrides: dict[str, Any] | None = N
     tree = _read_recipe(recipe) if recipe is not None else {}
     for dotted, value in (overrides or {}).items():
         set_dotted(tree, dotted, value)
-    cfg = validate(RunConfig, tree, f"recipe {recipe}" if recipe else "configuration")
-    cfg.environment = None
-    return cfg
+    tree.pop("environment", None)  # a run's record of where it ran, not an input
+    return validate(RunConfig, tree, f"recipe {recipe}" if recipe else "configuration")
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -15,6 +15,7 @@ from torch import Tensor
 from .config import MatchScale, RunConfig
 from .errors import UserError
 from .records import LogitScale, StageRecord
+from .typed import with_values
 
 
 def per_image_std(logits: Tensor) -> Tensor:
@@ -69,6 +70,4 @@ def _train_median(stage: str, records: dict[str, StageRecord]) -> float:
 
 def with_scale(cfg: RunConfig, scale: float) -> RunConfig:
     """The run's configuration with its method's teacher_scale resolved to a number (a copy; `cfg` is unchanged)."""
-    student, method = cfg.student, cfg.student.method
-    resolved = student.method_config.model_copy(update={"teacher_scale": scale})
-    return cfg.model_copy(update={"student": student.model_copy(update={method: resolved})})
+    return with_values(cfg, {f"student.{cfg.student.method}.teacher_scale": scale})

@@ -1,115 +1,31 @@
-"""The distill pipeline: Standard Teacher -> Generous Teacher -> student(s), in one resumable run directory."""
+"""The distill pipeline: Standard Teacher -> Generous Teacher -> student(s), in one resumable run directory.
+
+`resolve` makes the run's one frozen `Run` first; then each stage, in `stages(cfg)`'s order, is trained (or loaded
+where an earlier attempt finished it) and recorded.
+"""
 
 from __future__ import annotations
 
-import functools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import terminal
-from .candidates import candidate_table, measure, within_budget
-from .config import MatchScale, RunConfig, differences, dump_config
-from .data import Splits, build_transform, create_loader, load_splits, loader_workers, transformed
-from .distributed import AgreedError, DistEnv, agree, barrier, broadcast_object, init_distributed, raised_here, shutdown
-from .environment import command_line, device_name, versions
+from .config import MatchScale, RunConfig
+from .data import build_transform, create_loader, loader_workers, transformed
+from .distributed import AgreedError, agree, barrier, init_distributed, raised_here, shutdown
 from .errors import UserError
 from .logit_scale import measure_scale, resolve_scale, student_temperature, with_scale
-from .models import (
-    ModelSpec,
-    base_arch,
-    count_macs,
-    count_params,
-    default_normalization,
-    load_model,
-    model_source,
-    resolve_model_name,
-    save_checkpoint,
-)
-from .records import CandidateCheck, LogitScale, StageRecord
-from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
+from .models import ModelSpec, count_macs, count_params, default_normalization, load_model, save_checkpoint
+from .records import LogitScale, StageRecord
+from .resolve import Run, load_resumed, resolve, resumed
+from .rundir import RunDir
 from .stages import Models, Stage, stages
-from .stream import stream_workers
 from .train import Context, Job, dataset_logits, fit, make_optimizer, seed_everything
-
-
-def resolve_names(cfg: RunConfig) -> list[str]:
-    """Replace the configured model names by exact timm names; return how each was resolved."""
-    notes = []
-    for block in (cfg.teacher, cfg.generous):
-        if block.arch is not None:
-            block.arch, note = resolve_model_name(block.arch)
-            notes.append(note)
-    students = [resolve_model_name(arch) for arch in cfg.student.arch]
-    cfg.student.arch = [name for name, _ in students]
-    return [note for note in [*notes, *(note for _, note in students)] if note]
-
-
-def environment(env: DistEnv, device: torch.device, requested: dict[str, str], splits: Splits) -> dict[str, Any]:
-    """What config.yaml records about where and how the run was started, and the split it is evaluated on."""
-    return {
-        "requested": requested,
-        "eval_split": splits.eval_split or "test",
-        "device": str(device),
-        "device_name": device_name(device),
-        "world_size": env.world_size,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": command_line(),
-        "versions": versions(),
-    }
-
-
-def _load_resumed(out: Path | None, requested: RunConfig | None, keys: set[str]) -> tuple[RunConfig, RunDir]:
-    """The run to continue and its saved configuration; `keys` of `requested` (the command line's) must agree."""
-    run = resolve_run(out)
-    saved = run.saved_config()
-    if requested is not None and keys:
-        resolve_names(requested)
-        diffs = differences(saved, requested, keys)
-        if diffs:
-            raise UserError(
-                f"--resume: options differ from the run's saved configuration: {'; '.join(diffs)}",
-                "drop those options, or start a new run without --resume",
-            )
-    return saved, run
-
-
-def _new_run(out: Path | None) -> RunDir:
-    """Rank 0's choice of a fresh run directory."""
-    out = out or new_run_path()
-    if RunDir(out).config.exists():
-        raise UserError(f"{out} already holds a run", "continue it with --resume, or choose another --out")
-    return RunDir(out)
-
-
-def _check(cfg: RunConfig) -> None:
-    if cfg.teacher.pretrained and cfg.teacher.checkpoint:
-        raise UserError("--pretrained and --teacher-checkpoint both given", "pick one source of teacher weights")
-    if model_source(cfg.teacher.arch) and cfg.teacher.checkpoint:
-        raise UserError(
-            f"--teacher {cfg.teacher.arch} brings its weights and --teacher-checkpoint was given too",
-            "pick one source of teacher weights",
-        )
-    gt_arch = base_arch(cfg.generous.arch or cfg.teacher.arch)
-    if cfg.generous.init == "standard" and gt_arch != base_arch(cfg.teacher.arch):
-        raise UserError(
-            "--gt-init standard needs the Generous Teacher to share the teacher's architecture",
-            "drop generous.arch or use --gt-init scratch",
-        )
-    scale = cfg.student.method_config.teacher_scale
-    teachers = [s.name for s in stages(cfg) if s.role != "student" and s.skip(cfg) is None]
-    if isinstance(scale, MatchScale) and scale.match not in teachers:
-        raise UserError(
-            f"teacher_scale match:{scale.match}: this run has no such teacher stage",
-            f"match one of {', '.join(teachers)}",
-        )
 
 
 def run_distill(
@@ -128,106 +44,50 @@ def run_distill(
     without writing anything (returns None).
     """
     console = console or Console()
-    if resume:
-        cfg, run = _load_resumed(out, cfg, given or set())
-    cfg = cfg or RunConfig()
+    saved = load_resumed(out, cfg, given or set()) if resume else None
+    cfg = saved[0] if saved else cfg or RunConfig()
     env, device = init_distributed(cfg.device, cfg.precision)
     try:
-        return _run(cfg, None if resume else out, run if resume else None, env, device, console, dry_run)
+        run = (
+            resumed(cfg, saved[1], env, device, console) if saved else resolve(cfg, env, device, console, out, dry_run)
+        )
+        return _stages(run)
     except UserError as e:
         raise e if isinstance(e, AgreedError) else raised_here(e, env)
     finally:
         shutdown(env)
 
 
-def _prepare(
-    cfg: RunConfig, env: DistEnv, console: Console, say: Callable[..., None]
-) -> tuple[Splits, CandidateCheck | None]:
-    """Before anything is written: resolve the model names, check the configuration, load the data and, with a
-    latency budget, time the candidate students on the target (rank 0) and keep those within it. Returns the
-    data and the budget check's record."""
-    for note in agree(env, lambda: resolve_names(cfg)):
-        say(f"resolved {note}")
-    agree(env, lambda: _check(cfg))
-    splits = agree(env, lambda: load_splits(cfg.data))
-    if splits.streaming:  # a rank without a training shard is refused here, before anything is written
-        agree(env, lambda: stream_workers(splits.train, loader_workers(cfg.data, splits), env.world_size, quiet=True))
-    if cfg.budget.latency_ms is None:
-        return splits, None
-
-    def check() -> CandidateCheck | None:
-        if not env.is_main:
-            return None
-        result = measure(cfg, splits.num_classes, cfg.data.img_size or splits.img_size, say)
-        console.print(candidate_table(result))
-        return result
-
-    result = broadcast_object(agree(env, check), env)
-    kept = within_budget(result)  # every rank has the result: none fits is one error on all of them
-    cfg.student.arch = kept
-    return splits, result
-
-
-def _start(
-    cfg: RunConfig,
-    out: Path | None,
-    env: DistEnv,
-    device: torch.device,
-    say: Callable[..., None],
-    requested: dict[str, Any],
-    splits: Splits,
-    candidates: CandidateCheck | None,
-) -> RunDir:
-    """Create the run directory and write config.yaml (and the latency check's candidates.json)."""
-    run = agree(env, lambda: _new_run(out) if env.is_main else None)
-    run = RunDir(broadcast_object(run.path if run else None, env))
-    cfg.environment = environment(env, device, requested, splits)
-    if env.is_main:
-        write_text(run.config, dump_config(cfg))
-        if candidates is not None:
-            run.write_candidate_check(candidates)
-        mark_latest(run.path)
-    barrier(env)
-    say(f"run directory: {run.path}")
-    return run
-
-
 @dataclass
 class _Setup:
-    """What every stage of one run shares: the data, the training context and the checkpoints' model spec."""
+    """What every stage of one run shares: the run, the training context and the checkpoints' model spec."""
 
-    cfg: RunConfig
-    splits: Splits
+    run: Run
     ctx: Context
     img_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     train_eval: Dataset  # the training images under the evaluation transform (teachers' logits on them)
 
+    @property
+    def cfg(self) -> RunConfig:
+        return self.run.cfg
+
     def spec(self, arch: str) -> ModelSpec:
-        s = self.splits
+        s = self.run.splits
         names = tuple(s.class_names)
         return ModelSpec(arch, s.num_classes, self.img_size, self.mean, self.std, names, self.cfg.small_stem)
 
 
-def _setup(
-    cfg: RunConfig,
-    run: RunDir | None,
-    env: DistEnv,
-    device: torch.device,
-    console: Console,
-    say: Callable[..., None],
-    splits: Splits | None,
-) -> _Setup:
-    splits = splits or agree(env, lambda: load_splits(cfg.data))
+def _setup(run: Run) -> _Setup:
+    """The training context of a resolved run: its transforms, data, and the teachers' logit cache."""
+    cfg, splits = run.cfg, run.splits
     if splits.skipped:
         names = ", ".join(Path(p).name for p in splits.skipped[:10])
-        say(
-            f"warning: skipped {len(splits.skipped)} unreadable image(s): {names}"
-            f"{', ...' if len(splits.skipped) > 10 else ''}"
-        )
+        more = ", ..." if len(splits.skipped) > 10 else ""
+        run.say(f"warning: skipped {len(splits.skipped)} unreadable image(s): {names}{more}")
     if splits.eval_split:
-        say(f"evaluating on the '{splits.eval_split}' split of {cfg.data.name}")
+        run.say(f"evaluating on the '{splits.eval_split}' split of {cfg.data.name}")
     img_size = cfg.data.img_size or splits.img_size
     teacher_mean, teacher_std = default_normalization(cfg.teacher.arch)
     mean, std = tuple(cfg.data.mean or teacher_mean), tuple(cfg.data.std or teacher_std)
@@ -236,28 +96,28 @@ def _setup(
     cache = cache and not splits.streaming  # cached logits are looked up by sample index: streams have none
     train_eval = transformed(splits.train, eval_transform)
     ctx = Context(
-        run=run,
-        device=device,
-        dist=env,
+        run=run.dir,
+        device=run.device,
+        dist=run.env,
         precision=cfg.precision,
         dist_bn=cfg.dist_bn,
         channels_last=cfg.channels_last,
         seed=cfg.seed,
         workers=loader_workers(cfg.data, splits),
-        console=console,
+        console=run.console,
         compile=cfg.compile,
         train_data=transformed(splits.train, build_transform(cfg.data, splits, img_size, mean, std, training=True)),
         val_data=transformed(splits.val, eval_transform),
         # with augmentation, cached logits are the teacher's on the un-augmented image: an approximation
         cache_data=train_eval if cache else None,
     )
-    return _Setup(cfg, splits, ctx, img_size, mean, std, train_eval)
+    return _Setup(run, ctx, img_size, mean, std, train_eval)
 
 
 def _describe(stage: Stage, setup: _Setup, models: Models, say: Callable[..., None]) -> nn.Module:
     """--dry-run: build the stage's model and optimizer and say what training would do."""
     cfg, env = setup.cfg, setup.ctx.dist
-    model = agree(env, lambda: stage.build(cfg, setup.splits.num_classes, models))
+    model = agree(env, lambda: stage.build(cfg, setup.run.splits.num_classes, models))
     train = stage.train(cfg)
     optimizer = make_optimizer(model, train)
     say(
@@ -278,7 +138,7 @@ def _train(
         say(f"{stage.name}: complete (top-1 {done.top1:.2f}%), loaded from {run.checkpoint(stage.name).name}")
         return load_model(run.checkpoint(stage.name))[0]
     seed_everything(cfg.seed, stage.seed_offset)
-    model = agree(env, lambda: stage.build(cfg, setup.splits.num_classes, models))
+    model = agree(env, lambda: stage.build(cfg, setup.run.splits.num_classes, models))
     scaled, scale = _scaled(stage, cfg, run)
     job = Job(
         stage.name,
@@ -289,7 +149,7 @@ def _train(
         stage.seed_offset,
         stage.teacher,
     )
-    metrics = fit(job, setup.ctx, setup.splits.num_classes, on_epoch)
+    metrics = fit(job, setup.ctx, setup.run.splits.num_classes, on_epoch)
     arch = stage.arch(cfg)
     record = StageRecord(
         arch=arch,
@@ -325,7 +185,7 @@ def _logit_scale(stage: Stage, model: nn.Module, setup: _Setup) -> LogitScale:
     ctx, batch = setup.ctx, 2 * stage.train(setup.cfg).batch_size
     model.eval()
     train = None
-    if not setup.splits.streaming:  # a stream's images have no index to gather them back in order by
+    if not setup.run.splits.streaming:  # a stream's images have no index to gather them back in order by
         train = ctx.logits.get(stage.name)
         train = dataset_logits(model, setup.train_eval, ctx, batch) if train is None else train
         if ctx.cache_data is not None:
@@ -333,30 +193,16 @@ def _logit_scale(stage: Stage, model: nn.Module, setup: _Setup) -> LogitScale:
     return measure_scale(dataset_logits(model, ctx.val_data, ctx, batch), train, student_temperature(setup.cfg))
 
 
-def _run(
-    cfg: RunConfig,
-    out: Path | None,
-    run: RunDir | None,
-    env: DistEnv,
-    device: torch.device,
-    console: Console,
-    dry_run: bool,
-) -> RunDir | None:
-    say = functools.partial(terminal.say, to=console) if env.is_main else (lambda line: None)
-    splits = None
-    if run is None:
-        requested = {"teacher": cfg.teacher.arch, "student": cfg.student.arch}
-        splits, candidates = _prepare(cfg, env, console, say)
-        if not dry_run:
-            run = _start(cfg, out, env, device, say, requested, splits, candidates)
-    setup = _setup(cfg, run, env, device, console, say, splits)
-    if dry_run:
+def _stages(run: Run) -> RunDir | None:
+    """Train (or, in a dry run, describe) every stage of the run in order; returns its directory."""
+    cfg, say, setup = run.cfg, run.say, _setup(run)
+    if run.dir is None:  # a dry run
         x, _ = next(iter(create_loader(setup.ctx.train_data, cfg.student.train.batch_size, training=True, workers=0)))
         say(
-            f"data: {cfg.data.name}, {len(setup.splits.train)} train / {len(setup.splits.val)} test images, "
-            f"{setup.splits.num_classes} classes, batches of {tuple(x.shape)}"
+            f"data: {cfg.data.name}, {len(run.splits.train)} train / {len(run.splits.val)} test images, "
+            f"{run.splits.num_classes} classes, batches of {tuple(x.shape)}"
         )
-    writer = _tensorboard(run) if cfg.tensorboard and env.is_main and run is not None else None
+    writer = _tensorboard(run.dir) if cfg.tensorboard and run.env.is_main and run.dir is not None else None
     models: Models = {}
     noted: set[str] = set()
     try:
@@ -369,17 +215,17 @@ def _run(
                 continue
             models[stage.name] = (
                 _describe(stage, setup, models, say)
-                if dry_run
-                else _train(stage, setup, models, lambda r: _on_epoch(run, writer, r), say)
+                if run.dir is None
+                else _train(stage, setup, models, lambda r: _on_epoch(run.dir, writer, r), say)
             )
     except KeyboardInterrupt:
-        if run is not None:
-            say(f"\ninterrupted: continue with `gtcompress distill --resume --out {run.path}`")
+        if run.dir is not None:
+            say(f"\ninterrupted: continue with `gtcompress distill --resume --out {run.dir.path}`")
         raise
     finally:
         if writer is not None:
             writer.close()
-    return None if dry_run else run
+    return run.dir
 
 
 def _on_epoch(run: RunDir, writer: Any, record: dict[str, Any]) -> None:

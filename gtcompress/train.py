@@ -100,25 +100,30 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def dataset_logits(teacher: nn.Module, dataset: Dataset, ctx: Context, batch_size: int) -> torch.Tensor:
-    """The teacher's fp32 logits for every image of `dataset`, in order, on CPU (each rank computes a shard)."""
+    """The teacher's fp32 logits for every image of `dataset` on CPU (each rank computes a shard): in the data
+    set's order, or for a stream (no index to order by) rank after rank."""
     loader = create_loader(dataset, batch_size, training=False, workers=ctx.workers, dist=ctx.dist)
     batches = []
-    for x, _ in loader:
+    for x, *_ in loader:
         with ctx.autocast():
             batches.append(teacher(ctx.to_device(x)).float())
     local = torch.cat(batches)
     if not ctx.dist.enabled:
         return local.cpu()
-    # Shards are rank::world slices; pad to equal length for all_gather, then interleave back.
-    world, n = ctx.dist.world_size, len(dataset)
-    rows = -(-n // world)
-    padded = torch.zeros(rows, local.shape[1], device=local.device)
+    world = ctx.dist.world_size
+    counts = torch.zeros(world, dtype=torch.long, device=local.device)
+    counts[ctx.dist.rank] = len(local)
+    counts = all_reduce_sum(counts, ctx.dist).tolist()
+    padded = torch.zeros(max(counts), local.shape[1], device=local.device)  # all_gather takes equal shapes
     padded[: len(local)] = local
     gathered = [torch.empty_like(padded) for _ in range(world)]
     torch.distributed.all_gather(gathered, padded)
-    out = torch.empty(n, local.shape[1])
-    for rank, shard in enumerate(gathered):
-        out[rank::world] = shard[: len(range(rank, n, world))].cpu()
+    shards = [shard[:n].cpu() for shard, n in zip(gathered, counts)]
+    if isinstance(dataset, IterableDataset):
+        return torch.cat(shards)
+    out = torch.empty(len(dataset), local.shape[1])
+    for rank, shard in enumerate(shards):  # map-style shards are rank::world slices: interleave them back
+        out[rank::world] = shard
     return out
 
 

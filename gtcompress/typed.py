@@ -14,15 +14,29 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Base of every configuration: unknown keys are errors, assignments are validated."""
+    """Base of every configuration: unknown keys are errors, and a validated configuration is frozen (a changed one
+    is a new copy, `with_values`), so every stage reads the configuration the run resolved."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Frozen(BaseModel):
     """Base of a command's settings, fixed once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def with_values(model: M, values: dict[str, Any]) -> M:
+    """A copy of `model` with its dotted keys ('student.kd.teacher_scale') set to `values`; `model` is unchanged."""
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    return model.model_copy(update={**direct, **{k: with_values(getattr(model, k), v) for k, v in nested.items()}})
 
 
 def one_of(what: str, values: Iterable[str], known: Iterable[str]) -> None:

@@ -125,7 +125,10 @@ def two_students(tmp_path_factory, monkeypatch_module):
 
     calls = []
     real = train.dataset_logits
-    monkeypatch_module.setattr(train, "dataset_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # each call: whether it was over the training images (else the test split, for a teacher's logit scale)
+    monkeypatch_module.setattr(
+        train, "dataset_logits", lambda *a, **k: calls.append(a[1] is not a[2].val_data) or real(*a, **k)
+    )
     out = tmp_path_factory.mktemp("students") / "run"
     result = invoke(
         "run",
@@ -176,7 +179,8 @@ def test_teachers_are_trained_once_and_every_student_from_the_same_gt(two_studen
     assert all(metrics[n]["teacher_stage"] == "generous_teacher" for n in names)
     history = [json.loads(line)["stage"] for line in (out / "history.jsonl").read_text().splitlines()]
     assert history.count("generous_teacher") == 1 and history.count("standard_teacher") == 1
-    assert len(calls) == 2, "the ST's logits for the GT, the GT's once for both students"
+    assert sum(calls) == 2, "the ST's training logits for the GT, the GT's once for both students"
+    assert len(calls) == 4, "and each teacher's test logits, once, for its logit-scale record"
     candidates = json.loads((out / "candidates.json").read_text())
     assert [c["arch"] for c in candidates["candidates"]] == list(STUDENTS) and candidates["budget_ms"] == 1000
 

@@ -375,7 +375,7 @@ def test_paper_recipe_at_tiny_scale_trains_small_stem_models_that_export_and_ver
 
 def test_a_run_saved_before_the_scale_option_resumes_with_the_loss_it_trained_with(tmp_path):
     from gtcompress.config import RunConfig, dump_config
-    from gtcompress.pipeline import _load_resumed
+    from gtcompress.resolve import load_resumed
 
     for saved_scale, expected in ((None, "k_squared"), ("st_temperature", "st_temperature")):
         out = tmp_path / str(saved_scale)
@@ -386,5 +386,27 @@ def test_a_run_saved_before_the_scale_option_resumes_with_the_loss_it_trained_wi
         else:
             tree["generous"]["scale"] = saved_scale
         (out / "config.yaml").write_text(yaml.safe_dump(tree))
-        cfg, _ = _load_resumed(out, None, set())
+        cfg, _ = load_resumed(out, None, set())
         assert cfg.generous.scale == expected
+
+
+def test_a_resolved_run_is_frozen_and_its_configuration_too(tmp_path):
+    import dataclasses
+
+    import pydantic
+    from rich.console import Console
+
+    from gtcompress.config import load_config
+    from gtcompress.distributed import DistEnv
+    from gtcompress.resolve import resolve
+
+    asked = load_config(None, {"teacher.arch": "test_resnet", "student.arch": ["mobilenetv3_small"]})
+    run = resolve(asked, DistEnv(), torch.device("cpu"), Console(file=open(tmp_path / "log", "w")), None, dry_run=True)
+    assert run.cfg.student.arch == ["mobilenetv3_small_100"] and run.dir is None
+    assert asked.student.arch == ["mobilenetv3_small"], "resolving makes a new configuration: the one asked for stays"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.cfg = asked
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        run.cfg.student.arch = ["resnet18"]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        run.cfg.student.kd.temperature = 20.0
