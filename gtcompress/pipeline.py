@@ -35,7 +35,7 @@ from .models import (
 )
 from .records import CandidateCheck, LogitScale, StageRecord
 from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
-from .stages import Models, Stage, stages
+from .stages import Models, Stage, recorded_stages, stages
 from .stream import stream_workers
 from .train import Context, Job, dataset_logits, fit, make_optimizer, seed_everything
 
@@ -70,6 +70,8 @@ def _load_resumed(out: Path | None, requested: RunConfig | None, keys: set[str])
     """The run to continue and its saved configuration; `keys` of `requested` (the command line's) must agree."""
     run = resolve_run(out)
     saved = run.saved_config()
+    recorded_stages(run, saved)  # a damaged metrics.json or history.jsonl is refused now, not after an epoch
+    run.history()
     if requested is not None and keys:
         resolve_names(requested)
         diffs = differences(saved, requested, keys)
