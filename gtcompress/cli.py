@@ -301,6 +301,21 @@ def report(
 
 @app.command()
 @user_errors
+def repair(
+    ctx: typer.Context,
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default runs/latest).")] = None,
+) -> None:
+    """Fix a damaged run: metrics.json rebuilt from the checkpoints, history.jsonl's unreadable lines dropped.
+
+    Export records that still read are kept (others: verify the files again with `gtcompress export`).
+    """
+    from .repair import repair as fix
+
+    fix(run, say)
+
+
+@app.command()
+@user_errors
 def publish(
     ctx: typer.Context,
     run: Annotated[Optional[Path], typer.Argument(help=field_help(PublishConfig, "run"))] = None,

@@ -1,7 +1,7 @@
-"""The run's records as typed models: each trained stage (metrics.json's stage entries), what export verified
-(metrics.json's `export`, `export_rejected`), what bench measured (bench.json), and the latency pre-check
-(candidates.json), and what the report made of them (report.json). `RunDir` reads and writes them; every other
-module reads these fields.
+"""The run's records as typed models: each trained stage (metrics.json's stage entries) and its epochs
+(history.jsonl), what export verified (metrics.json's `export`, `export_rejected`), what bench measured
+(bench.json), and the latency pre-check (candidates.json), and what the report made of them (report.json).
+`RunDir` reads and writes them; every other module reads these fields.
 
 A bench result is one stage's artefact on one backend, device, precision, setting (CPU threads, CUDA graph) and
 batch size, with its latency percentiles and throughput.
@@ -69,6 +69,18 @@ class StageRecord(Record):
     def as_json(self) -> dict[str, Any]:
         """As metrics.json (and the checkpoint) hold it: the fields that apply."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+class Epoch(Record):
+    """A completed epoch of a stage (a history.jsonl line): the keys the plots and a resumed run read, exactly
+    typed (the pipeline compares epochs as read)."""
+
+    model_config = ConfigDict(strict=True)
+
+    stage: str
+    epoch: int
+    train_loss: float
+    top1: float
 
 
 class ExportRecord(Record):

@@ -24,7 +24,7 @@ from .errors import UserError
 from .models import base_arch, model_source, resolve_model_name
 from .records import CandidateCheck
 from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
-from .stages import stages
+from .stages import recorded_stages, stages
 from .stream import stream_workers
 from .typed import with_values
 
@@ -73,6 +73,8 @@ def load_resumed(out: Path | None, requested: RunConfig | None, keys: set[str]) 
     """The run to continue and its saved configuration; `keys` of `requested` (the command line's) must agree."""
     run = resolve_run(out)
     saved = run.saved_config()
+    recorded_stages(run, saved)  # a damaged metrics.json or history.jsonl is refused now, not after an epoch
+    run.history()
     if requested is not None and keys:
         diffs = differences(saved, resolve_names(requested)[0], keys)
         if diffs:

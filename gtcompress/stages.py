@@ -17,9 +17,11 @@ from timm.models import parse_model_name
 from torch import nn
 
 from .config import RunConfig, TrainConfig
+from .errors import UserError
 from .models import base_arch, create_model, load_weights, model_source
 from .objectives import Objective, ce_objective, generous_objective, student_objective
 from .records import StageRecord
+from .rundir import RunDir, damaged
 
 Models = dict[str, nn.Module]  # finished stages' models by name: the teachers of later stages
 
@@ -264,11 +266,31 @@ def run_stages(cfg: RunConfig) -> list[str]:
     return [s.name for s in stages(cfg) if s.skip(cfg) is None]
 
 
-def stage_records(run: Any) -> dict[str, StageRecord]:
-    """Every finished stage's metrics.json record with its identity (title, role, teacher_stage, student), in
-    training order. A run from before identities were recorded gets them from its saved configuration's stages."""
+def recorded_stages(run: RunDir, cfg: RunConfig) -> dict[str, StageRecord]:
+    """metrics.json's stage records, as written; damaged where a finished stage's checkpoint has none (each
+    checkpoint is written just before its record, so metrics.json lost it)."""
     records = run.stage_records()
-    known = {s.name: s.identity() for s in stages(run.saved_config())} if records else {}
+    unrecorded = [s.name for s in stages(cfg) if s.name not in records and run.checkpoint(s.name).is_file()]
+    if unrecorded:
+        names = ", ".join(unrecorded)
+        what = (
+            f"it has no record of {names}, whose checkpoints are here"
+            if run.metrics_path.exists()
+            else f"it is missing, but the checkpoints of {names} are here"
+        )
+        raise damaged(run.metrics_path, what, run.repair_fix)
+    return records
+
+
+def stage_records(run: RunDir) -> dict[str, StageRecord]:
+    """Every finished stage's metrics.json record with its identity (title, role, teacher_stage, student), in
+    training order; a run with none is refused (nothing reads an empty run). A run from before identities were
+    recorded gets them from its saved configuration's stages."""
+    cfg = run.saved_config()
+    records = recorded_stages(run, cfg)
+    if not records:
+        raise UserError(f"{run.path} has no finished stage", f"train it: gtcompress distill --resume --out {run.path}")
+    known = {s.name: s.identity() for s in stages(cfg)}
     return {
         name: r if r.title is not None else r.model_copy(update=known.get(name, {"title": name}))
         for name, r in records.items()

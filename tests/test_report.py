@@ -214,9 +214,9 @@ def test_report_json_reads_back_typed_without_the_samples_and_a_broken_one_is_on
     assert typed.to_json() == json.loads((workflow_run / "report.json").read_text())
     assert typed.bench and not any(b.samples_ms for b in typed.bench), "the samples stay in bench.json"
     (tmp_path / "report.json").write_text(json.dumps({**typed.to_json(), "rows": [{"stage": "student"}]}))
-    with pytest.raises(UserError, match=r"report.json is not a gtcompress report: 'rows.name' field required") as e:
+    with pytest.raises(UserError, match=r"report.json is damaged: 'rows.0.name' field required") as e:
         RunDir(tmp_path).report()
-    assert "\n" not in str(e.value) and e.value.hint == "run gtcompress report again"
+    assert "\n" not in str(e.value) and e.value.hint == f"write it again: gtcompress report {tmp_path}"
 
 
 def test_markdown_table_right_aligns_numbers():
