@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
     parser.add_argument("--report-only", action="store_true", help="re-read backends.json, re-write backends.md")
     args = parser.parse_args(argv)
-    from gtcompress.rundir import read_json, write_json, write_text
+    from gtcompress.files import write_json, write_text
+    from gtcompress.rundir import read_json
 
     if args.report_only:
         result = read_json(args.results / "backends.json")

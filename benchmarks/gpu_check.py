@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     from gtcompress.environment import machine_info, nvidia_smi, versions
-    from gtcompress.rundir import write_json
+    from gtcompress.files import write_json
 
     result: dict[str, Any] = {
         "benchmark": "gpu-check",

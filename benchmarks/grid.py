@@ -23,7 +23,8 @@ from scipy import stats
 
 from gtcompress import environment
 from gtcompress.environment import machine_info, versions
-from gtcompress.rundir import RunDir, write_json, write_text
+from gtcompress.files import write_json, write_text
+from gtcompress.rundir import RunDir
 from gtcompress.stages import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent

@@ -31,7 +31,8 @@ from scipy import stats
 from benchmarks import grid
 from gtcompress.config import DataConfig, RunConfig, load_config
 from gtcompress.errors import UserError
-from gtcompress.rundir import RunDir, read_json, write_json
+from gtcompress.files import write_json
+from gtcompress.rundir import RunDir, read_json
 from gtcompress.stages import run_stages
 from gtcompress.tables import markdown_table
 
@@ -193,7 +194,7 @@ def cells(settings: Sequence[str], pairs: Sequence[tuple[str, str]], seeds: Sequ
 
 @functools.lru_cache(maxsize=4)
 def _big_test(data_json: str, arch_key: str) -> Any:
-    from gtcompress.export.source import load_eval_data
+    from gtcompress.evaluate import load_eval_data
     from gtcompress.models import ModelSpec
 
     data = DataConfig.model_validate_json(data_json)
@@ -207,7 +208,7 @@ _EVAL_LOCK = threading.Lock()
 def big_test_top1(run: grid.Task, stage: str) -> float:
     """Top-1 (%) of a run's finished stage on the larger test split, cached in <run>/big_test.json."""
     from gtcompress.backends import BACKENDS
-    from gtcompress.export.verify import predict
+    from gtcompress.evaluate import predict
     from gtcompress.models import load_model
 
     cache_path = run.out / "big_test.json"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -220,7 +221,7 @@ class Bench:
                 )
         for name in self.cfg.backends or ():
             if not any(t.spec.name == name for t in out):
-                fix = "gtcompress export --trt" if BACKENDS[name].artefact == "engine" else "gtcompress export"
+                fix = f"gtcompress export --backend {name}" if BACKENDS[name].loader else "gtcompress export"
                 raise UserError(f"nothing in {self.run.path} can run on {name}", f"make it with {fix}")
         if not out:
             raise UserError(
@@ -238,7 +239,7 @@ class Bench:
         if record is None or not (self.run.path / record.path).is_file():
             if precision == "fp32" or self.cfg.precisions is not None:
                 options = f"--stage {stage}" + (f" --precision {precision}" if precision != "fp32" else "")
-                trt = " --trt" if spec.artefact == "engine" else ""
+                trt = f" --backend {spec.name}" if spec.loader else ""
                 self.missing.append(
                     f"{stage} {precision} verified on {spec.name} (make it with gtcompress export {options}{trt})"
                 )
@@ -247,40 +248,52 @@ class Bench:
         if built_on and built_on != torch.cuda.get_device_name():
             raise UserError(
                 f"{record.path} was built for {built_on}, but this GPU is {torch.cuda.get_device_name()}",
-                f"rebuild it here with gtcompress export --stage {stage} --trt",
+                f"rebuild it here with gtcompress export --stage {stage} --backend {spec.name}",
             )
         path = self.run.path / record.path
         return path, path, getattr(record, "max_batch", None)
 
     # -- timing -------------------------------------------------------------------------------------------------
     def measure(self) -> BenchFile:
-        """Time every target at every batch size (batch sizes outermost: teacher and student side by side)."""
+        """Time every target at every batch size. Targets that differ only in their stage are timed together,
+        batch sizes outermost, so teacher and student are side by side; each group's runners are released
+        before the next group's open."""
         targets, threads = self.targets(), torch.get_num_threads()
         if any(t.device == "cuda" for t in targets):
             like_for_like_cuda()
-        rng, results, opened = np.random.default_rng(0), [], {}
+        groups: dict[tuple[Any, ...], list[Target]] = {}
+        for t in targets:
+            groups.setdefault((t.spec.name, t.device, t.precision, t.setting), []).append(t)
+        rng, results = np.random.default_rng(0), []
         with self._progress() as progress:
             task = progress.add_task("bench", total=len(targets) * len(self.cfg.batch_sizes))
-            for batch, target in ((b, t) for b in self.cfg.batch_sizes for t in targets):
+            for group in groups.values():
+                results += self._time_group(group, rng, progress, task)
+        torch.set_num_threads(threads)
+        return self._file(results, threads, any(t.device == "cuda" for t in targets))
+
+    def _time_group(self, group: list[Target], rng: np.random.Generator, progress: Any, task: Any) -> list[BenchResult]:
+        results, opened = [], {}
+        with ExitStack() as runners:  # each runner opened once, all released when the group is done
+            for batch, target in ((b, t) for b in self.cfg.batch_sizes for t in group):
                 what = f"{target.stage} {target.spec.name} {target.precision} {target.setting.label()} b{batch}"
                 progress.update(task, description=what)
                 if target.max_batch is not None and batch > target.max_batch:
                     self._too_large(target, batch)
                 else:
                     if target not in opened:
-                        opened[target] = target.spec.open(
-                            target.source, target.device, target.precision, target.setting
-                        )
+                        runner = target.spec.open(target.source, target.device, target.precision, target.setting)
+                        opened[target] = runners.enter_context(runner)
                     results.append(self._time(target, opened[target], batch, rng))
                     if not progress.live.is_started:
                         self.say(f"{what}: p50 {results[-1].p50_ms:.3f} ms  {results[-1].throughput:.0f}/s")
                 progress.advance(task)
-        torch.set_num_threads(threads)
-        return self._file(results, threads, any(t.device == "cuda" for t in targets))
+        return results
 
     def _too_large(self, target: Target, batch: int) -> None:
         reason = (
-            f"the engine's largest batch is {target.max_batch} (rebuild with gtcompress export --trt --max-batch N)"
+            f"the {target.spec.name} artefact's largest batch is {target.max_batch} (rebuild with gtcompress "
+            f"export --backend {target.spec.name} --max-batch N)"
         )
         self.skipped.append(
             Skipped(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from .backends import BACKENDS, Backend, BackendSpec, Setting, settings, thread_counts
+from .backends import BACKENDS, BackendSpec, BuildOptions, Setting, settings, thread_counts
 from .config import BudgetConfig, RunConfig
 from .environment import machine_info
 from .errors import UserError
@@ -46,7 +46,8 @@ def target(cfg: BudgetConfig) -> tuple[str, str, str]:
 
 
 def _artefact(model: torch.nn.Module, img_size: int, spec: BackendSpec, precision: str, tmp: Path, batch: int) -> Any:
-    """What the target runs for this candidate: the model itself, its ONNX graph, or an engine built from it."""
+    """What the target runs for this candidate, made as export makes it: the model itself, its ONNX graph (for the
+    backend's target), or the backend's own artefact built from one of those."""
     if spec.artefact == "checkpoint":
         return model
     rng = np.random.default_rng(0)
@@ -66,12 +67,12 @@ def _artefact(model: torch.nn.Module, img_size: int, spec: BackendSpec, precisio
             calibration_method="minmax",
         )
         PRECISIONS[name].convert(conversion)
-    if spec.artefact == "onnx":
+    if spec.loader is None:
         return paths[precision]
-    from .export.tensorrt import EngineConfig, build_engine
-
-    build_engine(paths[precision], tmp / "model.engine", EngineConfig(max_batch=batch, opt_batches=(batch,)))
-    return tmp / "model.engine"
+    own = tmp / PRECISIONS[precision].own_file("model", spec.loader.suffix)
+    source = model if spec.loader.built_from == "model" else paths[precision]
+    spec.build(source, own, precision, BuildOptions(max_batch=batch, opt_batches=(batch,), cache_dir=tmp))
+    return own
 
 
 def _time(arch: str, num_classes: int, img_size: int, cfg: RunConfig, tmp: Path) -> Candidate:
@@ -83,8 +84,8 @@ def _time(arch: str, num_classes: int, img_size: int, cfg: RunConfig, tmp: Path)
     x = np.random.default_rng(0).standard_normal((cfg.budget.batch, 3, img_size, img_size), dtype=np.float32)
     best: tuple[dict[str, Any], Setting] | None = None
     for setting in settings(spec, device, thread_counts("auto"), "both"):
-        runner: Backend = spec.open(source, device, precision, setting)
-        stats = latency_stats(time_backend(runner, x, 5, cfg.budget.iters, None), cfg.budget.batch)
+        with spec.open(source, device, precision, setting) as runner:
+            stats = latency_stats(time_backend(runner, x, 5, cfg.budget.iters, None), cfg.budget.batch)
         best = (stats, setting) if best is None or stats["p50_ms"] < best[0]["p50_ms"] else best
     stats, setting = best
     return Candidate(

@@ -15,7 +15,7 @@ from . import __version__
 from .backends import BACKENDS
 from .config import RunConfig
 from .export.precisions import PRECISIONS
-from .records import ExportRecord, Report, ReportRow, StageRecord, fastest
+from .records import ExportRecord, ExportSidecar, Report, ReportRow, StageRecord, fastest
 from .stages import distilled_students
 from .tables import markdown_table
 
@@ -44,10 +44,10 @@ class Card:
     report: Report
     config: RunConfig  # the run's config.yaml
     metrics: dict[str, StageRecord]  # the run's stage records (metrics.json with each stage's identity)
-    engines: bool  # the run has TensorRT engines of the published stage
+    per_device: list[str]  # the backends whose artefacts of the stage are bound to their device: not included
     stage: str
     files: list[FolderFile]
-    sidecar: dict[str, Any]
+    sidecar: ExportSidecar
     license: str
     folder: str  # the folder's name
     repo_id: str | None  # the Hub repo it is pushed to
@@ -164,7 +164,7 @@ def _method(card: Card) -> str:
     m = metrics[card.stage]
     said.append(
         f"This folder holds the {m.title}: {m.arch}, {m.params / 1e6:.2f}M parameters, "
-        f"{m.macs / 1e6:.1f} MMACs per {card.sidecar['img_size']}-px image, {_trained(m)}{_start(card)}; made "
+        f"{m.macs / 1e6:.1f} MMACs per {card.sidecar.img_size}-px image, {_trained(m)}{_start(card)}; made "
         f"with gtcompress {__version__}."
     )
     return " ".join(said)
@@ -249,9 +249,9 @@ print(config["label_names"][logits.argmax()])
         timm_code,
         f"With onnxruntime (`{ONNX_DIR}/`: {', '.join(Path(f.path).name for f in card.files)}):",
         onnx_code,
-        f"Without torch: `{ONNX_DIR}/model.json` describes the input: resize the short side to {s.get('resize')} px "
-        f"({s.get('interpolation')}), centre-crop to {s['crop'][0]}×{s['crop'][1]}, scale to [0, 1], subtract `mean`, "
-        f"divide by `std`; NCHW float32 in `{s['input_name']}`, logits out of `{s['output_name']}`.",
+        f"Without torch: `{ONNX_DIR}/model.json` describes the input: resize the short side to {s.resize} px "
+        f"({s.interpolation}), centre-crop to {s.crop[0]}×{s.crop[1]}, scale to [0, 1], subtract `mean`, "
+        f"divide by `std`; NCHW float32 in `{s.input_name}`, logits out of `{s.output_name}`.",
     ]
 
 
@@ -259,8 +259,8 @@ def _limits(card: Card) -> list[str]:
     """What the numbers cover and what was not measured, from the run's files."""
     r, h = card.report, card.report.header
     lines = [
-        f"Trained and evaluated on {_dataset_id(h.data)} only ({len(card.sidecar['class_names'])} classes, "
-        f"{card.sidecar['img_size']}-px images); top-1 is from one run (seed {card.config.seed}) on the "
+        f"Trained and evaluated on {_dataset_id(h.data)} only ({len(card.sidecar.class_names)} classes, "
+        f"{card.sidecar.img_size}-px images); top-1 is from one run (seed {card.config.seed}) on the "
         f"{card.split} split, without a confidence interval, and says nothing about other data."
     ]
     missing = [b for b in BACKENDS if b not in r.backends]
@@ -277,8 +277,11 @@ def _limits(card: Card) -> list[str]:
             if delta is not None
             else "The run has no controls (`--compare`): it does not show whether the Generous Teacher helped."
         )
-    if card.engines:
-        lines.append("TensorRT engines are not included (each is bound to one GPU model and TensorRT version).")
+    if card.per_device:
+        lines.append(
+            f"The {' and '.join(card.per_device)} artefacts are not included (each is bound to the device model and "
+            "runtime version it was built with: rebuild them with `gtcompress export --backend NAME`)."
+        )
     if card.license == "other":
         lines.append("No license was chosen when publishing (`--license`): the data set's and the teacher's apply.")
     return lines + [f"From the run's report: {note}" for note in r.notes]

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.columns import Columns
 
-from .backends import backend_help
+from .backends import backend_help, builders
 from .bench import BenchConfig, parse_batch_sizes, parse_threads
 from .distributed import is_main_process
 from .errors import UserError
@@ -21,8 +21,10 @@ from .options import (
     LatencyBudget,
     OldModel,
     OldModels,
+    OldTrt,
     Sets,
     Students,
+    builder_backends,
     config_option,
     distill_overrides,
     only_given,
@@ -158,7 +160,8 @@ def export(
     stage: Annotated[Optional[str], typer.Option(help=field_help(ExportConfig, "stage"))] = None,
     model: OldModel = None,
     precision: Annotated[Optional[list[str]], typer.Option(help=field_help(ExportConfig, "precisions"))] = None,
-    trt: Annotated[bool, typer.Option("--trt", help=field_help(ExportConfig, "trt"))] = False,
+    backend: Annotated[Optional[list[str]], typer.Option(help=field_help(ExportConfig, "backends"))] = None,
+    trt: OldTrt = False,
     max_batch: Annotated[int, typer.Option(help=field_help(ExportConfig, "max_batch"))] = field_default(
         ExportConfig, "max_batch"
     ),
@@ -190,7 +193,7 @@ def export(
         "checkpoint": checkpoint,
         "stage": stage_alias(stage, model),
         "precisions": split(precision),
-        "trt": trt,
+        "backends": builder_backends(backend, trt),
         "max_batch": max_batch,
         "workspace_gib": workspace_gib,
         "opt_batches": parse_batch_sizes(opt_batches, "--opt-batches"),
@@ -341,9 +344,12 @@ def run(
     precision: Annotated[
         Optional[list[str]], typer.Option(help="Student export precisions (the teacher is exported at fp32).")
     ] = None,
-    trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (CUDA).")] = False,
+    trt: OldTrt = False,
     tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP)] = None,
-    backend: Annotated[Optional[list[str]], typer.Option(help=field_help(BenchConfig, "backends"))] = None,
+    backend: Annotated[
+        Optional[list[str]],
+        typer.Option(help=field_help(BenchConfig, "backends") + " Those with artefacts of their own are built too."),
+    ] = None,
     batch_sizes: Annotated[str, typer.Option(help=field_help(BenchConfig, "batch_sizes"))] = ",".join(
         map(str, field_default(BenchConfig, "batch_sizes"))
     ),
@@ -364,12 +370,13 @@ def run(
     from .workflow import Workflow, run_workflow
 
     tolerances = parse_tolerances(tolerance or [])  # bad options fail here, not after the training
+    backends = builder_backends(backend, trt)
     bench = (
         None
         if skip_bench
         else _bench_config(
             {
-                "backends": split(backend),
+                "backends": backends,
                 "batch_sizes": parse_batch_sizes(batch_sizes),
                 "iters": iters,
                 "seconds": seconds,
@@ -377,7 +384,8 @@ def run(
             }
         )
     )
-    workflow = Workflow.default(split(precision), trt, tolerances, bench, export=not skip_export)
+    built = tuple(b for b in backends or () if b in {s.name for s in builders()})
+    workflow = Workflow.default(split(precision), built, tolerances, bench, export=not skip_export)
     if skip_distill and ctx.args:
         raise UserError(f"--skip-distill takes no distill options (got {' '.join(ctx.args)})", "drop them")
     if not skip_distill:

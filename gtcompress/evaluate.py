@@ -1,32 +1,166 @@
-"""`gtcompress eval`: the test-split accuracy of any checkpoint, ONNX file or TensorRT engine, on any backend
-that runs it."""
+"""Evaluation: a model's test data, its logits on any backend, and how closely an artefact follows its PyTorch
+model. `gtcompress eval` (any checkpoint, ONNX file or engine, on any backend that runs it) and export's
+verification both use it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset, IterableDataset, Subset
 
-from .backends import artefact_kind, load_backend
+from .backends import Backend, artefact_kind, backend, runs
+from .config import DataConfig
+from .data import Splits, build_transform, create_loader, load_splits, loader_workers, transformed
 from .errors import UserError
-from .export.sidecar import read_sidecar
-from .export.source import data_config, load_eval_data, run_of
-from .export.verify import predict
-from .models import ModelSpec, read_checkpoint, spec_of
+from .models import ModelSpec, load_model, read_checkpoint, spec_of
+from .rundir import RunDir, read_sidecar
 
 
-def _spec_and_precision(path: Path) -> tuple[ModelSpec, str]:
-    """How to rebuild and feed the artefact, and its precision: from the checkpoint, or its export sidecar."""
-    if artefact_kind(path) == "checkpoint":
-        return spec_of(read_checkpoint(path)), "fp32"
-    meta = read_sidecar(path)
-    names = tuple(meta["class_names"])
-    spec = ModelSpec(
-        meta["arch"], meta["num_classes"], meta["img_size"], tuple(meta["mean"]), tuple(meta["std"]), names
+@dataclass(frozen=True)
+class Tolerance:
+    """What an artefact must match against the PyTorch model on the test split to be kept."""
+
+    max_abs_diff: float | None = None  # largest |delta logits| allowed; None: not checked
+    min_agreement: float = 99.0  # % of test images whose top-1 class equals PyTorch's
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The test split (and training split, for calibration) under the model's eval transform."""
+
+    test: Dataset
+    train: Dataset
+    labels: np.ndarray
+    transform: Callable
+    description: str
+    workers: int
+
+
+def run_of(path: Path) -> Path | None:
+    """The run directory holding `path` (a checkpoint in it, or an artefact in its export/), if any."""
+    for parent in (path.parent, path.parent.parent):
+        if RunDir(parent).config.is_file():
+            return parent
+    return None
+
+
+def data_config(run: Path | None, dataset: str | None, data_root: Path | None, what: str) -> DataConfig:
+    """The run's data configuration with --dataset/--data-root applied; --dataset is needed without a run."""
+    if run is None and dataset is None:
+        raise UserError(
+            f"{what} is not inside a gtcompress run, so the data set is unknown",
+            "pass --dataset NAME (and --data-root DIR) to verify on its test split",
+        )
+    try:
+        data = RunDir(run).saved_config().data if run is not None else DataConfig()
+    except UserError as e:  # a hand-edited or foreign config.yaml
+        raise UserError(e.message, "pass --dataset NAME to name the data set instead") from None
+    updates = {k: v for k, v in {"name": dataset, "root": data_root}.items() if v is not None}
+    return data.model_copy(update=updates) if updates else data
+
+
+def load_eval_data(data_cfg: DataConfig, spec: ModelSpec) -> EvalData:
+    """The data set's splits under the model's eval transform (its img_size, mean, std)."""
+    splits: Splits = load_splits(data_cfg)
+    if splits.num_classes != spec.num_classes:
+        raise UserError(
+            f"the model has {spec.num_classes} classes but {data_cfg.name} has {splits.num_classes}",
+            "pass the --dataset the model was trained on",
+        )
+    transform = build_transform(data_cfg, splits, spec.img_size, spec.mean, spec.std, training=False)
+    labels = np.asarray(_targets(splits.val), dtype=np.int64)
+    # a stream read here first (for its labels) has built its shard pipeline in this process: loader workers
+    # would each copy all of it, so it is read in-process
+    workers = 0 if splits.streaming else loader_workers(data_cfg, splits)
+    return EvalData(
+        transformed(splits.val, transform),
+        transformed(splits.train, transform),
+        labels,
+        transform,
+        f"{len(labels)} {data_cfg.name} test images",
+        workers,
     )
-    return spec, meta["files"][path.name]
+
+
+def _targets(dataset: Dataset) -> list[int]:
+    """Labels of a data set without decoding its images (where it keeps them apart)."""
+    if isinstance(dataset, Subset):
+        inner = _targets(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, IterableDataset):  # a stream: its labels come with its (decoded) images
+        return [int(target) for _, target in dataset]
+    targets = getattr(dataset, "targets", None)
+    return list(targets) if targets is not None else [dataset[i][1] for i in range(len(dataset))]
+
+
+def batches(dataset: Dataset, batch_size: int, workers: int = 0) -> Iterator[np.ndarray]:
+    """Float32 NCHW batches of a transformed data set, in order."""
+    for x, _ in create_loader(dataset, batch_size, training=False, workers=workers):
+        yield x.numpy()
+
+
+def predict(runner: Backend, data: EvalData, batch_size: int) -> np.ndarray:
+    """Logits of an opened runner on the whole test split, (N, C) float32."""
+    return np.concatenate([runner.infer(x) for x in batches(data.test, batch_size, data.workers)])
+
+
+def agreement(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Accuracy of `logits` and how closely they follow the PyTorch `reference` (percent, max |delta|)."""
+    finite = bool(np.isfinite(logits).all())
+    top1 = logits.argmax(1)
+    return {
+        "top1": float(100 * (top1 == labels).mean()),
+        "top1_agreement": float(100 * (top1 == reference.argmax(1)).mean()),
+        "max_abs_diff": float(np.abs(logits - reference).max()) if finite else float("inf"),
+        "finite": finite,
+    }
+
+
+def tolerance_failure(stats: dict[str, Any], tol: Tolerance) -> tuple[str, str] | None:
+    """The tolerance `stats` fail (finite | max_abs_diff | min_agreement) and why, or None when they pass."""
+    if not stats["finite"]:
+        return "finite", "its logits contain NaN or Inf"
+    if tol.max_abs_diff is not None and stats["max_abs_diff"] > tol.max_abs_diff:
+        return "max_abs_diff", f"max |delta logits| {stats['max_abs_diff']:.3g} > {tol.max_abs_diff:g}"
+    if stats["top1_agreement"] < tol.min_agreement:
+        return "min_agreement", f"top-1 agreement {stats['top1_agreement']:.2f}% < {tol.min_agreement:g}%"
+    return None
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """A model file as evaluation opens it: what it is, how to rebuild and feed its model, its precision."""
+
+    path: Path
+    kind: str  # checkpoint | onnx | engine
+    spec: ModelSpec
+    precision: str
+
+    @classmethod
+    def of(cls, path: Path) -> Artefact:
+        """A checkpoint, or an exported file described by the sidecar beside it; one clear line where neither."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path} not found", "pass a .pt, .onnx or .engine file")
+        kind = artefact_kind(path)
+        if kind == "checkpoint":
+            return cls(path, kind, spec_of(read_checkpoint(path)), "fp32")
+        sidecar = read_sidecar(path)
+        return cls(path, kind, spec_of(sidecar.model_dump()), sidecar.files[path.name])
+
+    def open(self, device: str = "cpu", name: str | None = None) -> Backend:
+        """A runner of the file on backend `name`, else the registry's first that runs its kind."""
+        spec = backend(name) if name else runs(self.kind)[0]
+        if spec.artefact != self.kind:
+            able = ", ".join(s.name for s in runs(self.kind))
+            raise UserError(f"backend {spec.name} does not run {self.path.name}", f"{self.kind} files run on {able}")
+        source = load_model(self.path)[0] if self.kind == "checkpoint" else self.path
+        return spec.open(source, device, self.precision if self.kind != "checkpoint" else "fp32")
 
 
 @dataclass(frozen=True)
@@ -50,13 +184,11 @@ def predict_artefact(
 ) -> Predictions:
     """Logits of a .pt, .onnx or .engine file on the test split, on `backend` (default: the first that runs it);
     the data set is its run's unless given."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found", "pass a .pt, .onnx or .engine file")
-    spec, precision = _spec_and_precision(path)
-    data = load_eval_data(data_config(run_of(path), dataset, data_root, path.name), spec)
-    runner = load_backend(path, device, backend, precision)
-    return Predictions(predict(runner, data, batch_size), data.labels, runner.name, runner.precision, data.description)
+    artefact = Artefact.of(path)
+    data = load_eval_data(data_config(run_of(artefact.path), dataset, data_root, artefact.path.name), artefact.spec)
+    with artefact.open(device, backend) as runner:
+        logits = predict(runner, data, batch_size)
+    return Predictions(logits, data.labels, runner.name, runner.precision, data.description)
 
 
 def evaluate_artefact(path: Path, **options: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import UserError, first_line
-from .rundir import torch_save
+from .files import torch_save
 
 CHECKPOINT_FORMAT = "gtcompress-checkpoint/1"
 

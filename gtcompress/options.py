@@ -147,3 +147,15 @@ def stage_alias(stage: Any, model: Any) -> Any:
 
 OldModel = Annotated[Optional[str], typer.Option("--model", hidden=True, help="Deprecated: --stage.")]
 OldModels = Annotated[Optional[list[str]], typer.Option("--model", hidden=True, help="Deprecated: --stage.")]
+
+
+def builder_backends(backend: list[str] | None, trt: bool) -> tuple[str, ...] | None:
+    """The --backend values, with `--trt`, the old spelling of `--backend tensorrt`, still taken (with a line)."""
+    chosen = split(backend) or ()
+    if trt:
+        err_console.print("note: --trt is deprecated: use --backend tensorrt", markup=False)
+        chosen = (*chosen, "tensorrt")
+    return tuple(dict.fromkeys(chosen)) or None
+
+
+OldTrt = Annotated[bool, typer.Option("--trt", hidden=True, help="Deprecated: --backend tensorrt.")]

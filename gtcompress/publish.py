@@ -19,14 +19,15 @@ from timm.models import save_for_hf
 from torch import nn
 
 from . import __version__
+from .backends import builders
 from .card import ONNX_DIR, Card, FolderFile, model_card
 from .errors import UserError, first_line
 from .export.precisions import PRECISIONS
-from .export.sidecar import read_sidecar
+from .files import atomic_dir, write_json, write_text
 from .models import ModelSpec, load_model
-from .records import ExportRecord, Report, StageRecord
+from .records import ExportRecord, ExportSidecar, Report, StageRecord
 from .report import build_report, write_report
-from .rundir import RunDir, atomic_dir, resolve_run, write_json, write_text
+from .rundir import RunDir, read_sidecar, resolve_run, write_sidecar
 from .stages import distilled_students, stage_records
 
 PUBLISH_FORMAT = "gtcompress-publish/1"  # config.json's `gtcompress.format`: the folder is ours to replace
@@ -70,10 +71,8 @@ def publish(cfg: PublishConfig, say: Callable[[str], None] = print) -> Path:
         _save_model(model, spec, sidecar, folder, {"license": cfg.license}, {"run": run.path.name, "stage": stage})
         files = _copy_onnx(run, onnx, sidecar, folder)
         write_json(folder / "report.json", report.to_json())
-        engines = any(r.stage == stage and r.format == "engine" for r in run.exports())
-        card = Card(
-            report, run.saved_config(), records, engines, stage, files, sidecar, cfg.license, out.name, cfg.push
-        )
+        bound = _per_device(run, stage)
+        card = Card(report, run.saved_config(), records, bound, stage, files, sidecar, cfg.license, out.name, cfg.push)
         write_text(folder / "README.md", model_card(card))
     say(f"wrote {out}: config.json, model.safetensors, {', '.join(f.path for f in files)}, report.json, README.md")
     if cfg.push:
@@ -81,21 +80,27 @@ def publish(cfg: PublishConfig, say: Callable[[str], None] = print) -> Path:
     return out
 
 
+def _per_device(run: RunDir, stage: str) -> list[str]:
+    """The backends whose artefacts of the stage are bound to the device they were built on: not published."""
+    built = {r.backend for r in run.exports() if r.stage == stage}
+    return [s.name for s in builders() if s.loader.per_device and s.name in built]
+
+
 def _save_model(
     model: nn.Module,
     spec: ModelSpec,
-    sidecar: dict[str, Any],
+    sidecar: ExportSidecar,
     folder: Path,
     pretrained_cfg: dict[str, Any],
     provenance: dict[str, Any],
 ) -> None:
     """config.json and model.safetensors as timm's save_for_hf writes them, with the run's classes and its eval
     preprocessing (`pretrained_cfg`: input size, interpolation, crop_pct, mean, std)."""
-    crop = sidecar["crop"][0]
+    crop = sidecar.crop[0]
     data_config = {
-        "input_size": (3, *sidecar["crop"]),
-        "interpolation": sidecar["interpolation"],
-        "crop_pct": _crop_pct(crop, sidecar.get("resize", crop)),
+        "input_size": (3, *sidecar.crop),
+        "interpolation": sidecar.interpolation,
+        "crop_pct": _crop_pct(crop, sidecar.resize or crop),
         "mean": spec.mean,
         "std": spec.std,
     }
@@ -178,7 +183,7 @@ def _crop_pct(crop: int, resize: int) -> float:
     return pct if math.floor(crop / pct) == resize else math.nextafter(pct, 0.0)
 
 
-def _copy_onnx(run: RunDir, records: list[ExportRecord], sidecar: dict[str, Any], folder: Path) -> list[FolderFile]:
+def _copy_onnx(run: RunDir, records: list[ExportRecord], sidecar: ExportSidecar, folder: Path) -> list[FolderFile]:
     """The verified files as onnx/model[.precision].onnx beside their model.json."""
     (folder / ONNX_DIR).mkdir()
     copied = []
@@ -187,7 +192,9 @@ def _copy_onnx(run: RunDir, records: list[ExportRecord], sidecar: dict[str, Any]
         shutil.copyfile(run.path / record.path, folder / ONNX_DIR / name)
         copied.append(FolderFile(f"{ONNX_DIR}/{name}", record))
     files = {Path(f.path).name: f.record.precision for f in copied}
-    write_json(folder / ONNX_DIR / "model.json", {**sidecar, "checkpoint": "model.safetensors", "files": files})
+    write_sidecar(
+        folder / ONNX_DIR / "model.json", sidecar.model_copy(update={"checkpoint": "model.safetensors", "files": files})
+    )
     return copied
 
 

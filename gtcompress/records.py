@@ -87,7 +87,7 @@ class ExportRecord(Record):
     """A verified artefact: which stage at which precision, in which file, verified on which backend, how well."""
 
     stage: str = Field(validation_alias=AliasChoices("stage", "model"))  # records before 0.2 said "model"
-    format: Literal["onnx", "engine"]
+    format: str  # onnx, or the kind of a backend's own artefact (engine)
     backend: str  # the runtime it was verified (and will be timed) on
     precision: str
     path: str  # relative to the run
@@ -100,6 +100,35 @@ class ExportRecord(Record):
     test_images: int
     target: str = "onnxruntime"  # the runtime the graph was made for (an int8 graph differs for TensorRT)
     opset: int | None = None
+
+
+SIDECAR_FORMAT = "gtcompress-export/1"
+
+
+class ExportSidecar(Record):
+    """`export/<stage>.json` beside the artefacts: how to rebuild and feed the model (its ModelSpec's fields and
+    the eval transform's geometry) without gtcompress, and which file holds which precision. The deploy scripts,
+    Triton, publish and `gtcompress eval` read it."""
+
+    format: Literal["gtcompress-export/1"] = SIDECAR_FORMAT
+    arch: str
+    num_classes: int
+    img_size: int
+    resize: int | None = None  # the short side the eval transform resizes to
+    interpolation: str | None = None
+    crop: list[int] | None = None  # the centre crop (height, width)
+    mean: list[float]
+    std: list[float]
+    class_names: list[str]
+    small_stem: bool = False
+    input_name: str
+    output_name: str
+    input_shape: list[Any]
+    layout: str = "NCHW"
+    opset: int | None = None
+    dynamic_batch: bool = True
+    checkpoint: str  # the checkpoint's file name the graphs came from
+    files: dict[str, str]  # each verified artefact's file name -> its precision
 
 
 class RejectedExport(Record):

@@ -13,9 +13,10 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import UserError
+from .files import write_json
 from .models import read_checkpoint
 from .records import StageRecord
-from .rundir import RunDir, resolve_run, write_json
+from .rundir import RunDir, resolve_run
 from .stages import recorded_stages, run_stages, stages
 from .typed import validate
 

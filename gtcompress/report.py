@@ -21,10 +21,11 @@ from rich.table import Table
 from .backends import BACKENDS
 from .bench import RESULT_COLUMNS, reference_teacher, result_cells
 from .export.precisions import PRECISIONS
+from .files import write_bytes, write_text
 from .plots import PLOTS, make_plots
 from .recommend import pareto_note, pareto_rows, recommendation_line, which_student
 from .records import BenchFile, ExportRecord, Report, ReportHeader, ReportRow, StageRecord, in_order
-from .rundir import RunDir, resolve_run, write_bytes, write_text
+from .rundir import RunDir, resolve_run
 from .stages import controls_of, deployable_teachers, distilled_students, stage_records
 from .tables import SCALE_NOTE, fmt, markdown_table, scale_rows, scale_table
 

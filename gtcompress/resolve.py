@@ -21,9 +21,10 @@ from .data import Splits, load_splits, loader_workers
 from .distributed import DistEnv, agree, barrier, broadcast_object
 from .environment import command_line, device_name, versions
 from .errors import UserError
+from .files import write_text
 from .models import base_arch, model_source, resolve_model_name
 from .records import CandidateCheck
-from .rundir import RunDir, mark_latest, new_run_path, resolve_run, write_text
+from .rundir import RunDir, mark_latest, new_run_path, resolve_run
 from .stages import recorded_stages, stages
 from .stream import stream_workers
 from .typed import with_values

@@ -1,83 +1,52 @@
-"""The run directory: its file names, atomic writes, and its files read and written as typed records (config.yaml,
-metrics.json's stages and exports, history.jsonl, bench.json, candidates.json, report.json), runs/latest.
+"""The run directory: its file names, and its files read and written as typed records (config.yaml, metrics.json's
+stages and exports, history.jsonl, bench.json, candidates.json, report.json, the export sidecars), runs/latest.
 
-A file that does not read as its record is damaged: one line naming the file, what is wrong and the command that
-fixes it (metrics.json and history.jsonl: `gtcompress repair`, which rebuilds them from what the run still holds)."""
+Files are written atomically (files.py). A file that does not read as its record is damaged: one line naming the
+file, what is wrong and the command that fixes it (metrics.json and history.jsonl: `gtcompress repair`, which
+rebuilds them from what the run still holds)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from .config import RunConfig
 from .errors import UserError, first_line
-from .records import BenchFile, CandidateCheck, Epoch, ExportRecord, RejectedExport, Report, StageRecord
+from .files import write_json, write_text
+from .records import (
+    SIDECAR_FORMAT,
+    BenchFile,
+    CandidateCheck,
+    Epoch,
+    ExportRecord,
+    ExportSidecar,
+    RejectedExport,
+    Report,
+    StageRecord,
+)
 from .typed import validate
 
 RUNS_ROOT = Path("runs")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; it replaces `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+def read_sidecar(artefact: Path) -> ExportSidecar:
+    """The export description beside `artefact`: the sidecar in its folder whose `files` name it."""
+    fix = "re-run gtcompress export, which writes it"
+    for path in sorted(artefact.parent.glob("*.json")):
+        data = read_json(path, fix)
+        if isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT and artefact.name in data.get("files", {}):
+            return _typed(ExportSidecar, data, path, fix)
+    raise UserError(f"no gtcompress export description beside {artefact.name} (a <stage>.json naming it)", fix)
 
 
-@contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder of `path`; it replaces `path` (and what was there) only if the block succeeds.
-
-    The old folder is renamed away just before the new one is renamed in, so `path` is never half-written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    old = tmp.with_suffix(".old")
-    try:
-        yield tmp
-        for item in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700 and some writers 0600: give mkdir's and open()'s modes
-            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~_UMASK)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+def write_sidecar(path: Path, sidecar: ExportSidecar) -> None:
+    write_json(path, sidecar.model_dump(mode="json"))
 
 
 def damaged(path: Path, what: str, fix: str) -> UserError:
@@ -119,11 +88,6 @@ def _typed(kind: Any, data: Any, path: Path, fix: str, where: str = "") -> Any:
         raise damaged(path, f"'{loc}' {first['msg'][0].lower()}{first['msg'][1:]}", fix) from None
 
 
-def torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 class RunDir:
     """Paths and bookkeeping files of one run (`runs/<name>/`)."""
 
@@ -135,6 +99,11 @@ class RunDir:
     history_path = property(lambda self: self.path / "history.jsonl")
     bench_path = property(lambda self: self.path / "bench.json")
     export_dir = property(lambda self: self.path / "export")
+
+    def sidecar_path(self, stage: str) -> Path:
+        """`export/<stage>.json`: the description of the stage's exported files."""
+        return self.export_dir / f"{stage}.json"
+
     progress_dir = property(lambda self: self.path / "checkpoints")
     candidates_path = property(lambda self: self.path / "candidates.json")  # the latency pre-check (with a budget)
     report_path = property(lambda self: self.path / "report.json")  # what `gtcompress report` wrote last

@@ -30,9 +30,10 @@ from .config import TrainConfig
 from .data import Indexed, create_loader
 from .distributed import DistEnv, agree, all_reduce_sum, barrier, sync_batchnorm
 from .errors import UserError
+from .files import torch_save
 from .models import unwrap
 from .objectives import Objective
-from .rundir import RunDir, torch_save
+from .rundir import RunDir
 from .stream import epoch_batches
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -9,9 +9,10 @@ from pathlib import Path
 from rich.console import Console
 
 from .bench import BenchConfig, bench_table, run_bench
+from .evaluate import Tolerance
 from .export.config import ExportConfig
 from .export.exporter import artefact_table, is_up_to_date, run_export
-from .export.precisions import PRECISIONS, Tolerance
+from .export.precisions import PRECISIONS
 from .report import report
 from .rundir import resolve_run
 from .stages import distilled_students, stage_records
@@ -30,16 +31,16 @@ class Workflow:
     def default(
         cls,
         precisions: tuple[str, ...] | None,
-        trt: bool,
+        backends: tuple[str, ...],
         tolerances: dict[str, Tolerance],
         bench: BenchConfig | None,
         export: bool = True,
     ) -> Workflow:
         """`gtcompress run`'s: the students at `precisions` (default every registered one; a reduced precision that
         fails verification is reported, the others go on) and the Generous Teacher at fp32, the speed reference."""
-        values = {"precisions": precisions or tuple(PRECISIONS), "trt": trt, "tolerances": tolerances}
+        values = {"precisions": precisions or tuple(PRECISIONS), "backends": backends, "tolerances": tolerances}
         student = validate(ExportConfig, {"stage": "student", **values, "keep_going": True})
-        teacher = ExportConfig(stage="generous_teacher", trt=trt, tolerances=tolerances)
+        teacher = ExportConfig(stage="generous_teacher", backends=backends, tolerances=tolerances)
         return cls(exports=(student, teacher) if export else (), bench=bench)
 
 

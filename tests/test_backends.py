@@ -1,12 +1,13 @@
 """The backend registry: one entry per runtime, and every consumer offers exactly its entries."""
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import copy_run, invoke
+from conftest import PAIR, copy_run, invoke
 from typer.testing import CliRunner
 
 from gtcompress.backends import BACKENDS, Setting, artefact_kind, backend, runs
@@ -42,6 +43,39 @@ def test_a_new_registry_entry_is_offered_without_other_edits(monkeypatch):
     assert BenchConfig(backends=("onnxruntime-copy",)).backends == ("onnxruntime-copy",)
     assert BudgetConfig(backend="onnxruntime-copy").backend == "onnxruntime-copy"
     assert [s.name for s in runs("onnx")] == ["onnxruntime", "openvino", "onnxruntime-copy"]
+
+
+@pytest.fixture
+def npz_backend(monkeypatch):
+    """A backend with an artefact of its own (tests/npz_runner.py), registered in one entry."""
+    import npz_runner
+
+    from gtcompress.backends import BackendSpec, Loader
+
+    monkeypatch.setitem(sys.modules, "gtcompress.backends.npz_runner", npz_runner)
+    spec = BackendSpec("npz", "npz", {"cpu": ("fp32",)}, "it is a test's", loader=Loader(".npz", "model", "cpu"))
+    monkeypatch.setitem(BACKENDS, "npz", spec)
+    return spec
+
+
+def test_a_backend_with_its_own_artefact_is_built_verified_timed_evaluated_and_reported(
+    npz_backend, pipeline_run, tmp_path
+):
+    run = copy_run(pipeline_run, tmp_path / "run")
+    result = invoke("export", run, "--backend", "npz")
+    assert result.exit_code == 0, result.output
+    record = next(r for r in json.loads((run / "metrics.json").read_text())["export"] if r["backend"] == "npz")
+    assert (record["path"], record["format"]) == ("export/student.fp32.npz", "npz") and record["arrays"] > 0
+    assert record["top1_agreement"] == 100.0 and record["max_abs_diff"] < 1e-4, "verified against PyTorch"
+    evaluated = invoke("eval", run / "export" / "student.fp32.npz")
+    assert evaluated.exit_code == 0 and f"(npz fp32): top-1 {record['top1']:.2f}%" in evaluated.stdout
+    bench = invoke("bench", run, "--backend", "npz", "--batch-sizes", "1", "--iters", "5", "--threads", "1")
+    assert bench.exit_code == 0, bench.output
+    assert {r["backend"] for r in json.loads((run / "bench.json").read_text())["results"]} == {"npz"}
+    assert invoke("report", run).exit_code == 0
+    assert json.loads((run / "report.json").read_text())["backends"] == ["npz"]
+    checked = invoke("candidates", *PAIR, "--budget-backend", "npz", "--set", "budget.iters=5")
+    assert checked.exit_code == 0 and "candidates on npz fp32 (cpu)" in checked.stdout, checked.output
 
 
 def test_each_entry_runs_one_kind_of_artefact_and_says_why_it_cannot_run():

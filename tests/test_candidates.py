@@ -121,14 +121,18 @@ def test_an_impossible_budget_trains_nothing_and_says_why(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_students(tmp_path_factory, monkeypatch_module):
+    import gtcompress.pipeline as pipeline
     import gtcompress.train as train
 
     calls = []
     real = train.dataset_logits
-    # each call: whether it was over the training images (else the test split, for a teacher's logit scale)
-    monkeypatch_module.setattr(
-        train, "dataset_logits", lambda *a, **k: calls.append(a[1] is not a[2].val_data) or real(*a, **k)
-    )
+
+    def counted(*a, **k):  # each call: whether it was over the training images (else the test split's, for a scale)
+        calls.append(a[1] is not a[2].val_data)
+        return real(*a, **k)
+
+    for module in (train, pipeline):  # the students' logit cache, and the teachers' scale records
+        monkeypatch_module.setattr(module, "dataset_logits", counted)
     out = tmp_path_factory.mktemp("students") / "run"
     result = invoke(
         "run",

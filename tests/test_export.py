@@ -15,19 +15,20 @@ import pytest
 import torch
 from conftest import assert_one_line_error, assert_recorded_accuracy_is_the_saved_models, copy_run, invoke
 
-from gtcompress.backends import BACKENDS, load_backend
+from gtcompress.backends import BACKENDS
 from gtcompress.backends.onnxruntime_runner import OnnxRuntimeBackend
 from gtcompress.backends.torch_runner import TorchBackend
 from gtcompress.config import DataConfig
 from gtcompress.errors import UserError
+from gtcompress.evaluate import Artefact, Tolerance, agreement, load_eval_data, tolerance_failure
 from gtcompress.export.config import ExportConfig, parse_tolerances
 from gtcompress.export.graph import calibration_indices
-from gtcompress.export.precisions import DEFAULT_TOLERANCES, PRECISIONS, Tolerance
+from gtcompress.export.precisions import DEFAULT_TOLERANCES, PRECISIONS
 from gtcompress.export.sidecar import describe_transform
-from gtcompress.export.source import load_eval_data, resolve_source
+from gtcompress.export.source import resolve_source
 from gtcompress.export.triton import triton_config
-from gtcompress.export.verify import agreement, tolerance_failure
 from gtcompress.models import load_model
+from gtcompress.records import ExportSidecar
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD_KEYS = {
@@ -413,7 +414,7 @@ def test_each_precision_names_its_files():
     assert [PRECISIONS[p].onnx_file("student") for p in PRECISIONS] == [ARTEFACTS[p] for p in PRECISIONS]
     assert PRECISIONS["int8"].onnx_file("student", "tensorrt") == "student.int8.tensorrt.onnx"
     assert PRECISIONS["fp16"].onnx_file("student", "tensorrt") == "student.fp16.onnx", "one fp16 graph serves both"
-    assert PRECISIONS["fp16"].engine_file("student") == "student.fp16.engine"
+    assert PRECISIONS["fp16"].own_file("student", ".engine") == "student.fp16.engine"
 
 
 def test_calibration_sample_is_fixed_and_bounded():
@@ -431,26 +432,31 @@ def test_transform_description_replays_timms_eval_transform():
 
 
 def test_triton_config_for_an_engine_pins_a_gpu():
-    meta = {"input_name": "input", "output_name": "logits", "input_shape": ["batch", 3, 224, 224], "num_classes": 1000}
+    meta = ExportSidecar(
+        arch="resnet50", num_classes=1000, img_size=224, mean=[0.5] * 3, std=[0.5] * 3, class_names=["a"] * 1000,
+        input_name="input", output_name="logits", input_shape=["batch", 3, 224, 224], checkpoint="x.pt", files={},
+    )  # fmt: skip
     config = triton_config("student_trt_fp16", "tensorrt_plan", meta, 8)
     assert 'platform: "tensorrt_plan"' in config and "max_batch_size: 8" in config and "KIND_GPU" in config
     assert "dims: [ 3, 224, 224 ]" in config and "dims: [ 1000 ]" in config
 
 
-def test_load_backend_chooses_by_suffix(exported_run):
-    assert load_backend(exported_run / "student.pt").name == "torch"
-    backend = load_backend(exported_run / "export" / "student.int8.onnx", precision="int8")
-    assert (backend.name, backend.precision) == ("onnxruntime", "int8")
+def test_an_artefact_opens_on_the_first_backend_that_runs_its_kind_at_its_precision(exported_run):
+    with Artefact.of(exported_run / "student.pt").open() as runner:
+        assert runner.name == "torch"
+    with Artefact.of(exported_run / "export" / "student.int8.onnx").open() as runner:
+        assert (runner.name, runner.precision) == ("onnxruntime", "int8"), "the precision the sidecar records"
+    assert runner.session is None, "leaving the block releases the runtime's session"
 
 
 @pytest.mark.skipif(BACKENDS["openvino"].missing("cpu") is not None, reason="openvino is not installed")
-def test_load_backend_runs_an_onnx_file_on_the_backend_named(exported_run):
-    assert load_backend(exported_run / "export" / "student.onnx", name="openvino").name == "openvino"
+def test_an_artefact_opens_on_the_backend_named(exported_run):
+    with Artefact.of(exported_run / "export" / "student.onnx").open(name="openvino") as runner:
+        assert runner.name == "openvino"
 
 
 def test_engines_get_a_profile_tuned_for_each_benchmarked_batch():
-    from gtcompress.backends.tensorrt_runner import _profile_for
-    from gtcompress.export.tensorrt import EngineConfig
+    from gtcompress.backends.tensorrt_runner import EngineConfig, _profile_for
 
     profiles = EngineConfig(max_batch=32, opt_batches=(1, 8, 32)).profiles()
     assert profiles == [(1, 1, 1), (2, 8, 8), (9, 32, 32)], "batch 1 is tuned for batch 1, not for the maximum"

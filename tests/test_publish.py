@@ -16,10 +16,8 @@ from gtcompress.backends.onnxruntime_runner import OnnxRuntimeBackend
 from gtcompress.backends.torch_runner import TorchBackend
 from gtcompress.config import RunConfig
 from gtcompress.data import build_transform, load_splits
-from gtcompress.evaluate import evaluate_artefact
+from gtcompress.evaluate import agreement, evaluate_artefact, load_eval_data, predict, tolerance_failure
 from gtcompress.export.config import parse_tolerances
-from gtcompress.export.source import load_eval_data
-from gtcompress.export.verify import agreement, predict, tolerance_failure
 from gtcompress.models import load_model
 
 FILES = ("config.json", "model.safetensors", "README.md", "report.json", "onnx/model.onnx", "onnx/model.json")

@@ -8,7 +8,7 @@ from test_paper_bench import _config, _option, _sets
 
 from benchmarks import grid, scale
 from gtcompress.config import MatchScale
-from gtcompress.rundir import write_json
+from gtcompress.files import write_json
 
 PAIR = scale.PAIRS[0]
 

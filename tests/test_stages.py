@@ -7,8 +7,9 @@ from timm.models import save_for_hf
 
 from gtcompress import losses
 from gtcompress.config import RunConfig
+from gtcompress.files import write_json
 from gtcompress.records import StageRecord
-from gtcompress.rundir import RunDir, write_json
+from gtcompress.rundir import RunDir
 from gtcompress.stages import controls_of, deployable_teachers, distilled_students, run_stages, stages
 
 FINE_TUNE = {"init": "standard", "train": {"epochs": 4}}

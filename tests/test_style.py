@@ -86,3 +86,68 @@ def test_every_name_the_benchmarks_import_from_the_package_exists(path):
         if not hasattr(found, name) and importlib.util.find_spec(f"{module}.{name}") is None:
             missing.append(f"{path.name}:{line} {module}.{name}")
     assert not missing
+
+
+# The package's floors, lowest first: a module imports only from its own floor or below. The pipeline's order,
+# with what everything shares beneath it (backends below config, whose budget names them).
+LAYERS = (
+    ("__init__", "errors", "files", "terminal", "environment", "typed", "losses"),
+    ("backends", "backends.torch_runner", "backends.onnxruntime_runner", "backends.openvino_runner",
+     "backends.tensorrt_runner"),
+    ("config",),
+    ("records",),
+    ("rundir",),
+    ("distributed", "stream", "timmdata"),
+    ("data",),
+    ("models",),
+    ("objectives", "logit_scale"),
+    ("stages",),
+    ("train",),
+    ("evaluate",),
+    ("export", "export.graph", "export.precisions", "export.sidecar", "export.triton"),
+    ("export.config", "export.source"),
+    ("export.exporter",),
+    ("timing",),
+    ("candidates",),
+    ("resolve",),
+    ("pipeline",),
+    ("bench",),
+    ("recommend", "tables", "plots"),
+    ("report",),
+    ("card",),
+    ("publish", "repair"),
+    ("workflow",),
+    ("options",),
+    ("cli", "__main__"),
+)  # fmt: skip
+FLOOR = {module: i for i, floor in enumerate(LAYERS) for module in floor}
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """The gtcompress modules a module imports (a name imported from a package counts as that package)."""
+    package = _module(path).split(".")[: -1 if path.name != "__init__.py" else None]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            target = ".".join([*base, *(node.module or "").split(".")]).strip(".") or "__init__"
+            found.add(target if target in FLOOR else target.rsplit(".", 1)[0])
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_from_a_floor_above_its_own(path):
+    module = _module(path)
+    assert module in FLOOR, f"{module} is on no floor: place it in LAYERS"
+    above = sorted(m for m in _imports(path) if FLOOR[m] > FLOOR[module])
+    assert not above, f"{module} imports {above} from above its floor"
+
+
+def test_backends_import_neither_models_nor_export():
+    for path in (PACKAGE / "backends").glob("*.py"):
+        assert not {m for m in _imports(path) if m == "models" or m.startswith("export")}, path.name

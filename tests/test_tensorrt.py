@@ -16,11 +16,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT 
 
 from conftest import invoke  # noqa: E402
 
-from gtcompress.backends import Setting, load_backend  # noqa: E402
+from gtcompress.backends import Setting  # noqa: E402
 from gtcompress.backends.onnxruntime_runner import OnnxRuntimeBackend  # noqa: E402
 from gtcompress.backends.tensorrt_runner import TensorRTBackend  # noqa: E402
 from gtcompress.config import DataConfig  # noqa: E402
-from gtcompress.export.source import load_eval_data  # noqa: E402
+from gtcompress.evaluate import Artefact, load_eval_data  # noqa: E402
 from gtcompress.models import load_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,8 @@ def test_eval_of_an_engine_matches_its_record(trt_run):
         result = invoke("eval", trt_run / r["path"])
         assert result.exit_code == 0, result.output
         assert f"tensorrt {precision}" in result.stdout and f"top-1 {r['top1']:.2f}%" in result.stdout
-    assert load_backend(trt_run / "export" / "student.int8.engine", "cuda", precision="int8").precision == "int8"
+    with Artefact.of(trt_run / "export" / "student.int8.engine").open("cuda") as runner:
+        assert runner.precision == "int8"
 
 
 def test_rebuild_reuses_the_timing_cache(trt_run, tmp_path):

@@ -1,12 +1,16 @@
 """Backends: the runtimes a model is evaluated, verified and timed on, one registry entry each.
 
-A backend entry says what it runs (a checkpoint, an ONNX file or a TensorRT engine), on which devices and at
-which precisions, which deployment settings it has (CPU threads, CUDA graphs), why it cannot run here (with
-the install hint) and how to open a runner. bench, candidates, eval, export verification, the latency budget,
-the report and the CLI's help all read this registry: adding a backend is one entry and its runner module.
+A backend entry says what it runs (a checkpoint, the ONNX files every ONNX runtime shares, or an artefact of its
+own such as a TensorRT engine), on which devices and at which precisions, which deployment settings it has (CPU
+threads, CUDA graphs), why it cannot run here (with the install hint), and, as Polygraphy separates them, its
+**loader** (how its own artefact is built from the PyTorch model or an ONNX graph, where it has one) and its
+**runner** (how an artefact is opened, with a lifetime: `with spec.open(...) as runner:` releases it). Export,
+the latency pre-check, bench, eval, Triton, publish, the report and the CLI's help all read this registry:
+adding a backend is one entry and one module, `<name>_runner.py`, with `missing`, `open` and, for a backend with
+an artefact of its own, `build`.
 
 A runner takes a float32 NCHW batch (numpy, already normalised) and returns float32 logits (N, C). This module
-imports no runtime: each entry's runner module is imported when it is opened.
+imports no runtime: each entry's module is imported when it is used.
 """
 
 from __future__ import annotations
@@ -17,22 +21,53 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from ..errors import UserError
 
 Device = Literal["cpu", "cuda"]
-Artefact = Literal["checkpoint", "onnx", "engine"]
 
 
-class Backend(Protocol):
-    """An opened runner: one model on one backend, device, precision and setting."""
+class Backend:
+    """An opened runner: one model on one backend, device, precision and setting, with a lifetime: used as a
+    context manager it releases its runtime's resources (sessions, compiled models, engines, captured graphs)."""
 
     name: str
     precision: str
     device: str
 
-    def infer(self, x: Any) -> Any: ...
+    def infer(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What an export asks of a backend's own artefact; each loader reads what applies to it."""
+
+    max_batch: int = 32  # the largest batch it must take
+    workspace_gib: float = 2.0  # a builder's scratch memory
+    opt_batches: tuple[int, ...] = (1, 8, 32)  # batch sizes to tune for
+    cache_dir: Path | None = None  # where a build may keep what speeds up the next (TensorRT's timing cache)
+
+
+@dataclass(frozen=True)
+class Loader:
+    """A backend's own artefact: its file suffix, what it is built from (the PyTorch model, or the ONNX graph made
+    for the backend's `onnx_target`), where it is built and verified, and whether it is tied to that device."""
+
+    suffix: str
+    built_from: Literal["model", "onnx"]
+    device: Device
+    per_device: bool = False  # only runs where it was built (a TensorRT engine): rebuilt there, never shipped
 
 
 @dataclass(frozen=True)
@@ -50,16 +85,20 @@ class Setting:
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """One backend: what it runs, where, at which precisions, with which settings, and how it is opened."""
+    """One backend: what it runs, where, at which precisions, with which settings, and how its artefact is built
+    and opened."""
 
     name: str
-    artefact: Artefact  # what it runs: a gtcompress checkpoint, an exported ONNX file, a TensorRT engine
+    artefact: str  # what it runs: checkpoint, onnx, or its own artefact's kind (named by its loader)
     precisions: Mapping[str, tuple[str, ...]]  # device -> the precisions it runs there
     install: str  # how to get it where it is missing
     # device -> what bench times unless told, where that is not everything it runs
     timed_by_default: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     cuda_graph: bool = False  # it can replay calls as captured CUDA graphs
     gaps: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (device, precision) it lacks -> why
+    loader: Loader | None = None  # how its own artefact is built (None: it runs a checkpoint or the ONNX files)
+    onnx_target: str = "onnxruntime"  # whose ONNX graph it runs or builds from (an int8 graph differs per target)
+    triton: str | None = None  # the Triton platform that serves its artefact, if any
 
     def lacks(self, device: str, precision: str) -> str | None:
         """Why this backend does not run `precision` on `device` (None: it does)."""
@@ -80,11 +119,6 @@ class BackendSpec:
         ONNX files is, so that an export a deployment's runtime would misread is rejected."""
         return self.artefact == "onnx" and "cpu" in self.precisions
 
-    @property
-    def onnx_target(self) -> str:
-        """Whose ONNX graph its artefact comes from: TensorRT's for an engine, else onnxruntime's (OpenVINO runs it)."""
-        return "tensorrt" if self.artefact == "engine" else "onnxruntime"
-
     def default_precisions(self, device: str) -> tuple[str, ...]:
         """What bench times on `device` unless told."""
         return self.timed_by_default.get(device, self.precisions.get(device, ()))
@@ -95,8 +129,13 @@ class BackendSpec:
             return f"{self.name} does not run on {device} (it runs on {', '.join(self.devices)})"
         return self._runner().missing(device)
 
+    def build(self, source: Any, dst: Path, precision: str, options: BuildOptions) -> dict[str, Any]:
+        """Build this backend's own artefact at `dst` from `source` (the model, or the ONNX file its loader names);
+        returns what its export record adds (versions, limits, the device it was built on)."""
+        return self._runner().build(source, dst, precision, options)
+
     def open(self, source: Any, device: str, precision: str, setting: Setting = Setting()) -> Backend:
-        """A runner of `source` (a model or checkpoint for torch, else the artefact's path)."""
+        """A runner of `source` (the PyTorch model for torch, else the artefact's path); use it in a `with`."""
         lack = self.lacks(device, precision)
         if lack is not None:
             raise UserError(lack, f"choose from {', '.join(self.precisions.get(device, ())) or 'another backend'}")
@@ -126,6 +165,9 @@ BACKENDS: dict[str, BackendSpec] = {
             {"cuda": ("fp32", "fp16", "int8")},
             "pip install 'gtcompress[trt]' on a machine with an NVIDIA GPU and CUDA",
             cuda_graph=True,
+            loader=Loader(".engine", "onnx", "cuda", per_device=True),
+            onnx_target="tensorrt",
+            triton="tensorrt_plan",
         ),
         BackendSpec(
             "onnxruntime",
@@ -137,6 +179,7 @@ BACKENDS: dict[str, BackendSpec] = {
                 ("cuda", "int8"): "onnxruntime's CUDA provider has no int8 kernels for Q/DQ graphs: it would time "
                 "dequantized float math, not int8 inference (time int8 on TensorRT or the CPU)"
             },
+            triton="onnxruntime_onnx",
         ),
         BackendSpec("openvino", "onnx", {"cpu": ("fp32", "fp16", "int8")}, "pip install 'gtcompress[openvino]'"),
         BackendSpec(
@@ -149,9 +192,13 @@ BACKENDS: dict[str, BackendSpec] = {
         ),
     )
 }
-ARTEFACT_SUFFIX: dict[str, Artefact] = {".pt": "checkpoint", ".onnx": "onnx", ".engine": "engine"}
 # Every precision some backend runs, in the registry's order.
 RUN_PRECISIONS = tuple(dict.fromkeys(p for spec in BACKENDS.values() for ps in spec.precisions.values() for p in ps))
+
+
+def builders() -> list[BackendSpec]:
+    """The backends that build an artefact of their own, in the registry's order."""
+    return [spec for spec in BACKENDS.values() if spec.loader is not None]
 
 
 def backend(name: str) -> BackendSpec:
@@ -166,17 +213,18 @@ def backend_help() -> str:
     return " | ".join(BACKENDS)
 
 
-def runs(artefact: Artefact) -> list[BackendSpec]:
+def runs(artefact: str) -> list[BackendSpec]:
     """The backends that run an artefact of this kind, in the registry's order."""
     return [spec for spec in BACKENDS.values() if spec.artefact == artefact]
 
 
-def artefact_kind(path: Path) -> Artefact:
-    """What kind of artefact a file is, by its suffix (.pt, .onnx, .engine)."""
-    kind = ARTEFACT_SUFFIX.get(Path(path).suffix)
+def artefact_kind(path: Path) -> str:
+    """What kind of artefact a file is, by its suffix: a checkpoint, an ONNX file, or a backend's own artefact."""
+    kinds = {".pt": "checkpoint", ".onnx": "onnx", **{s.loader.suffix: s.artefact for s in builders()}}
+    kind = kinds.get(Path(path).suffix)
     if kind is None:
         raise UserError(
-            f"{Path(path).name} is not a model artefact gtcompress can run", "pass a .pt, .onnx or .engine file"
+            f"{Path(path).name} is not a model artefact gtcompress can run", f"pass a {', '.join(kinds)} file"
         )
     return kind
 
@@ -197,19 +245,6 @@ def settings(spec: BackendSpec, device: str, threads: tuple[int, ...], cuda_grap
         return [Setting(threads=t) for t in threads]
     graph = {"both": (False, True), "on": (True,), "off": (False,)}[cuda_graph] if spec.cuda_graph else (False,)
     return [Setting(cuda_graph=g) for g in graph]
-
-
-def load_backend(path: Path, device: str = "cpu", name: str | None = None, precision: str | None = None) -> Backend:
-    """A runner for an artefact file: on backend `name`, else the first in the registry that runs its kind."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found", "pass a .pt, .onnx or .engine file")
-    kind = artefact_kind(path)
-    spec = backend(name) if name else runs(kind)[0]
-    if spec.artefact != kind:
-        able = ", ".join(s.name for s in runs(kind))
-        raise UserError(f"backend {spec.name} does not run {path.name}", f"{kind} files run on {able}")
-    return spec.open(path, device, precision or spec.precisions.get(device, ("fp32",))[0])
 
 
 def available(device: str) -> dict[str, str | None]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError, first_line
-from . import BACKENDS, Setting
+from . import BACKENDS, Backend, Setting
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -53,7 +53,7 @@ def _cuda_options(setting: Setting) -> dict[str, str]:
     return {"enable_cuda_graph": "1"} if setting.cuda_graph else {}
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     """ONNX Runtime inference. With a CUDA graph, one session per batch size: ORT captures a graph on a
     session's first runs over fixed device buffers and replays it after."""
 
@@ -71,6 +71,11 @@ class OnnxRuntimeBackend:
         self.session = _session(self.path, device, setting)
         self.input_name = self.session.get_inputs()[0].name
         self.bound: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+
+    def close(self) -> None:
+        """Release the sessions and their device buffers."""
+        self.bound.clear()
+        self.session = None
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)

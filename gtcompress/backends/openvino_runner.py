@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError, first_line
-from . import BACKENDS, Setting
+from . import BACKENDS, Backend, Setting
 
 
 def missing(device: str) -> str | None:
@@ -38,7 +38,7 @@ def open(source: Path, device: str, precision: str, setting: Setting) -> OpenVIN
     return OpenVINOBackend(Path(source), precision, setting)
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(Backend):
     """A model compiled by OpenVINO's CPU plugin; one infer request reused across calls."""
 
     name = "openvino"
@@ -54,6 +54,10 @@ class OpenVINOBackend:
             raise UserError(f"openvino cannot load {Path(path).name}: {first_line(e)}", "re-run gtcompress export")
         self.request = self.compiled.create_infer_request()
         self.precision, self.setting = precision, setting
+
+    def close(self) -> None:
+        """Release the compiled model and its request (the process's Core stays: see `core`)."""
+        self.request = self.compiled = None
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})

@@ -7,14 +7,13 @@ pass once per input shape as a CUDA graph (torch.cuda.CUDAGraph) and replays it,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import UserError
-from . import Setting
+from . import Backend, Setting
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -23,11 +22,7 @@ def missing(device: str) -> str | None:
     return None if device == "cpu" or torch.cuda.is_available() else "no CUDA device (torch.cuda.is_available())"
 
 
-def open(source: nn.Module | Path, device: str, precision: str, setting: Setting) -> TorchBackend:
-    if isinstance(source, (str, Path)):
-        from ..models import load_model
-
-        source = load_model(Path(source))[0]
+def open(source: nn.Module, device: str, precision: str, setting: Setting) -> TorchBackend:
     return TorchBackend(source, device, precision, setting=setting)
 
 
@@ -38,7 +33,7 @@ class _Graph:
     output: torch.Tensor
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """PyTorch inference: eager calls, or (setting.cuda_graph) one captured CUDA graph per input shape."""
 
     name = "torch"
@@ -63,6 +58,11 @@ class TorchBackend:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(device, memory_format=self.memory_format)
         self.graphs: dict[tuple[int, ...], _Graph] = {}
+
+    def close(self) -> None:
+        """Drop the captured graphs (and their static buffers) and the model: their device memory is freed."""
+        self.graphs.clear()
+        self.model = None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.precision == "fp32":

@@ -8,10 +8,12 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from ..backends import builders
 from ..errors import UserError
+from ..evaluate import Tolerance
 from ..stages import STAGE_NAMES
 from ..typed import Frozen, one_of
-from .precisions import DEFAULT_TOLERANCES, PRECISIONS, Tolerance
+from .precisions import DEFAULT_TOLERANCES, PRECISIONS
 
 
 def parse_tolerances(items: list[str]) -> dict[str, Tolerance]:
@@ -45,7 +47,11 @@ class ExportConfig(Frozen):
     precisions: tuple[str, ...] = Field(
         ("fp32",), description=f"{' | '.join(PRECISIONS)}, repeatable or comma-separated (fp32 is always exported)."
     )
-    trt: bool = Field(False, description="Also build and verify TensorRT engines (CUDA).")
+    backends: tuple[str, ...] = Field(
+        (),
+        description=f"Also build and verify the artefacts of these backends ({' | '.join(s.name for s in builders())}"
+        ", e.g. TensorRT engines on CUDA); the ONNX files every ONNX runtime runs are always made.",
+    )
     max_batch: PositiveInt = Field(32, description="Largest batch of the engines and of Triton.")
     workspace_gib: float = Field(2.0, gt=0, description="TensorRT builder workspace (GiB).")
     opt_batches: tuple[PositiveInt, ...] = Field(
@@ -78,6 +84,13 @@ class ExportConfig(Frozen):
         """Known ones only, in the registry's order (fp32 first: the others are converted from it)."""
         one_of("precision", value, PRECISIONS)
         return tuple(p for p in PRECISIONS if p in {"fp32", *value})
+
+    @field_validator("backends")
+    @classmethod
+    def _builders(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Backends that build an artefact of their own, each once."""
+        one_of("backend that builds its own artefact", value, [s.name for s in builders()])
+        return tuple(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _one_source(self) -> ExportConfig:

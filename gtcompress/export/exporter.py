@@ -16,35 +16,39 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.table import Table
 from torch.utils.data import Dataset, IterableDataset, Subset
 
-from ..backends import BACKENDS, BackendSpec
-from ..backends.torch_runner import TorchBackend
+from ..backends import BACKENDS, BackendSpec, BuildOptions
 from ..errors import UserError, VerificationError
+from ..evaluate import agreement, batches, load_eval_data, predict, tolerance_failure
+from ..files import atomic_path
 from ..models import load_model
-from ..records import ExportRecord, RejectedExport
-from ..rundir import RunDir, atomic_path, write_json
+from ..records import ExportRecord, ExportSidecar, RejectedExport
+from ..rundir import RunDir, write_sidecar
 from .config import ExportConfig
 from .graph import calibration_indices
 from .precisions import PRECISIONS, Conversion
-from .sidecar import sidecar, sidecar_path
-from .source import Source, load_eval_data, resolve_source
+from .sidecar import sidecar
+from .source import Source, resolve_source
 from .triton import write_triton_repository
-from .verify import agreement, batches, predict, tolerance_failure
 
 
 @dataclass(frozen=True)
 class Planned:
-    """One artefact an export makes: its precision, format, the runtime its graph is for, its file, and the
-    backends that verify it (the first decides whether it is kept)."""
+    """One artefact an export makes: its precision, kind, the runtime its graph is for, its file, the backends that
+    verify it (the first decides whether it is kept), and the backend that builds it (None: an ONNX graph)."""
 
     precision: str
-    format: str  # onnx | engine
+    format: str  # onnx, or a backend's own artefact kind
     target: str
     path: Path  # relative to the run
     verifiers: tuple[BackendSpec, ...]
+    builder: BackendSpec | None = None
+
+    @property
+    def device(self) -> str:
+        return self.builder.loader.device if self.builder is not None else "cpu"
 
 
 def onnx_verifiers() -> tuple[BackendSpec, ...]:
@@ -52,19 +56,23 @@ def onnx_verifiers() -> tuple[BackendSpec, ...]:
     return tuple(s for s in BACKENDS.values() if s.onnx_verifier and s.missing("cpu") is None)
 
 
+def _graph(precision: str, stage: str, target: str = "onnxruntime") -> Path:
+    return Path("export") / PRECISIONS[precision].onnx_file(stage, target)
+
+
 def plan(cfg: ExportConfig, stage: str) -> list[Planned]:
-    """Every artefact `cfg` asks for, in the order they are made (fp32 first: the others are converted from it)."""
-    ort, trt = (BACKENDS["onnxruntime"],), (BACKENDS["tensorrt"],)
-    out = [Planned(p, "onnx", "onnxruntime", Path("export") / PRECISIONS[p].onnx_file(stage), onnx_verifiers())
-           for p in cfg.precisions]  # fmt: skip
-    if cfg.trt:
-        out += [
-            Planned(p, "onnx", "tensorrt", Path("export") / PRECISIONS[p].onnx_file(stage, "tensorrt"), ort)
-            for p in cfg.precisions
-            if PRECISIONS[p].graph_per_target
-        ]
-        out += [Planned(p, "engine", "tensorrt", Path("export") / PRECISIONS[p].engine_file(stage), trt)
-                for p in cfg.precisions]  # fmt: skip
+    """Every artefact `cfg` asks for, in the order they are made: the ONNX graphs (fp32 first: the others are
+    converted from it), then for each backend that builds its own artefact the graphs made for it and its
+    artefacts at the precisions it runs."""
+    out = [Planned(p, "onnx", "onnxruntime", _graph(p, stage), onnx_verifiers()) for p in cfg.precisions]
+    for spec in (BACKENDS[name] for name in cfg.backends):
+        wanted = [p for p in cfg.precisions if spec.lacks(spec.loader.device, p) is None]
+        if spec.loader.built_from == "onnx":
+            graphs = [p for p in wanted if PRECISIONS[p].graph_per_target and spec.onnx_target != "onnxruntime"]
+            out += [Planned(p, "onnx", spec.onnx_target, _graph(p, stage, spec.onnx_target), onnx_verifiers()[:1])
+                    for p in graphs]  # fmt: skip
+        own = [Path("export") / PRECISIONS[p].own_file(stage, spec.loader.suffix) for p in wanted]
+        out += [Planned(p, spec.artefact, spec.onnx_target, f, (spec,), spec) for p, f in zip(wanted, own)]
     return out
 
 
@@ -97,16 +105,18 @@ class Exporter:
         self.run = RunDir(self.source.base)
         self.data = load_eval_data(self.source.data, self.spec)
         self.records: list[ExportRecord] = []
-        self.reference = predict(TorchBackend(self.model, "cpu", "fp32"), self.data, cfg.batch_size)
+        with BACKENDS["torch"].open(self.model, "cpu", "fp32") as runner:
+            self.reference = predict(runner, self.data, cfg.batch_size)
         self.reference_top1 = float(100 * (self.reference.argmax(1) == self.data.labels).mean())
 
     def export_all(self) -> list[ExportRecord]:
         """Every planned artefact; the Triton repository gets whatever was verified."""
         try:
-            for planned in plan(self.cfg, self.source.name):
-                if planned.format == "engine" and not (self.source.base / self._engine_source(planned)).is_file():
-                    continue  # a reduced precision whose ONNX graph was not kept has no engine either
-                if planned.precision == "fp32" and planned.format == "onnx":
+            plans = plan(self.cfg, self.source.name)
+            for planned in plans:
+                if self._source_graph(planned) is not None and not self._source_graph(planned).is_file():
+                    continue  # a reduced precision whose ONNX graph was not kept has no artefact built from it
+                if planned is plans[0]:
                     self.step(planned)  # every other artefact is converted from this one: it must pass
                 else:
                     self.lenient(planned)
@@ -120,18 +130,20 @@ class Exporter:
                     self.say(f"Triton model repository: {self.cfg.triton}")
         return self.records
 
-    def _write_sidecar(self) -> dict[str, Any]:
+    def _write_sidecar(self) -> ExportSidecar:
         """`export/<stage>.json`: how to feed the graphs, and which file holds which precision."""
         mine = [r for r in self.run.exports() if r.stage == self.source.name]
-        opset = next((r.opset for r in mine if r.precision == "fp32" and r.format == "onnx"), None)
+        opset = next((r.opset for r in mine if r.precision == "fp32" and r.opset is not None), None)
         files = {Path(r.path).name: r.precision for r in mine}
         meta = sidecar(self.spec, self.data.transform, opset, self.source.checkpoint, files)
-        write_json(sidecar_path(self.source.base / "export", self.source.name), meta)
+        write_sidecar(self.run.sidecar_path(self.source.name), meta)
         return meta
 
-    def _engine_source(self, planned: Planned) -> Path:
-        p = PRECISIONS[planned.precision]
-        return Path("export") / p.onnx_file(self.source.name, "tensorrt")
+    def _source_graph(self, planned: Planned) -> Path | None:
+        """The ONNX graph a backend's own artefact is built from (None: it is not built from one)."""
+        if planned.builder is None or planned.builder.loader.built_from != "onnx":
+            return None
+        return self.source.base / _graph(planned.precision, self.source.name, planned.target)
 
     def lenient(self, planned: Planned) -> None:
         """A reduced-precision step; with keep_going, one its first backend rejects is reported (and recorded)
@@ -164,8 +176,10 @@ class Exporter:
 
     def _make(self, planned: Planned, tmp: Path) -> dict[str, Any]:
         """Write the artefact's file at `tmp`; its record's extra fields."""
-        if planned.format == "engine":
-            return self._engine(planned, tmp)
+        if planned.builder is not None:
+            options = BuildOptions(self.cfg.max_batch, self.cfg.workspace_gib, self.cfg.opt_batches, tmp.parent)
+            source = self._source_graph(planned) or self.model
+            return planned.builder.build(source, tmp, planned.precision, options)
         precision = PRECISIONS[planned.precision]
         subset = calibration_set(self.data.train, self.cfg.calibration_images) if precision.calibrated else []
         conversion = Conversion(
@@ -181,24 +195,12 @@ class Exporter:
         )
         return precision.convert(conversion)
 
-    def _engine(self, planned: Planned, tmp: Path) -> dict[str, Any]:
-        from .tensorrt import EngineConfig, build_engine
-
-        engine_cfg = EngineConfig(self.cfg.max_batch, self.cfg.workspace_gib, self.cfg.opt_batches)
-        source = self.source.base / self._engine_source(planned)
-        version, cache = build_engine(
-            source, tmp, engine_cfg, timing_cache=self.source.base / "export" / "timing.cache"
-        )
-        extra = {"max_batch": self.cfg.max_batch, "profiles": engine_cfg.profiles(), "tensorrt": version}
-        return {**extra, "timing_cache": cache, "gpu": torch.cuda.get_device_name()}
-
     def _verify(
         self, spec: BackendSpec, planned: Planned, tmp: Path, seconds: float, extra: dict[str, Any]
     ) -> ExportRecord | VerificationError:
         """`spec` running `tmp` against PyTorch: the artefact's record there, or why it failed."""
-        device = "cuda" if planned.format == "engine" else "cpu"
-        runner = spec.open(tmp, device, planned.precision)
-        stats = agreement(predict(runner, self.data, self.cfg.batch_size), self.reference, self.data.labels)
+        with spec.open(tmp, planned.device, planned.precision) as runner:
+            stats = agreement(predict(runner, self.data, self.cfg.batch_size), self.reference, self.data.labels)
         failure = tolerance_failure(stats, self.cfg.tolerances[planned.precision])
         if failure:
             failed, why = failure

@@ -11,13 +11,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    """What an artefact must match against the PyTorch model on the test split to be kept."""
-
-    max_abs_diff: float | None = None  # largest |delta logits| allowed; None: not checked
-    min_agreement: float = 99.0  # % of test images whose top-1 class equals PyTorch's
+from ..evaluate import Tolerance
 
 
 @dataclass(frozen=True)
@@ -73,8 +67,9 @@ class ExportPrecision:
         stem = stage if self.name == "fp32" else f"{stage}.{self.name}"
         return f"{stem}.tensorrt.onnx" if self.graph_per_target and target == "tensorrt" else f"{stem}.onnx"
 
-    def engine_file(self, stage: str) -> str:
-        return f"{stage}.{self.name}.engine"
+    def own_file(self, stage: str, suffix: str) -> str:
+        """A backend's own artefact: `student.fp16.engine`."""
+        return f"{stage}.{self.name}{suffix}"
 
 
 # fp32 must reproduce the logits (only float re-association differs); reduced precisions are judged by their

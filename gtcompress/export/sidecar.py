@@ -1,17 +1,16 @@
-"""`<model>.json` beside the artefacts: what the deploy scripts, Triton and `gtcompress eval` need to feed them."""
+"""`<stage>.json` beside the artefacts (records.ExportSidecar): what the deploy scripts, Triton, publish and
+`gtcompress eval` need to feed them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
 from ..models import ModelSpec
-from ..rundir import read_json
+from ..records import ExportSidecar
 from .graph import INPUT_NAME, OUTPUT_NAME
-
-SIDECAR_FORMAT = "gtcompress-export/1"
 
 
 def describe_transform(transform: Callable) -> dict[str, Any]:
@@ -33,43 +32,18 @@ def describe_transform(transform: Callable) -> dict[str, Any]:
     return out
 
 
-def sidecar_path(export_dir: Path, stage: str) -> Path:
-    """`<stage>.json` in the export folder: what the deploy scripts and `gtcompress eval` read."""
-    return export_dir / f"{stage}.json"
-
-
-def read_sidecar(artefact: Path) -> dict[str, Any]:
-    """The description beside `artefact`: the sidecar in its folder whose `files` name it."""
-    for path in sorted(artefact.parent.glob("*.json")):
-        meta = read_json(path)
-        if isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT and artefact.name in meta.get("files", {}):
-            return meta
-    raise UserError(
-        f"no gtcompress export description beside {artefact.name} (a <stage>.json naming it)",
-        "re-run gtcompress export, which writes it",
-    )
-
-
 def sidecar(
     spec: ModelSpec, transform: Callable, opset: int | None, source: Path, files: dict[str, str]
-) -> dict[str, Any]:
+) -> ExportSidecar:
     """Everything needed to feed the exported graphs without gtcompress (see README, Export); `files` maps each
     verified artefact's file name to its precision."""
-    return {
-        "format": SIDECAR_FORMAT,
-        "arch": spec.arch,
-        "num_classes": spec.num_classes,
-        "img_size": spec.img_size,
+    return ExportSidecar(
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()},
         **describe_transform(transform),
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "class_names": list(spec.class_names),
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "input_shape": ["batch", 3, spec.img_size, spec.img_size],
-        "layout": "NCHW",
-        "opset": opset,
-        "dynamic_batch": True,
-        "checkpoint": source.name,
-        "files": files,
-    }
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        input_shape=["batch", 3, spec.img_size, spec.img_size],
+        opset=opset,
+        checkpoint=source.name,
+        files=files,
+    )
