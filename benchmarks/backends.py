@@ -37,7 +37,7 @@ def make(run: Path | None, tmp: Path, batch_sizes: str) -> Path:
         run = tmp / "run"
         gtcompress("distill", "--recipe", "recipes/digits.yaml", *PAIR, "--out", str(run))
     for stage in ("student", "generous_teacher"):
-        gtcompress("export", str(run), "--stage", stage, "--precision", PRECISIONS)
+        gtcompress("export", str(run), "--stage", stage, "--export-precision", PRECISIONS)
     backends = ",".join(BACKENDS)
     gtcompress("bench", str(run), "--backend", backends, "--batch-sizes", batch_sizes, "--threads", "auto")
     return run

@@ -28,13 +28,13 @@ from gtcompress.backends import BACKENDS, Setting
 from gtcompress.environment import command_line, cpu_name, machine_info, versions
 from gtcompress.errors import UserError
 from gtcompress.evaluate import batches, load_eval_data
-from gtcompress.export.config import ExportConfig, parse_tolerances
 from gtcompress.export.exporter import run_export
 from gtcompress.export.precisions import PRECISIONS as EXPORT_PRECISIONS
 from gtcompress.export.source import resolve_source
 from gtcompress.files import write_json
 from gtcompress.models import load_model
 from gtcompress.rundir import resolve_run
+from gtcompress.settings import ExportConfig, parse_tolerances
 from gtcompress.timing import time_backend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"

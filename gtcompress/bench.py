@@ -15,99 +15,24 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .backends import BACKENDS, RUN_PRECISIONS, Backend, BackendSpec, Setting, settings, thread_counts
+from .backends import BACKENDS, Backend, BackendSpec, Setting, settings, thread_counts
 from .environment import command_line, machine_info, versions
 from .errors import UserError
 from .models import count_macs, count_params, load_model
 from .records import BenchFile, BenchResult, ModelSize, Skipped, in_order
 from .rundir import RunDir, resolve_run
-from .stages import STAGE_NAMES, deployable_teachers, distilled_students, stage_records, stages
+from .settings import BenchConfig
+from .stages import deployable_teachers, distilled_students, stage_records, stages
 from .timing import CUDA_TIMING, latency_stats, like_for_like_cuda, time_backend
-from .typed import Frozen, one_of
-
-DEFAULT_ITERS, DEFAULT_SECONDS = 200, 2.0
-
-
-class BenchConfig(Frozen):
-    """What `gtcompress bench` measures; None means everything available. Descriptions and defaults are the CLI's."""
-
-    run: Path | None = Field(None, description="Run directory (default runs/latest).")
-    backends: tuple[str, ...] | None = Field(
-        None, description=f"{' | '.join(BACKENDS)}, repeatable or comma-separated (default: every installed one)."
-    )
-    precisions: tuple[str, ...] | None = Field(
-        None,
-        description=f"{' | '.join(RUN_PRECISIONS)}, repeatable or comma-separated (default: every verified one; "
-        "torch: fp32, and fp16 on CUDA).",
-    )
-    stages: tuple[str, ...] | None = Field(
-        None,
-        description="The run's stages to time, repeatable (default: every student distilled from the GT, "
-        f"and the GT): {' | '.join(STAGE_NAMES)}",
-    )
-    batch_sizes: tuple[PositiveInt, ...] = Field((1, 8, 32), min_length=1, description="Comma-separated batch sizes.")
-    warmup: int = Field(10, ge=0, description="Untimed calls before each measurement.")
-    iters: PositiveInt | None = Field(
-        None, description=f"Timed calls per measurement (default {DEFAULT_ITERS}, or --seconds)."
-    )
-    seconds: PositiveFloat | None = Field(
-        None, description=f"Time budget per measurement (default {DEFAULT_SECONDS:g} s)."
-    )
-    threads: tuple[PositiveInt, ...] | Literal["auto"] = Field(
-        "auto",
-        description="CPU thread counts to time each model at, comma-separated, or auto: the powers of two up to "
-        "the cores (each model is reported at its best).",
-    )
-    cuda_graph: Literal["both", "on", "off"] = Field(
-        "both", description="On CUDA: time eager calls, replayed CUDA graphs, or both (where the backend has them)."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto (each backend on CUDA where it runs there, else on the CPU) | cpu | cuda"
-    )
-
-    @field_validator("backends")
-    @classmethod
-    def _registered(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        one_of("backend", value or (), BACKENDS)
-        return value
-
-    @field_validator("precisions")
-    @classmethod
-    def _known(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        one_of("precision", value or (), RUN_PRECISIONS)
-        return value
-
-    def limits(self) -> tuple[int | None, float | None]:
-        """(iters, seconds) of each measurement: both defaults when neither is set, else what is set."""
-        if self.iters is None and self.seconds is None:
-            return DEFAULT_ITERS, DEFAULT_SECONDS
-        return self.iters, self.seconds
-
-
-def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> tuple[int, ...]:
-    """`"1,8,32"` -> (1, 8, 32); a clear error naming `option` for anything but a list of positive integers."""
-    try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise UserError(f"{option} '{text}' is not a list of positive integers", f"e.g. {option} 1,8,32")
-    return tuple(dict.fromkeys(sizes))
-
-
-def parse_threads(text: str) -> tuple[int, ...] | Literal["auto"]:
-    """`auto`, or a comma-separated list of positive thread counts."""
-    return "auto" if text.strip() == "auto" else parse_batch_sizes(text, "--threads")
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,41 +1,41 @@
-"""The `gtcompress` command line: parses options into a configuration and calls one stage function."""
+"""The `gtcompress` command line: parses options into a configuration and calls one stage function.
+
+Only typer, rich, pydantic and the configurations are imported here: each command imports what it runs, so that
+`gtcompress --help` answers at once.
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.columns import Columns
 
-from .backends import backend_help, builders
-from .bench import BenchConfig, parse_batch_sizes, parse_threads
-from .distributed import is_main_process
+from .backends import backend_help
 from .errors import UserError
-from .export.config import ExportConfig, parse_tolerances
 from .options import (
-    TOLERANCE_HELP,
-    BudgetBackend,
-    BudgetBatch,
-    BudgetPrecision,
-    LatencyBudget,
+    EXPORT,
     OldModel,
     OldModels,
-    OldTrt,
-    Sets,
-    Students,
-    builder_backends,
-    config_option,
+    bench_group,
+    bench_values,
+    distill_group,
     distill_overrides,
+    export_group,
+    export_values,
     only_given,
+    precision_alias,
     split,
     stage_alias,
+    takes,
     user_errors,
 )
-from .publish import PublishConfig
 from .rundir import RunDir
-from .terminal import console, say
-from .typed import field_default, field_help, validate
+from .settings import BenchConfig, ExportConfig, PublishConfig
+from .terminal import console, is_main_process, say
+from .typed import field_help, validate
 
 app = typer.Typer(
     add_completion=False,
@@ -43,6 +43,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Generous Teacher distillation of timm models, exported to ONNX/TensorRT and benchmarked.",
 )
+RUN = "Run"
+Out = Annotated[
+    Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).", rich_help_panel=RUN, metavar="PATH")
+]
+Resume = Annotated[
+    bool,
+    typer.Option("--resume", help="Continue the run in --out (default runs/latest).", rich_help_panel=RUN, metavar=""),
+]
 
 
 @app.callback()
@@ -50,56 +58,37 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of
     """Options before the command (read by `user_errors` from the root context)."""
 
 
+def _distill_step(options: dict[str, Any], out: Path | None, resume: bool) -> Any:
+    """The training step the options describe: a new run's configuration, or the run to resume (with the keys the
+    command line set, which must agree with its saved configuration)."""
+    from .config import given_keys, load_config
+    from .workflow import Distill
+
+    overrides = distill_overrides(options)
+    given = given_keys(options["recipe"], overrides) if resume else None  # re-running the command is fine
+    cfg = load_config(options["recipe"], overrides) if not resume or given else None
+    return Distill(cfg, out, resume, given)
+
+
 @app.command()
 @user_errors
+@takes(distill_group)
 def distill(
     ctx: typer.Context,
-    teacher: Annotated[Optional[str], config_option("teacher")] = None,
-    student: Students = None,
-    dataset: Annotated[Optional[str], config_option("dataset")] = None,
-    data_root: Annotated[Optional[Path], config_option("data_root")] = None,
-    download: Annotated[Optional[bool], config_option("download", "--download")] = None,
-    recipe: Annotated[Optional[Path], typer.Option(help="yAML recipe; options given here override it")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="epochs of every stage")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="global batch size of every stage")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="peak learning rate of every stage")] = None,
-    img_size: Annotated[Optional[int], config_option("img_size")] = None,
-    small_stem: Annotated[Optional[bool], config_option("small_stem", "--small-stem")] = None,
-    method: Annotated[Optional[str], config_option("method")] = None,
-    gt_beta: Annotated[Optional[float], config_option("gt_beta")] = None,
-    gt_k: Annotated[Optional[float], config_option("gt_k")] = None,
-    gt_init: Annotated[Optional[str], config_option("gt_init")] = None,
-    teacher_checkpoint: Annotated[Optional[Path], config_option("teacher_checkpoint")] = None,
-    pretrained: Annotated[Optional[bool], config_option("pretrained", "--pretrained")] = None,
-    compare: Annotated[Optional[bool], config_option("compare", "--compare")] = None,
-    seed: Annotated[Optional[int], config_option("seed")] = None,
-    device: Annotated[Optional[str], config_option("device")] = None,
-    precision: Annotated[Optional[str], config_option("precision")] = None,
-    dist_bn: Annotated[Optional[str], config_option("dist_bn")] = None,
-    compile_: Annotated[Optional[bool], config_option("compile_", "--compile")] = None,
-    tensorboard: Annotated[Optional[bool], config_option("tensorboard", "--tensorboard")] = None,
-    cache_teacher_logits: Annotated[
-        Optional[bool], config_option("cache_teacher_logits", "--cache-teacher-logits/--no-cache-teacher-logits")
-    ] = None,
-    set_: Sets = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build data, models and optimizers, then stop.")] = False,
-    latency_budget: LatencyBudget = None,
-    budget_backend: BudgetBackend = None,
-    budget_batch: BudgetBatch = None,
-    budget_precision: BudgetPrecision = None,
+    out: Out = None,
+    resume: Resume = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Build data, models and optimizers, then stop.", rich_help_panel=RUN)
+    ] = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Train the Standard Teacher, the Generous Teacher and the student(s) into one run directory."""
-    from .config import given_keys, load_config
     from .pipeline import run_distill
     from .report import stage_table
     from .stages import stage_records
 
-    overrides = distill_overrides(ctx.params)
-    given = given_keys(recipe, overrides) if resume else None  # re-running the starting command is fine
-    cfg = load_config(recipe, overrides) if not resume or given else None
-    run = run_distill(cfg, out=out, resume=resume, console=console, dry_run=dry_run, given=given)
+    step = _distill_step(options, out, resume)
+    run = run_distill(step.cfg, out=out, resume=resume, console=console, dry_run=dry_run, given=step.given)
     if run is not None and is_main_process():
         console.print(stage_table(stage_records(run)))
         say(f"results in {run.path} (metrics.json, history.jsonl, *.pt); next: gtcompress export")
@@ -107,27 +96,15 @@ def distill(
 
 @app.command()
 @user_errors
-def candidates(
-    ctx: typer.Context,
-    student: Students = None,
-    teacher: Annotated[Optional[str], typer.Option(help="The teacher the students must beat on speed.")] = None,
-    recipe: Annotated[Optional[Path], typer.Option(help="yAML recipe; options given here override it")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="The data set (its class count and image size).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Input resolution.")] = None,
-    set_: Sets = None,
-    latency_budget: LatencyBudget = None,
-    budget_backend: BudgetBackend = None,
-    budget_batch: BudgetBatch = None,
-    budget_precision: BudgetPrecision = None,
-) -> None:
+@takes(distill_group)
+def candidates(ctx: typer.Context, options: dict[str, Any] | None = None) -> None:
     """What could I ship here? Each candidate student's latency on the target against the teacher's, untrained."""
     from .candidates import candidate_table, measure
     from .config import load_config
     from .data import load_splits
     from .resolve import resolve_names
 
-    cfg, notes = resolve_names(load_config(recipe, distill_overrides(ctx.params)))
+    cfg, notes = resolve_names(load_config(options["recipe"], distill_overrides(options)))
     for note in notes:
         say(f"resolved {note}")
     splits = load_splits(cfg.data)
@@ -154,36 +131,22 @@ def models(
 
 @app.command()
 @user_errors
+@takes(export_group)
 def export(
     ctx: typer.Context,
     run: Annotated[Optional[Path], typer.Argument(help=field_help(ExportConfig, "run"))] = None,
     stage: Annotated[Optional[str], typer.Option(help=field_help(ExportConfig, "stage"))] = None,
     model: OldModel = None,
-    precision: Annotated[Optional[list[str]], typer.Option(help=field_help(ExportConfig, "precisions"))] = None,
-    backend: Annotated[Optional[list[str]], typer.Option(help=field_help(ExportConfig, "backends"))] = None,
-    trt: OldTrt = False,
-    max_batch: Annotated[int, typer.Option(help=field_help(ExportConfig, "max_batch"))] = field_default(
-        ExportConfig, "max_batch"
-    ),
-    workspace_gib: Annotated[float, typer.Option(help=field_help(ExportConfig, "workspace_gib"))] = field_default(
-        ExportConfig, "workspace_gib"
-    ),
-    opt_batches: Annotated[str, typer.Option(help=field_help(ExportConfig, "opt_batches"))] = ",".join(
-        map(str, field_default(ExportConfig, "opt_batches"))
-    ),
-    calibration_images: Annotated[
-        int, typer.Option(help=field_help(ExportConfig, "calibration_images"))
-    ] = field_default(ExportConfig, "calibration_images"),
-    calibration_method: Annotated[
-        str, typer.Option(help=field_help(ExportConfig, "calibration_method"))
-    ] = field_default(ExportConfig, "calibration_method"),
-    opset: Annotated[Optional[int], typer.Option(help=field_help(ExportConfig, "opset"))] = None,
-    tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP)] = None,
+    backend: Annotated[
+        Optional[list[str]], typer.Option(help=field_help(ExportConfig, "backends"), rich_help_panel=EXPORT)
+    ] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(hidden=True, help="Deprecated: --export-precision.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "checkpoint"))] = None,
     dataset: Annotated[Optional[str], typer.Option(help=field_help(ExportConfig, "dataset"))] = None,
     data_root: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "data_root"))] = None,
     out: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "out"))] = None,
     triton: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "triton"))] = None,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Export a run's model to ONNX (fp32/fp16/int8) and TensorRT, each verified against PyTorch on the test set."""
     from .export.exporter import artefact_table, run_export
@@ -192,21 +155,13 @@ def export(
         "run": run,
         "checkpoint": checkpoint,
         "stage": stage_alias(stage, model),
-        "precisions": split(precision),
-        "backends": builder_backends(backend, trt),
-        "max_batch": max_batch,
-        "workspace_gib": workspace_gib,
-        "opt_batches": parse_batch_sizes(opt_batches, "--opt-batches"),
-        "calibration_images": calibration_images,
-        "calibration_method": calibration_method,
-        "opset": opset,
         "dataset": dataset,
         "data_root": data_root,
         "out": out,
         "triton": triton,
-        "tolerances": parse_tolerances(tolerance or []),
     }
-    cfg = validate(ExportConfig, only_given(values), hint="see gtcompress export --help")
+    values = {**only_given(values), **export_values(precision_alias(precision, options), backend)}
+    cfg = validate(ExportConfig, values, hint="see gtcompress export --help")
     console.print(artefact_table(run_export(cfg, say=say)))
 
 
@@ -217,6 +172,7 @@ def eval_(
     artefact: Annotated[Path, typer.Argument(help="A .pt checkpoint, .onnx file or .engine file.")],
     dataset: Annotated[Optional[str], typer.Option(help="Data set (default: the artefact's run's).")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Data directory (CIFAR, ImageFolder).")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Download CIFAR if missing.")] = False,
     device: Annotated[str, typer.Option(help="cpu | cuda (engines run on CUDA).")] = "cpu",
     backend: Annotated[
         Optional[str], typer.Option(help=f"{backend_help()} (default: the first that runs the file).")
@@ -225,7 +181,9 @@ def eval_(
     """Test-set accuracy of a checkpoint, ONNX file or TensorRT engine, on any backend that runs it."""
     from .evaluate import evaluate_artefact
 
-    result = evaluate_artefact(artefact, dataset=dataset, data_root=data_root, device=device, backend=backend)
+    result = evaluate_artefact(
+        artefact, dataset=dataset, data_root=data_root, device=device, backend=backend, download=download
+    )
     topk = next(k for k in result if k.startswith("top") and k != "top1")
     console.print(
         f"{artefact.name} ({result['backend']} {result['precision']}): top-1 {result['top1']:.2f}%  "
@@ -234,12 +192,9 @@ def eval_(
     )
 
 
-def _bench_config(values: dict[str, Any]) -> BenchConfig:
-    return validate(BenchConfig, only_given(values), hint="see gtcompress bench --help")
-
-
 @app.command()
 @user_errors
+@takes(bench_group)
 def bench(
     ctx: typer.Context,
     run: Annotated[Optional[Path], typer.Argument(help=field_help(BenchConfig, "run"))] = None,
@@ -247,39 +202,14 @@ def bench(
     precision: Annotated[Optional[list[str]], typer.Option(help=field_help(BenchConfig, "precisions"))] = None,
     stage: Annotated[Optional[list[str]], typer.Option(help=field_help(BenchConfig, "stages"))] = None,
     model: OldModels = None,
-    batch_sizes: Annotated[str, typer.Option(help=field_help(BenchConfig, "batch_sizes"))] = ",".join(
-        map(str, field_default(BenchConfig, "batch_sizes"))
-    ),
-    iters: Annotated[Optional[int], typer.Option(help=field_help(BenchConfig, "iters"))] = None,
-    seconds: Annotated[Optional[float], typer.Option(help=field_help(BenchConfig, "seconds"))] = None,
-    warmup: Annotated[int, typer.Option(help=field_help(BenchConfig, "warmup"))] = field_default(BenchConfig, "warmup"),
-    threads: Annotated[str, typer.Option(help=field_help(BenchConfig, "threads"))] = field_default(
-        BenchConfig, "threads"
-    ),
-    cuda_graph: Annotated[str, typer.Option(help=field_help(BenchConfig, "cuda_graph"))] = field_default(
-        BenchConfig, "cuda_graph"
-    ),
-    device: Annotated[str, typer.Option(help=field_help(BenchConfig, "device"))] = field_default(BenchConfig, "device"),
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Latency percentiles and throughput of the students and the teacher on every backend -> RUN/bench.json."""
     from .bench import bench_table, run_bench
 
-    cfg = _bench_config(
-        {
-            "run": run,
-            "backends": split(backend),
-            "precisions": split(precision),
-            "stages": split(stage_alias(stage, model)),
-            "batch_sizes": parse_batch_sizes(batch_sizes),
-            "iters": iters,
-            "seconds": seconds,
-            "warmup": warmup,
-            "threads": parse_threads(threads),
-            "cuda_graph": cuda_graph,
-            "device": device,
-        }
-    )
-    result = run_bench(cfg, say=say, console=console)
+    values = {"run": run, "backends": split(backend), "precisions": split(precision)}
+    values = {**only_given({**values, "stages": split(stage_alias(stage, model))}), **bench_values(options)}
+    result = run_bench(validate(BenchConfig, values, hint="see gtcompress bench --help"), say=say, console=console)
     console.print(bench_table(result))
     say(f"wrote {RunDir(result.run).bench_path}; next: gtcompress report")
 
@@ -335,63 +265,58 @@ def publish(
     write(PublishConfig(run=run, out=out, stage=stage, license=license_, push=push, private=private, force=force), say)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command()
 @user_errors
+@takes(distill_group, export_group, bench_group)
 def run(
     ctx: typer.Context,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<timestamp>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
-    precision: Annotated[
-        Optional[list[str]], typer.Option(help="Student export precisions (the teacher is exported at fp32).")
-    ] = None,
-    trt: OldTrt = False,
-    tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP)] = None,
+    out: Out = None,
+    resume: Resume = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what every step would do, then stop.", rich_help_panel=RUN)
+    ] = False,
     backend: Annotated[
         Optional[list[str]],
-        typer.Option(help=field_help(BenchConfig, "backends") + " Those with artefacts of their own are built too."),
+        typer.Option(
+            help=field_help(BenchConfig, "backends") + " Those with artefacts of their own are built too.",
+            rich_help_panel="Benchmark",
+        ),
     ] = None,
-    batch_sizes: Annotated[str, typer.Option(help=field_help(BenchConfig, "batch_sizes"))] = ",".join(
-        map(str, field_default(BenchConfig, "batch_sizes"))
-    ),
-    iters: Annotated[Optional[int], typer.Option(help=field_help(BenchConfig, "iters"))] = None,
-    seconds: Annotated[Optional[float], typer.Option(help=field_help(BenchConfig, "seconds"))] = None,
-    threads: Annotated[str, typer.Option(help=field_help(BenchConfig, "threads"))] = field_default(
-        BenchConfig, "threads"
-    ),
-    skip_distill: Annotated[bool, typer.Option("--skip-distill", help="Use the run as it is.")] = False,
-    skip_export: Annotated[bool, typer.Option("--skip-export", help="Use the exports as they are.")] = False,
-    skip_bench: Annotated[bool, typer.Option("--skip-bench", help="Use bench.json as it is.")] = False,
+    skip_distill: Annotated[
+        bool, typer.Option("--skip-distill", help="Use the run as it is.", rich_help_panel=RUN)
+    ] = False,
+    skip_export: Annotated[
+        bool, typer.Option("--skip-export", help="Use the exports as they are.", rich_help_panel=RUN)
+    ] = False,
+    skip_bench: Annotated[
+        bool, typer.Option("--skip-bench", help="Use bench.json as it is.", rich_help_panel=RUN)
+    ] = False,
+    options: dict[str, Any] | None = None,
 ) -> None:
-    """distill -> export -> bench -> report in one go. Takes every `gtcompress distill` option too.
+    """distill -> export -> bench -> report in one go, with every option of distill, export and bench.
 
     Resumable: `gtcompress run --resume --out RUN` finishes the stages and exports that are not done yet.
     """
     from .rundir import new_run_path
-    from .workflow import Workflow, run_workflow
+    from .workflow import Workflow, describe, run_workflow
 
-    tolerances = parse_tolerances(tolerance or [])  # bad options fail here, not after the training
-    backends = builder_backends(backend, trt)
-    bench = (
-        None
-        if skip_bench
-        else _bench_config(
-            {
-                "backends": backends,
-                "batch_sizes": parse_batch_sizes(batch_sizes),
-                "iters": iters,
-                "seconds": seconds,
-                "threads": parse_threads(threads),
-            }
-        )
-    )
-    built = tuple(b for b in backends or () if b in {s.name for s in builders()})
-    workflow = Workflow.default(split(precision), built, tolerances, bench, export=not skip_export)
-    if skip_distill and ctx.args:
-        raise UserError(f"--skip-distill takes no distill options (got {' '.join(ctx.args)})", "drop them")
-    if not skip_distill:
-        out = out or (None if resume else new_run_path())
-        distill_cmd = typer.main.get_command(app).get_command(ctx, "distill")
-        args = [*ctx.args, *(["--out", str(out)] if out else []), *(["--resume"] if resume else [])]
-        with distill_cmd.make_context("distill", args, parent=ctx.parent) as sub:
-            distill_cmd.invoke(sub)
-    run_workflow(out, workflow, say, console)
+    export = None if skip_export else export_values(options, backend)  # bad options fail here, before training
+    benched = {"backends": split(backend), **bench_values(options)}
+    bench = None if skip_bench else validate(BenchConfig, only_given(benched), hint="see gtcompress run --help")
+    distill_options = {k: v for k, v in options.items() if k in _DISTILL_OPTIONS}
+    if skip_distill and distill_overrides(distill_options):
+        raise UserError("--skip-distill takes no distill options", "drop them, or drop --skip-distill")
+    out = out or (None if resume or skip_distill else new_run_path())
+    step = None if skip_distill else _distill_step(distill_options, out, resume)
+    workflow = Workflow.default(step, export, bench)
+    if dry_run:
+        from .pipeline import run_distill
+
+        if step is not None:
+            run_distill(step.cfg, out=out, resume=resume, console=console, dry_run=True, given=step.given)
+        describe(workflow, say)
+        return
+    run_workflow(workflow, say, console, out)
+
+
+_DISTILL_OPTIONS = frozenset(inspect.signature(distill_group).parameters)

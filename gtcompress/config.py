@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +12,14 @@ from pydantic import Field, create_model, field_validator, model_validator
 from .backends import BACKENDS, RUN_PRECISIONS
 from .errors import UserError
 from .typed import Strict, one_of, validate
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What an artefact must match against the PyTorch model on the test split to be kept."""
+
+    max_abs_diff: float | None = None  # largest |delta logits| allowed; None: not checked
+    min_agreement: float = 99.0  # % of test images whose top-1 class equals PyTorch's
 
 
 class AugmentConfig(Strict):

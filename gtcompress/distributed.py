@@ -37,11 +37,6 @@ class DistEnv:
         return self.world_size > 1
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun job, or a plain process (before or after the process group exists)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def resolve_device(requested: str, precision: str, local_rank: int = 0) -> torch.device:
     """`auto` -> CUDA when present; clear errors for CUDA or fp16 that cannot be had."""
     has_cuda = torch.cuda.is_available()

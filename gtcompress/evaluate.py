@@ -14,19 +14,11 @@ import numpy as np
 from torch.utils.data import Dataset, IterableDataset, Subset
 
 from .backends import Backend, artefact_kind, backend, runs
-from .config import DataConfig
+from .config import DataConfig, Tolerance
 from .data import Splits, build_transform, create_loader, load_splits, loader_workers, transformed
 from .errors import UserError
 from .models import ModelSpec, load_model, read_checkpoint, spec_of
 from .rundir import RunDir, read_sidecar
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """What an artefact must match against the PyTorch model on the test split to be kept."""
-
-    max_abs_diff: float | None = None  # largest |delta logits| allowed; None: not checked
-    min_agreement: float = 99.0  # % of test images whose top-1 class equals PyTorch's
 
 
 @dataclass(frozen=True)
@@ -49,8 +41,11 @@ def run_of(path: Path) -> Path | None:
     return None
 
 
-def data_config(run: Path | None, dataset: str | None, data_root: Path | None, what: str) -> DataConfig:
-    """The run's data configuration with --dataset/--data-root applied; --dataset is needed without a run."""
+def data_config(
+    run: Path | None, dataset: str | None, data_root: Path | None, what: str, download: bool = False
+) -> DataConfig:
+    """The run's data configuration with --dataset/--data-root/--download applied; --dataset is needed without a
+    run."""
     if run is None and dataset is None:
         raise UserError(
             f"{what} is not inside a gtcompress run, so the data set is unknown",
@@ -60,7 +55,7 @@ def data_config(run: Path | None, dataset: str | None, data_root: Path | None, w
         data = RunDir(run).saved_config().data if run is not None else DataConfig()
     except UserError as e:  # a hand-edited or foreign config.yaml
         raise UserError(e.message, "pass --dataset NAME to name the data set instead") from None
-    updates = {k: v for k, v in {"name": dataset, "root": data_root}.items() if v is not None}
+    updates = {k: v for k, v in {"name": dataset, "root": data_root, "download": download or None}.items() if v}
     return data.model_copy(update=updates) if updates else data
 
 
@@ -181,11 +176,13 @@ def predict_artefact(
     device: str = "cpu",
     batch_size: int = 64,
     backend: str | None = None,
+    download: bool = False,
 ) -> Predictions:
     """Logits of a .pt, .onnx or .engine file on the test split, on `backend` (default: the first that runs it);
     the data set is its run's unless given."""
     artefact = Artefact.of(path)
-    data = load_eval_data(data_config(run_of(artefact.path), dataset, data_root, artefact.path.name), artefact.spec)
+    where = data_config(run_of(artefact.path), dataset, data_root, artefact.path.name, download)
+    data = load_eval_data(where, artefact.spec)
     with artefact.open(device, backend) as runner:
         logits = predict(runner, data, batch_size)
     return Predictions(logits, data.labels, runner.name, runner.precision, data.description)

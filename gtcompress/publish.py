@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from timm.models import save_for_hf
 from torch import nn
 
@@ -28,27 +27,10 @@ from .models import ModelSpec, load_model
 from .records import ExportRecord, ExportSidecar, Report, StageRecord
 from .report import build_report, write_report
 from .rundir import RunDir, read_sidecar, resolve_run, write_sidecar
+from .settings import PublishConfig
 from .stages import distilled_students, stage_records
 
 PUBLISH_FORMAT = "gtcompress-publish/1"  # config.json's `gtcompress.format`: the folder is ours to replace
-
-
-class PublishConfig(BaseModel):
-    """What `gtcompress publish` writes and where it sends it. The field descriptions are the CLI's help texts."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    run: Path | None = Field(None, description="Run directory (default runs/latest).")
-    out: Path = Field(description="The folder to write (an earlier publish folder there is replaced).")
-    stage: str | None = Field(
-        None, description="The model to publish (default: the run's student distilled from the GT)."
-    )
-    license: str = Field("other", description="The card's license, a Hub license id (apache-2.0, mit, cc-by-4.0, ...).")
-    push: str | None = Field(
-        None, description="Then upload the folder to this Hub repo (ORG/NAME); token: HF_TOKEN or hf auth login."
-    )
-    private: bool = Field(False, description="With --push: create the repo private.")
-    force: bool = Field(False, description="Replace --out even where it is not an earlier publish folder.")
 
 
 def publish(cfg: PublishConfig, say: Callable[[str], None] = print) -> Path:

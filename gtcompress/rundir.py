@@ -267,5 +267,8 @@ def resolve_run(path: Path | None) -> RunDir:
     path = Path(path) if path is not None else RUNS_ROOT / "latest"
     if not (path / "config.yaml").is_file():
         where = "runs/latest" if path == RUNS_ROOT / "latest" else str(path)
-        raise UserError(f"no gtcompress run at {where}", "run `gtcompress distill` first or pass a run directory")
+        raise UserError(
+            f"no gtcompress run at {where}",
+            "run `gtcompress distill` first, or name the run: --out RUN with --resume, RUN for the other commands",
+        )
     return RunDir(path.resolve())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -15,3 +16,8 @@ err_console = Console(stderr=True, soft_wrap=True, width=WIDTH)
 def say(line: str, to: Console | None = None) -> None:
     """A progress line as it is: file names and hints hold brackets that rich would read as markup."""
     (to or console).print(line, markup=False, highlight=False)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process: the one that prints a command's results."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -102,7 +102,7 @@ def _workflow(run: Path) -> None:
         "--skip-distill",
         "--out",
         run,
-        "--precision",
+        "--export-precision",
         "fp32,int8",
         "--tolerance",
         INT8_TOLERANCE,

@@ -11,10 +11,10 @@ from conftest import PAIR, copy_run, invoke
 from typer.testing import CliRunner
 
 from gtcompress.backends import BACKENDS, Setting, artefact_kind, backend, runs
-from gtcompress.bench import BenchConfig
 from gtcompress.cli import app
 from gtcompress.config import BudgetConfig
 from gtcompress.errors import UserError
+from gtcompress.settings import BenchConfig
 from gtcompress.typed import validate
 
 

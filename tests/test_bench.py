@@ -12,11 +12,12 @@ import torch
 from conftest import BENCH_BATCHES, BENCH_ITERS, BENCH_THREADS, INT8_TOLERANCE, assert_one_line_error, copy_run, invoke
 
 from gtcompress.backends.torch_runner import TorchBackend
-from gtcompress.bench import BenchConfig, parse_batch_sizes, speedup
+from gtcompress.bench import speedup
 from gtcompress.environment import CPU_FEATURES
 from gtcompress.errors import UserError
 from gtcompress.models import create_model
 from gtcompress.records import BenchFile, BenchResult, in_order
+from gtcompress.settings import BenchConfig, parse_batch_sizes
 from gtcompress.timing import latency_stats, time_backend
 
 CONTRACT = {

@@ -151,7 +151,7 @@ def two_students(tmp_path_factory, monkeypatch_module):
         "--cache-teacher-logits",
         "--latency-budget",
         1000,
-        "--precision",
+        "--export-precision",
         "fp32,int8",
         "--tolerance",
         INT8_TOLERANCE,
@@ -249,7 +249,7 @@ def test_a_student_larger_than_its_teacher_is_not_recommended_and_the_report_say
     out = tmp_path / "run"
     result = invoke(
         "run", "--teacher", TEACHER, "--student", "resnet18", "--epochs", 1, "--set", "data.train_fraction=0.2",
-        "--out", out, "--precision", "fp32", "--backend", "onnxruntime", "--batch-sizes", 1, "--iters", 20,
+        "--out", out, "--export-precision", "fp32", "--backend", "onnxruntime", "--batch-sizes", 1, "--iters", 20,
         "--threads", 1,
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -1,10 +1,18 @@
 """Bad input: one clear line on stderr naming the fix, exit code 2, no traceback, nothing lost."""
 
+import ast
+import inspect
+import re
+import shlex
+from pathlib import Path
+
+import click
 import pytest
 import torch
 import yaml
 from conftest import STUDENT, TEACHER, assert_one_line_error, distill, invoke
 
+import gtcompress
 from gtcompress.models import create_model
 
 
@@ -89,3 +97,92 @@ def test_say_prints_brackets_as_they_are():
     out = Console(record=True, width=200)
     say("wrote runs/x[1]/report.md; pip install 'gtcompress[trt]' [yellow]", to=out)
     assert out.export_text().strip() == "wrote runs/x[1]/report.md; pip install 'gtcompress[trt]' [yellow]"
+
+
+def _commands():
+    import typer.main
+
+    from gtcompress.cli import app
+
+    return typer.main.get_command(app)
+
+
+def _options(command) -> set[str]:
+    return {o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+
+
+def test_run_takes_every_option_of_distill_export_and_bench_and_each_means_the_same():
+    commands = _commands().commands
+    run, distill, export, bench = (commands[n] for n in ("run", "distill", "export", "bench"))
+    for other, own in ((distill, set()), (export, {"--stage", "--model", "--checkpoint", "--dataset", "--data-root",
+                                                    "--out", "--triton", "--precision"}),
+                       (bench, {"--precision", "--stage", "--model"})):  # fmt: skip
+        assert _options(other) - own <= _options(run), other.name
+        helps = {p.name: p.help for p in run.params}
+        mine = {name.lstrip("-").replace("-", "_") for name in own} | {"backend", "out", "dry_run"}
+        shared = [p for p in other.params if p.name in helps and p.name not in mine]
+        assert [p.name for p in shared if helps[p.name] != p.help] == [], other.name
+    training = next(p for p in run.params if "--precision" in p.opts)
+    assert "training autocast" in training.help, "--precision is training's in run as in distill"
+
+
+def test_every_option_a_group_declares_takes_its_help_from_the_field_it_sets():
+    from gtcompress.options import bench_group, export_group
+    from gtcompress.settings import BenchConfig, ExportConfig
+    from gtcompress.typed import field_help
+
+    fields = {bench_group: (BenchConfig, {"bench_device": "device"}), export_group: (ExportConfig, {
+        "export_precision": "precisions", "tolerance": None, "trt": None})}  # fmt: skip
+    for group, (cls, renamed) in fields.items():
+        for name, param in inspect.signature(group, eval_str=True).parameters.items():
+            key = renamed.get(name, name)
+            if key is not None:
+                assert param.annotation.__metadata__[0].help == field_help(cls, key) != "", (group.__name__, name)
+
+
+def test_run_dry_run_says_every_step_writes_nothing_and_exits_0(tmp_path):
+    result = invoke("run", "--teacher", TEACHER, "--student", STUDENT, "--dry-run", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    for step in ("standard_teacher:", "then export student", "then bench", "then write the report"):
+        assert step in result.stdout, step
+    assert "next:" not in result.stdout and not (tmp_path / "r").exists()
+
+
+def test_debug_is_taken_after_the_command_too(tmp_path):
+    from typer.testing import CliRunner
+
+    from gtcompress.cli import app
+    from gtcompress.errors import UserError
+
+    with pytest.raises(UserError, match="no gtcompress run"):  # the traceback's error, not one line and exit 2
+        CliRunner().invoke(app, ["report", str(tmp_path / "none"), "--debug"], catch_exceptions=False)
+
+
+def test_every_option_an_error_hint_or_the_code_names_exists():
+    """An --option named anywhere in the package's strings (hints, help, messages) is one the CLI has, or another
+    program's, listed here."""
+    commands = _commands()
+    known = set().union(*(_options(c) for c in commands.commands.values()), _options(commands))
+    others = {"--help", "--alpha", "--query-gpu", "--format", "--use"}  # the authors' code, nvidia-smi, trtexec
+    named = {}
+    for path in Path(gtcompress.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", node.value):
+                    named.setdefault(option, path.name)
+    assert {o: p for o, p in named.items() if o not in known | others} == {}
+
+
+def test_every_gtcompress_command_in_the_readme_parses():
+    commands = _commands()
+    readme = (Path(gtcompress.__file__).parent.parent / "README.md").read_text().replace("\\\n", " ")
+    lines = [line.split("  #")[0].strip() for line in readme.splitlines()]
+    calls = [line for line in lines if line.startswith("gtcompress ") and "…" not in line and "|" not in line]
+    assert len(calls) > 20
+    for call in calls:
+        name, *args = shlex.split(call)[1:]
+        command = commands.commands[name]
+        try:
+            command.make_context(name, [a for a in args if a != "--help"], parent=None)
+        except click.exceptions.UsageError as e:
+            raise AssertionError(f"README: `{call}`: {e}") from None

@@ -18,10 +18,9 @@ from conftest import assert_one_line_error, assert_recorded_accuracy_is_the_save
 from gtcompress.backends import BACKENDS
 from gtcompress.backends.onnxruntime_runner import OnnxRuntimeBackend
 from gtcompress.backends.torch_runner import TorchBackend
-from gtcompress.config import DataConfig
+from gtcompress.config import DataConfig, Tolerance
 from gtcompress.errors import UserError
-from gtcompress.evaluate import Artefact, Tolerance, agreement, load_eval_data, tolerance_failure
-from gtcompress.export.config import ExportConfig, parse_tolerances
+from gtcompress.evaluate import Artefact, agreement, load_eval_data, tolerance_failure
 from gtcompress.export.graph import calibration_indices
 from gtcompress.export.precisions import DEFAULT_TOLERANCES, PRECISIONS
 from gtcompress.export.sidecar import describe_transform
@@ -29,6 +28,7 @@ from gtcompress.export.source import resolve_source
 from gtcompress.export.triton import triton_config
 from gtcompress.models import load_model
 from gtcompress.records import ExportSidecar
+from gtcompress.settings import ExportConfig, parse_tolerances
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD_KEYS = {
@@ -61,7 +61,7 @@ def exported_run(pipeline_run, tmp_path_factory) -> Path:
     result = invoke(
         "export",
         run,
-        "--precision",
+        "--export-precision",
         "fp16,int8",
         "--triton",
         run.parent / "triton",
@@ -157,9 +157,10 @@ def test_trt_int8_graph_is_what_tensorrt_parses_and_is_made_even_without_tensorr
     result = invoke(
         "export",
         run,
-        "--precision",
+        "--export-precision",
         "int8",
-        "--trt",
+        "--backend",
+        "tensorrt",
         "--tolerance",
         f"int8.min_agreement={INT8_AGREEMENT}",
         "--calibration-images",
@@ -280,14 +281,17 @@ def test_triton_repository_serves_every_verified_artefact(exported_run):
 
 @pytest.mark.slow
 def test_trt_without_tensorrt_still_writes_and_verifies_onnx(exported_run, tmp_path, monkeypatch):
-    """`gtcompress export --trt` on runs/latest from a fresh checkout: ONNX re-exported, then one line, exit 2."""
+    """`gtcompress export --backend tensorrt` on runs/latest from a fresh checkout: ONNX re-exported, then one line,
+    exit 2; `--trt`, its old spelling, says so in a note first."""
     run = copy_run(exported_run, tmp_path / "runs" / "r1")
     (tmp_path / "runs" / "latest").symlink_to("r1")
     before = {r["path"]: r for r in records(run)}
     (run / "export" / "student.onnx").unlink()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` fails, as where it is not installed
-    result = invoke("export", "--trt")
+    old = invoke("export", "--trt")
+    assert old.exit_code == 2 and "note: --trt is deprecated: use --backend tensorrt" in old.stderr
+    result = invoke("export", "--backend", "tensorrt")
     assert_one_line_error(result, "TensorRT is not installed", "pip install 'gtcompress[trt]'")
     assert "verified export/student.onnx" in result.stdout
     assert (run / "export" / "student.onnx").is_file() and not list((run / "export").glob("*.engine"))
@@ -309,7 +313,7 @@ def test_failed_verification_keeps_nothing_under_its_name(pipeline_run, tmp_path
     """An int8 graph outside its tolerance (here: logits within 1e-6 of PyTorch's) is an error, not a warning."""
     run = copy_run(pipeline_run, tmp_path / "run")
     result = invoke(
-        "export", run, "--precision", "int8", "--calibration-images", 8, "--tolerance", "int8.max_abs_diff=1e-6"
+        "export", run, "--export-precision", "int8", "--calibration-images", 8, "--tolerance", "int8.max_abs_diff=1e-6"
     )
     assert_one_line_error(
         result,
@@ -348,7 +352,11 @@ def test_export_bad_input(pipeline_run, tmp_path):
     assert_one_line_error(invoke("export", no_student), "not a readable checkpoint")
     assert not (no_student / "export").exists()
 
-    assert_one_line_error(invoke("export", pipeline_run, "--precision", "int4"), "unknown precision 'int4'", "fp16")
+    assert_one_line_error(
+        invoke("export", pipeline_run, "--export-precision", "int4"), "unknown precision 'int4'", "fp16"
+    )
+    old = invoke("export", pipeline_run, "--precision", "int4")  # export's old spelling: still taken, with a note
+    assert old.exit_code == 2 and "note: export's --precision is now --export-precision" in old.stderr
     assert_one_line_error(invoke("export", pipeline_run, "--stage", "teacher"), "unknown stage 'teacher'")
     assert_one_line_error(invoke("export", pipeline_run, "--tolerance", "int8=3"), "PRECISION.FIELD=VALUE")
     assert_one_line_error(invoke("export", tmp_path / "nowhere"), "no gtcompress run")

@@ -365,7 +365,7 @@ def test_paper_recipe_at_tiny_scale_trains_small_stem_models_that_export_and_ver
     assert gt[0]["lr"] == pytest.approx(0.1 * 0.2), "the GT takes the ST's multistep schedule"
     student = [r for r in history if r["stage"] == "student"]
     assert student[0]["lr"] == pytest.approx(0.02)
-    result = invoke("export", out, "--precision", "fp32")
+    result = invoke("export", out, "--export-precision", "fp32")
     assert result.exit_code == 0, result.output
     records = json.loads((out / "metrics.json").read_text())["export"]
     assert {r["path"] for r in records} == {"export/student.onnx"} and "onnxruntime" in {r["backend"] for r in records}

@@ -17,8 +17,8 @@ from gtcompress.backends.torch_runner import TorchBackend
 from gtcompress.config import RunConfig
 from gtcompress.data import build_transform, load_splits
 from gtcompress.evaluate import agreement, evaluate_artefact, load_eval_data, predict, tolerance_failure
-from gtcompress.export.config import parse_tolerances
 from gtcompress.models import load_model
+from gtcompress.settings import parse_tolerances
 
 FILES = ("config.json", "model.safetensors", "README.md", "report.json", "onnx/model.onnx", "onnx/model.json")
 

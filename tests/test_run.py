@@ -9,7 +9,7 @@ from conftest import INT8_TOLERANCE, PAIR, TEACHER, assert_one_line_error, invok
 @pytest.mark.slow
 def test_run_does_the_whole_workflow_and_resumes_without_redoing_it(tmp_path):
     out = tmp_path / "run"
-    args = ["--precision", "fp32,int8", "--tolerance", INT8_TOLERANCE, "--batch-sizes", "1", "--iters", 3]
+    args = ["--export-precision", "fp32,int8", "--tolerance", INT8_TOLERANCE, "--batch-sizes", "1", "--iters", 3]
     result = invoke("run", *PAIR, "--epochs", 1, "--out", out, "--set", "data.train_fraction=0.25", *args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -38,7 +38,9 @@ def test_run_checks_its_own_options_before_training(tmp_path):
     assert_one_line_error(
         invoke("run", "--teacher", TEACHER, "--batch-sizes", "0", "--out", tmp_path / "r"), "positive integers"
     )
-    assert_one_line_error(invoke("run", "--precision", "int4", "--out", tmp_path / "r"), "unknown precision 'int4'")
+    assert_one_line_error(
+        invoke("run", "--export-precision", "int4", "--out", tmp_path / "r"), "unknown precision 'int4'"
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -61,7 +63,15 @@ def test_run_goes_on_without_a_precision_that_fails_verification(pipeline_run, t
     from gtcompress.export.exporter import onnx_verifiers
 
     run = copy_run(pipeline_run, tmp_path / "run")
-    args = ["--skip-distill", "--out", run, "--precision", "fp32,int8", "--tolerance", "int8.min_agreement=100.5"]
+    args = [
+        "--skip-distill",
+        "--out",
+        run,
+        "--export-precision",
+        "fp32,int8",
+        "--tolerance",
+        "int8.min_agreement=100.5",
+    ]
     result = invoke("run", *args, "--batch-sizes", "1", "--iters", 3)
     assert result.exit_code == 0, result.output
     assert "not kept: student.int8.onnx failed verification" in result.stdout

@@ -105,7 +105,7 @@ LAYERS = (
     ("train",),
     ("evaluate",),
     ("export", "export.graph", "export.precisions", "export.sidecar", "export.triton"),
-    ("export.config", "export.source"),
+    ("settings", "export.source"),
     ("export.exporter",),
     ("timing",),
     ("candidates",),

@@ -37,9 +37,10 @@ def trt_run(pipeline_run, tmp_path_factory) -> Path:
     result = invoke(
         "export",
         run,
-        "--precision",
+        "--export-precision",
         "fp16,int8",
-        "--trt",
+        "--backend",
+        "tensorrt",
         "--max-batch",
         MAX_BATCH,
         "--tolerance",
@@ -101,7 +102,7 @@ def test_rebuild_reuses_the_timing_cache(trt_run, tmp_path):
     assert first["fp16"]["timing_cache"] == first["int8"]["timing_cache"] == "reused"
     run = tmp_path / "run"
     shutil.copytree(trt_run, run, symlinks=True)
-    result = invoke("export", run, "--trt", "--max-batch", MAX_BATCH)
+    result = invoke("export", run, "--backend", "tensorrt", "--max-batch", MAX_BATCH)
     assert result.exit_code == 0, result.output
     assert engine_records(run)["fp32"]["timing_cache"] == "reused"
 

@@ -150,7 +150,7 @@ def test_distill_and_export_run_end_to_end_on_shards(wds_digits, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "metrics.json").read_text())["student"]["epochs"] == 1
-    export = invoke("export", out, "--precision", "int8", "--tolerance", INT8_TOLERANCE)
+    export = invoke("export", out, "--export-precision", "int8", "--tolerance", INT8_TOLERANCE)
     assert export.exit_code == 0, export.output
     records = json.loads((out / "metrics.json").read_text())["export"]
     assert {r["test_images"] for r in records} == {60}, "verified on the shards' own validation split"

@@ -26,7 +26,7 @@ from ..files import atomic_path
 from ..models import load_model
 from ..records import ExportRecord, ExportSidecar, RejectedExport
 from ..rundir import RunDir, write_sidecar
-from .config import ExportConfig
+from ..settings import ExportConfig
 from .graph import calibration_indices
 from .precisions import PRECISIONS, Conversion
 from .sidecar import sidecar

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from torch import nn
+from ..config import Tolerance
 
-from ..evaluate import Tolerance
+if TYPE_CHECKING:  # the registry is read by `gtcompress --help`, which must not wait for torch
+    import numpy as np
+    from torch import nn
 
 
 @dataclass(frozen=True)

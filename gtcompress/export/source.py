@@ -9,8 +9,8 @@ from ..config import DataConfig
 from ..errors import UserError
 from ..evaluate import data_config
 from ..rundir import RunDir, resolve_run
-from ..stages import stages
-from .config import ExportConfig
+from ..settings import ExportConfig
+from ..stages import run_stages
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def resolve_source(cfg: ExportConfig) -> Source:
         # dots would read as a precision in the artefact names (`my.model.onnx`)
         return Source(ckpt.stem.replace(".", "_"), ckpt.resolve(), Path(cfg.out or ckpt.parent).resolve(), data)
     run = resolve_run(cfg.run)
-    known = [s.name for s in stages(run.saved_config())]
+    known = run_stages(run.saved_config())
     if cfg.stage not in known:
         raise UserError(f"unknown stage '{cfg.stage}'", f"this run's stages: {', '.join(known)}")
     ckpt = run.checkpoint(cfg.stage)
