@@ -157,6 +157,7 @@ def _train(
         **metrics,
         params=count_params(job.model),
         macs=count_macs(job.model, setup.img_size),
+        num_classes=setup.run.splits.num_classes,
         **stage.record(cfg),
         **scale,
         logit_scale=_logit_scale(stage, job.model, setup) if stage.role != "student" else None,

@@ -37,10 +37,44 @@ def faster_than_the_teachers(points: list[Point]) -> list[Point]:
     return [p for p in points if p.role == "student" and p.p50_ms < fastest]
 
 
+def at_chance(p: Point | StageRecord, chance: float | None) -> bool:
+    """A model no better than twice a guess's top-1 (100 / classes %): never recommended, whatever its speed."""
+    return chance is not None and p.top1 <= 2 * chance
+
+
+def ties(a: Point, b: Point) -> bool:
+    """Two p50s whose bootstrap intervals overlap: the next run could order them either way."""
+    if a is b:
+        return True
+    return (
+        a.p50_interval is not None
+        and b.p50_interval is not None
+        and (a.p50_interval[0] <= b.p50_interval[1] and b.p50_interval[0] <= a.p50_interval[1])
+    )
+
+
+def _pick(fits: list[Point], why: str) -> Recommendation:
+    """The most accurate; among those, the fastest, unless another's p50 ties with it: then the smallest file."""
+    best = max(_top1(p) for p in fits)
+    fastest = min((p for p in fits if _top1(p) == best), key=lambda p: (p.p50_ms, p.bytes or 0))
+    tied = [p for p in fits if _top1(p) == best and ties(p, fastest)]
+    pick = min(tied, key=lambda p: (p.bytes or float("inf"), p.p50_ms))
+    if pick is not fastest:
+        why += (
+            f"; its p50 ties with {fastest.name}'s {fastest.p50_ms:.3f} ms within their bootstrap intervals, "
+            "so the smaller file"
+        )
+    return Recommendation(reason=why, pick=pick)
+
+
 def recommend(points: list[Point], budget_ms: float | None = None) -> Recommendation:
     """With a budget: the most accurate point within it, teachers included. Without one: the most accurate
-    student that is faster than every teacher artefact, else the most accurate teacher artefact. The faster
-    (then smaller) one on a tie; and why. No pick, with the reason, when no point fits the budget."""
+    student that is faster than every teacher artefact, else the most accurate teacher artefact. Latencies that tie
+    within their noise go to the smaller file; and why. No pick, with the reason, when no point fits the budget or
+    every model is at chance."""
+    points = [p for p in points if not at_chance(p, p.chance)]
+    if not points:
+        return Recommendation(reason="every model is at or near chance (top-1 at most twice a guess's): train longer")
     if budget_ms is not None:
         fits, why = (
             [p for p in points if p.p50_ms <= budget_ms],
@@ -52,7 +86,7 @@ def recommend(points: list[Point], budget_ms: float | None = None) -> Recommenda
         fits, why = [p for p in points if p.role == "teacher"], "no student is faster than the teacher"
     if not fits:
         return Recommendation(reason=f"no verified artefact runs within the {budget_ms:g} ms budget")
-    return Recommendation(reason=why, pick=max(fits, key=lambda p: (_top1(p), -p.p50_ms, -(p.bytes or 0))))
+    return _pick(fits, why)
 
 
 def no_speed_line(points: list[Point], backend: str | None, batch_size: int) -> str | None:
@@ -95,7 +129,9 @@ def which_student(
             role=roles[r.stage],
             backend=backend,
             p50_ms=r.p50_ms[backend],
+            p50_interval=r.p50_interval.get(backend),
             setting=r.setting.get(backend),
+            chance=_chance(records[r.stage]),
         )
         for r in rows
         if r.stage in roles and backend in r.p50_ms
@@ -112,6 +148,25 @@ def which_student(
     return pareto, recommend(points, budget_ms) if points else Recommendation(
         reason="nothing benchmarked yet: run gtcompress bench"
     )
+
+
+def _chance(record: StageRecord) -> float | None:
+    return 100 / record.num_classes if record.num_classes else None
+
+
+def warnings(records: dict[str, StageRecord]) -> list[str]:
+    """What a user must know before trusting the run: a model at chance, a GT less accurate than its ST."""
+    out = [
+        f"{r.title} is at or near chance (top-1 {r.top1:.2f}% with {r.num_classes} classes): not recommended; "
+        f"train it longer (it had {r.epochs} epochs)"
+        for r in records.values()
+        if at_chance(r, _chance(r))
+    ]
+    st = next((r for r in records.values() if r.role == "standard"), None)
+    gt = next((r for r in records.values() if r.role == "generous"), None)
+    if st is not None and gt is not None and gt.top1 < st.top1:
+        out.append(f"the Generous Teacher ({gt.top1:.2f}%) is less accurate than the Standard Teacher ({st.top1:.2f}%)")
+    return out
 
 
 def recommendation_line(pareto: Pareto, recommendation: Recommendation) -> str:

@@ -54,6 +54,7 @@ class StageRecord(Record):
     images_per_second: float | None = None
     params: int
     macs: int | None = None
+    num_classes: int | None = None  # of its data set (chance is 100 / num_classes %)
     # how it was made, where it applies
     source: str | None = None  # scratch | pretrained | checkpoint | trained | a hub or local model it started from
     method: str | None = None  # a student's distillation method (ce for the CE-only control)
@@ -278,6 +279,8 @@ class Point(ModelFile):
     role: Literal["student", "teacher"] = "student"
     backend: str | None = None
     p50_ms: float
+    p50_interval: tuple[float, float] | None = None  # bootstrap 95% interval of its p50 (from bench.json's samples)
+    chance: float | None = None  # top-1 of a guess (100 / classes), where known
     setting: str | None = None  # its best setting's label (threads, CUDA graph)
 
 
@@ -305,6 +308,7 @@ class ReportRow(ModelFile):
     and cost, and its p50 per backend at its best setting (named)."""
 
     role: str | None = None
+    method: str | None = None  # a student's distillation method (ce: the CE-only control)
     top5: float | None = None
     delta_vs_st_student: float | None = None
     delta_vs_continued_student: float | None = None
@@ -312,6 +316,7 @@ class ReportRow(ModelFile):
     params: int
     macs: int | None = None
     p50_ms: dict[str, float] = {}  # backend -> p50 at its best setting
+    p50_interval: dict[str, tuple[float, float]] = {}  # backend -> that p50's bootstrap 95% interval
     setting: dict[str, str] = {}  # backend -> that setting's label
     speedup: float | None = None  # the reference teacher's fp32 p50 over this row's (students, headline backend)
     size_ratio: float | None = None  # the reference teacher's fp32 file size over this row's (students)

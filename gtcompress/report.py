@@ -23,28 +23,46 @@ from .bench import RESULT_COLUMNS, reference_teacher, result_cells
 from .export.precisions import PRECISIONS
 from .files import write_bytes, write_text
 from .plots import PLOTS, make_plots
-from .recommend import pareto_note, pareto_rows, recommendation_line, which_student
+from .recommend import pareto_note, pareto_rows, recommendation_line, warnings, which_student
 from .records import BenchFile, ExportRecord, Report, ReportHeader, ReportRow, StageRecord, in_order
 from .rundir import RunDir, resolve_run
 from .stages import controls_of, deployable_teachers, distilled_students, stage_records
 from .tables import SCALE_NOTE, fmt, markdown_table, scale_rows, scale_table
+from .timing import median_interval
 
-# Students' top-1 differences: key -> (the teacher of the control student subtracted, its column). <-ST asks
-# whether the GT helps; <-continued whether a fine-tuned GT helps beyond its extra epochs; <-born-again whether a
-# scratch GT helps beyond being itself a distilled model (the CE-only student: whether distillation helps at all).
+# Students' top-1 differences: key -> (the teacher of the control student subtracted, its column, what it asks).
 DELTAS = {
-    "delta_vs_st_student": ("standard_teacher", "Δ vs ←ST"),
-    "delta_vs_continued_student": ("continued_teacher", "Δ vs ←continued"),
-    "delta_vs_born_again_student": ("born_again_teacher", "Δ vs ←born-again"),
+    "delta_vs_st_student": (
+        "standard_teacher",
+        "Δ vs ←ST",
+        "Δ vs ←ST is top-1 minus the student distilled from the Standard Teacher (does the GT help?)",
+    ),
+    "delta_vs_continued_student": (
+        "continued_teacher",
+        "Δ vs ←continued",
+        "Δ vs ←continued minus the student of the continued teacher, the ST fine-tuned with CE alone for the GT's "
+        "epochs (does a fine-tuned GT help beyond its extra training?)",
+    ),
+    "delta_vs_born_again_student": (
+        "born_again_teacher",
+        "Δ vs ←born-again",
+        "Δ vs ←born-again minus the student of the born-again teacher, the ST's architecture trained from scratch "
+        "with plain KD from the ST for the GT's epochs (does a scratch GT help beyond being a distilled model?)",
+    ),
 }
-DELTA_NOTE = (
-    "Δ vs ←ST is top-1 minus the student distilled from the Standard Teacher (does the GT help?); "
-    "Δ vs ←continued minus the student of the continued teacher, the ST fine-tuned with CE alone for the "
-    "GT's epochs (does a fine-tuned GT help beyond its extra training?); Δ vs ←born-again minus the student of "
-    "the born-again teacher, the ST's architecture trained from scratch with plain KD from the ST for the GT's "
-    "epochs (does a scratch GT help beyond being a distilled model?); the CE-only student shows whether "
-    "distillation helps at all."
-)
+
+
+def delta_columns(report: Report) -> list[str]:
+    """The delta columns the table shows: vs ←ST always, the others where a row has a value."""
+    return [k for k in DELTAS if k == "delta_vs_st_student" or any(getattr(r, k) is not None for r in report.rows)]
+
+
+def delta_note(report: Report) -> str:
+    """What the table's delta columns ask, only those it has; and what the CE-only student shows, if it is there."""
+    parts = [DELTAS[k][2] for k in delta_columns(report)]
+    if any(r.method == "ce" for r in report.rows):
+        parts.append("the CE-only student shows whether distillation helps at all")
+    return "; ".join(parts) + "."
 
 
 def stage_table(records: dict[str, StageRecord]) -> Table:
@@ -124,7 +142,7 @@ def build_report(run: RunDir, batch_size: int | None = None, budget_ms: float | 
         bench=results,
         pareto=pareto,
         recommendation=recommendation,
-        notes=_notes(bench, run),
+        notes=[*warnings(records), *_notes(bench, run)],
     )
     _add_ratios(report)
     return report
@@ -161,12 +179,13 @@ def _row(
     file, size = (onnx.path, onnx.bytes) if onnx else (ckpt.name, ckpt.stat().st_size if ckpt.is_file() else None)
     top1 = m.top1 if precision == "fp32" else onnx.top1
     controls = controls_of(records, stage)  # the same student's control students, by their teachers
-    deltas = {key: top1 - records[controls[t]].top1 if t in controls else None for key, (t, _) in DELTAS.items()}
+    deltas = {key: top1 - records[controls[t]].top1 if t in controls else None for key, (t, *_) in DELTAS.items()}
     best = {b: bench.best(stage, b, precision, batch_size) for b in backends} if bench else {}
     return ReportRow(
         name=m.title + ("" if precision == "fp32" else f" {precision}"),
         stage=stage,
         role=m.role,
+        method=m.method,
         arch=m.arch,
         precision=precision,
         file=file,
@@ -177,6 +196,7 @@ def _row(
         params=m.params,
         macs=m.macs,
         p50_ms={b: r.p50_ms for b, r in best.items() if r},
+        p50_interval={b: median_interval(r.samples_ms) for b, r in best.items() if r and len(r.samples_ms) > 1},
         setting={b: r.setting.label() for b, r in best.items() if r},
     )
 
@@ -203,7 +223,7 @@ def _notes(bench: BenchFile | None, run: RunDir) -> list[str]:
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of the main table (the same strings in every output format)."""
     b, primary = report.batch_size, report.primary_backend
-    deltas = [k for k in DELTAS if k == "delta_vs_st_student" or any(getattr(r, k) is not None for r in report.rows)]
+    deltas = delta_columns(report)
     cols = [
         "model",
         "arch",
@@ -290,7 +310,7 @@ def markdown(report: Report, plot_files: dict[str, str]) -> str:
         f"Latency: p50 at batch {report.batch_size}, each model at its best setting on each backend (CPU "
         f"threads, CUDA graph or eager: every setting is under Every measurement); × faster is the "
         f"{report.teacher}'s fp32 p50 on {report.primary_backend or 'no backend'} over the row's; "
-        f"× smaller compares file sizes. {DELTA_NOTE}",
+        f"× smaller compares file sizes. {delta_note(report)}",
         "",
         markdown_table(*table_rows(report)),
         "",
@@ -357,7 +377,7 @@ img#plot-training_curves {{ max-width: 1100px; }}
 <dl>{meta}</dl>
 <p>Latency is p50 at batch {report.batch_size}, each model at its best setting on each backend;
 × faster is the {e(str(report.teacher))}'s fp32 p50 on
-{e(report.primary_backend or "no backend")} over the row's; × smaller compares file sizes. {e(DELTA_NOTE)}</p>
+{e(report.primary_backend or "no backend")} over the row's; × smaller compares file sizes. {e(delta_note(report))}</p>
 {table(*table_rows(report), "summary")}
 {scales}
 {figures}

@@ -45,6 +45,15 @@ def latency_stats(samples_ms: np.ndarray | list[float], batch_size: int) -> dict
     }
 
 
+def median_interval(samples_ms: list[float], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """A bootstrap 95% interval of the p50 (the median call): two p50s whose intervals overlap are a tie, which
+    timing noise could reverse on the next run."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    draws = np.random.default_rng(seed).choice(a, size=(resamples, a.size), replace=True)
+    low, high = np.percentile(np.median(draws, axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
 def _call_ms(backend: Backend, x: np.ndarray) -> float:
     if backend.device == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

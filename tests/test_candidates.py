@@ -42,6 +42,49 @@ def test_the_same_accuracy_reached_by_two_sums_is_a_tie_that_speed_decides():
     assert recommend([checkpoint, export]).pick.name == "fp16"
 
 
+def test_latencies_that_tie_within_their_noise_go_to_the_smaller_file():
+    """fp32, fp16 and int8 with the same top-1: 0.180 ms against 0.183 ms is noise, so the 1.81 MB int8 file is
+    recommended over the 6.15 MB fp32 one; a p50 clearly apart stays the faster's."""
+    fp32, fp16, int8 = (
+        _point(n, 96.39, p50).model_copy(update={"bytes": b, "p50_interval": i})
+        for n, p50, b, i in [("fp32", 0.180, 6_150_000, (0.175, 0.186)), ("fp16", 0.183, 3_100_000, (0.178, 0.189)),
+                             ("int8", 0.183, 1_810_000, (0.179, 0.188))]
+    )  # fmt: skip
+    pick = recommend([fp32, fp16, int8])
+    assert pick.pick.name == "int8" and "ties with fp32's 0.180 ms within their bootstrap intervals" in pick.reason
+    apart = int8.model_copy(update={"p50_ms": 0.250, "p50_interval": (0.240, 0.260)})
+    assert recommend([fp32, apart]).pick.name == "fp32", "a p50 outside the other's noise is slower"
+    unknown = fp32.model_copy(update={"p50_interval": None})
+    assert recommend([unknown, int8]).pick.name == "fp32", "without samples nothing is called a tie"
+
+
+def test_a_model_at_chance_is_never_recommended():
+    guess = _point("untrained", 8.61, 0.1).model_copy(update={"chance": 10.0})
+    trained = _point("trained", 96.0, 0.5).model_copy(update={"chance": 10.0})
+    assert recommend([guess, trained]).pick.name == "trained", "however fast the untrained one is"
+    nothing = recommend([guess])
+    assert nothing.pick is None and "at or near chance" in nothing.reason and "train longer" in nothing.reason
+
+
+def test_the_report_warns_of_a_model_at_chance_and_of_a_gt_below_its_st():
+    from gtcompress.recommend import warnings
+
+    records = {
+        "standard_teacher": StageRecord(arch="a", top1=97.22, epochs=8, train_seconds=1, params=1, role="standard",
+                                        num_classes=10, title="Standard Teacher"),
+        "generous_teacher": StageRecord(arch="a", top1=93.33, epochs=8, train_seconds=1, params=1, role="generous",
+                                        num_classes=10, title="Generous Teacher"),
+        "student": StageRecord(arch="b", top1=8.61, epochs=0, train_seconds=0, params=1, role="student",
+                               num_classes=10, title="student <- GT"),
+    }  # fmt: skip
+    lines = warnings(records)
+    assert lines == [
+        "student <- GT is at or near chance (top-1 8.61% with 10 classes): not recommended; train it longer (it had "
+        "0 epochs)",
+        "the Generous Teacher (93.33%) is less accurate than the Standard Teacher (97.22%)",
+    ]
+
+
 def _rows(models):
     """Report rows for (stage, top-1, p50 ms) on onnxruntime."""
     return [

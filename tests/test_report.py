@@ -225,3 +225,10 @@ def test_markdown_table_right_aligns_numbers():
     assert lines[0] == "| name | top-1 |" and lines[1] == "| --- | ---: |" and len(lines) == 4
     missing = markdown_table(["name", "p50", "note"], [["a", "0.30", "–"], ["b", "–", "–"], ["c", "1.2×", "x"]])
     assert missing.splitlines()[1] == "| --- | ---: | --- |", "a value not measured leaves a number column numeric"
+
+
+def test_the_report_explains_only_the_columns_its_table_has(workflow_run):
+    md = (workflow_run / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    assert "Δ vs ←born-again" in header and "Δ vs ←continued" not in header, "a scratch GT's run: no continued arm"
+    assert "Δ vs ←born-again minus" in md and "Δ vs ←continued minus" not in md
