@@ -158,6 +158,7 @@ def _train(
         params=count_params(job.model),
         macs=count_macs(job.model, setup.img_size),
         num_classes=setup.run.splits.num_classes,
+        test_images=len(setup.run.splits.val) if not setup.run.splits.streaming else None,
         **stage.record(cfg),
         **scale,
         logit_scale=_logit_scale(stage, job.model, setup) if stage.role != "student" else None,

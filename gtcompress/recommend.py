@@ -7,6 +7,8 @@ nothing, and a deployment should ship the teacher then.
 
 from __future__ import annotations
 
+import math
+
 from .records import ModelFile, Pareto, Point, Recommendation, ReportRow, StageRecord
 from .rundir import RunDir
 from .stages import deployable_teachers, distilled_students
@@ -38,8 +40,8 @@ def faster_than_the_teachers(points: list[Point]) -> list[Point]:
 
 
 def at_chance(p: Point | StageRecord, chance: float | None) -> bool:
-    """A model no better than twice a guess's top-1 (100 / classes %): never recommended, whatever its speed."""
-    return chance is not None and p.top1 <= 2 * chance
+    """A model not shown to beat a guess (`chance`: see `chance_line`): never recommended, whatever its speed."""
+    return chance is not None and p.top1 <= chance
 
 
 def ties(a: Point, b: Point) -> bool:
@@ -74,7 +76,7 @@ def recommend(points: list[Point], budget_ms: float | None = None) -> Recommenda
     every model is at chance."""
     points = [p for p in points if not at_chance(p, p.chance)]
     if not points:
-        return Recommendation(reason="every model is at or near chance (top-1 at most twice a guess's): train longer")
+        return Recommendation(reason="every model is at or near chance (not shown to beat a guess): train longer")
     if budget_ms is not None:
         fits, why = (
             [p for p in points if p.p50_ms <= budget_ms],
@@ -151,14 +153,19 @@ def which_student(
 
 
 def _chance(record: StageRecord) -> float | None:
-    return 100 / record.num_classes if record.num_classes else None
+    """The top-1 a guess among the record's classes reaches with 99% probability on its test split (one-sided
+    binomial, normal approximation): a model at or below it has not been shown to have learned anything."""
+    if not record.num_classes or not record.test_images:
+        return None
+    p = 1 / record.num_classes
+    return 100 * (p + 2.33 * math.sqrt(p * (1 - p) / record.test_images))
 
 
 def warnings(records: dict[str, StageRecord]) -> list[str]:
     """What a user must know before trusting the run: a model at chance, a GT less accurate than its ST."""
     out = [
-        f"{r.title} is at or near chance (top-1 {r.top1:.2f}% with {r.num_classes} classes): not recommended; "
-        f"train it longer (it had {r.epochs} epochs)"
+        f"{r.title} is at or near chance (top-1 {r.top1:.2f}% with {r.num_classes} classes, {r.test_images} test "
+        f"images): not recommended; train it longer (it had {r.epochs} epochs)"
         for r in records.values()
         if at_chance(r, _chance(r))
     ]

@@ -54,7 +54,8 @@ class StageRecord(Record):
     images_per_second: float | None = None
     params: int
     macs: int | None = None
-    num_classes: int | None = None  # of its data set (chance is 100 / num_classes %)
+    num_classes: int | None = None  # of its data set (a guess's top-1 is 100 / num_classes %)
+    test_images: int | None = None  # that top-1 was measured on
     # how it was made, where it applies
     source: str | None = None  # scratch | pretrained | checkpoint | trained | a hub or local model it started from
     method: str | None = None  # a student's distillation method (ce for the CE-only control)
@@ -280,7 +281,7 @@ class Point(ModelFile):
     backend: str | None = None
     p50_ms: float
     p50_interval: tuple[float, float] | None = None  # bootstrap 95% interval of its p50 (from bench.json's samples)
-    chance: float | None = None  # top-1 of a guess (100 / classes), where known
+    chance: float | None = None  # the top-1 a guess reaches with 99% probability on its test split, where known
     setting: str | None = None  # its best setting's label (threads, CUDA graph)
 
 

@@ -221,41 +221,39 @@ def _notes(bench: BenchFile | None, run: RunDir) -> list[str]:
 
 # -- formatting --------------------------------------------------------------------------------------------------
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Column names and formatted cells of the main table (the same strings in every output format)."""
-    b, primary = report.batch_size, report.primary_backend
+    """The accuracy and size table's columns and cells (the same strings in every output format)."""
     deltas = delta_columns(report)
-    cols = [
-        "model",
-        "arch",
-        "top-1 %",
-        *(DELTAS[k][1] for k in deltas),
-        "params",
-        "MMACs",
-        "file",
-        "MB",
-        *(f"{backend} p50 ms (b{b})" for backend in report.backends),
-        f"setting ({primary or '–'})",
-        f"× faster ({primary or '–'})",
-        "× smaller",
+    cols = ["model", "top-1 %", *(DELTAS[k][1] for k in deltas), "params", "MMACs", "file", "MB"]
+    cells = [
+        [
+            r.name,
+            fmt(r.top1, ".2f"),
+            *(fmt(getattr(r, k), "+.2f") for k in deltas),
+            f"{r.params / 1e6:.2f}M",
+            fmt(r.macs and r.macs / 1e6, ".1f"),
+            r.file,
+            fmt(r.bytes and r.bytes / 1e6, ".2f"),
+        ]
+        for r in report.rows
     ]
-    cells = []
-    for r in report.rows:
-        cells.append(
-            [
-                r.name,
-                r.arch,
-                fmt(r.top1, ".2f"),
-                *(fmt(getattr(r, k), "+.2f") for k in deltas),
-                f"{r.params / 1e6:.2f}M",
-                fmt(r.macs and r.macs / 1e6, ".1f"),
-                r.file,
-                fmt(r.bytes and r.bytes / 1e6, ".2f"),
-                *(fmt(r.p50_ms.get(backend), ".3f") for backend in report.backends),
-                r.setting.get(primary, "–"),
-                fmt(r.speedup, ".1f", "×"),
-                fmt(r.size_ratio, ".1f", "×"),
-            ]
-        )
+    return cols, cells
+
+
+def latency_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """What compression bought: each model's p50 (ms) per backend at its best setting (its setting on the headline
+    backend), and how much faster and smaller than the teacher it is."""
+    b, primary = report.batch_size, report.primary_backend
+    cols = ["model", *(f"{backend} (b{b})" for backend in report.backends), "setting", "× faster", "× smaller"]
+    cells = [
+        [
+            r.name,
+            *(fmt(r.p50_ms.get(backend), ".3f") for backend in report.backends),
+            r.setting.get(primary, "–"),
+            fmt(r.speedup, ".1f", "×"),
+            fmt(r.size_ratio, ".1f", "×"),
+        ]
+        for r in report.rows
+    ]
     return cols, cells
 
 
@@ -263,26 +261,27 @@ def bench_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return [*RESULT_COLUMNS, "iters"], [[*result_cells(r), str(r.iters)] for r in in_order(report.bench)]
 
 
-def report_table(report: Report) -> Table:
-    """The main table for the terminal (the file column left to report.md/html, to fit 120 columns)."""
-    h = report.header
-    table = Table(
-        title=f"gtcompress report: {h.teacher} -> {h.student} on {h.data} ({h.machine})",
-        box=box.SIMPLE_HEAVY,
-        caption=f"p50 at batch {report.batch_size}; × faster/smaller: vs the {report.teacher} "
-        f"(fp32, {report.primary_backend or 'not benchmarked'})",
-        title_justify="left",
-        caption_justify="left",
-    )
-    cols, cells = table_rows(report)
-    keep = [i for i, col in enumerate(cols) if col != "file"]
-    for i in keep:
-        name = cols[i].split(" (")[0].replace(" p50 ms", "\np50 ms").replace(" ", "\n")
-        width = max(max((len(row[i]) for row in cells), default=1), *map(len, name.split("\n")))  # nothing cut
-        table.add_column(name, justify="left" if i < 2 else "right", no_wrap=True, min_width=width)
-    for row in cells:
-        table.add_row(*(row[i] for i in keep))
-    return table
+def report_tables(report: Report) -> list[Table]:
+    """The accuracy and size table, and the latency table, for a terminal of 100 columns (the file column is left
+    to report.md/html); headers wrap, cells never are cut."""
+    h, b = report.header, report.batch_size
+    titles = [
+        f"gtcompress report: {h.teacher} -> {h.student} on {h.data}",
+        f"p50 at batch {b} on {h.machine}; × faster: the {report.teacher}'s fp32 p50 "
+        f"({report.primary_backend or 'not benchmarked'}) over the row's",
+    ]
+    tables = []
+    for title, (cols, cells) in zip(titles, (table_rows(report), latency_rows(report))):
+        table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
+        keep = [i for i, col in enumerate(cols) if col != "file"]
+        for i in keep:
+            name = cols[i].replace(" (", "\n(")
+            width = max(max((len(row[i]) for row in cells), default=1), *map(len, name.split("\n")))
+            table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True, min_width=width)
+        for row in cells:
+            table.add_row(*(row[i] for i in keep))
+        tables.append(table)
+    return tables
 
 
 def _header_lines(report: Report) -> list[tuple[str, str]]:
@@ -307,12 +306,16 @@ def markdown(report: Report, plot_files: dict[str, str]) -> str:
     ]
     parts += [
         "",
-        f"Latency: p50 at batch {report.batch_size}, each model at its best setting on each backend (CPU "
-        f"threads, CUDA graph or eager: every setting is under Every measurement); × faster is the "
-        f"{report.teacher}'s fp32 p50 on {report.primary_backend or 'no backend'} over the row's; "
-        f"× smaller compares file sizes. {delta_note(report)}",
+        f"Accuracy and size. {delta_note(report)}",
         "",
         markdown_table(*table_rows(report)),
+        "",
+        f"Latency: p50 (ms) at batch {report.batch_size}, each model at its best setting on each backend (CPU "
+        f"threads, CUDA graph or eager: every setting is under Every measurement; the setting column is the "
+        f"{report.primary_backend or 'headline backend'}'s); × faster is the {report.teacher}'s fp32 p50 on "
+        f"{report.primary_backend or 'no backend'} over the row's; × smaller compares file sizes.",
+        "",
+        markdown_table(*latency_rows(report)),
         "",
     ]
     if report.scales:
@@ -379,6 +382,7 @@ img#plot-training_curves {{ max-width: 1100px; }}
 × faster is the {e(str(report.teacher))}'s fp32 p50 on
 {e(report.primary_backend or "no backend")} over the row's; × smaller compares file sizes. {e(delta_note(report))}</p>
 {table(*table_rows(report), "summary")}
+{table(*latency_rows(report), "latency")}
 {scales}
 {figures}
 {bench}
@@ -415,11 +419,11 @@ def report(
     rundir = resolve_run(run)
     content = build_report(rundir, batch_size, budget_ms)
     paths = write_report(rundir, content)
-    console.print(report_table(content))
+    for table in report_tables(content):
+        console.print(table)
     if content.scales:
         console.print(scale_table(content))
-    if content.pareto.points:
-        say(recommendation_line(content.pareto, content.recommendation))
-    for note in content.notes:
-        say(f"note: {note}")
+    lines = [recommendation_line(content.pareto, content.recommendation)] if content.pareto.points else []
+    for line in [*lines, *(f"note: {note}" for note in content.notes)]:
+        console.print(line, markup=False, highlight=False, soft_wrap=False)  # wrapped at the terminal's width
     say(f"wrote {', '.join(str(p) for p in paths)}")

@@ -186,3 +186,17 @@ def test_every_gtcompress_command_in_the_readme_parses():
             command.make_context(name, [a for a in args if a != "--help"], parent=None)
         except click.exceptions.UsageError as e:
             raise AssertionError(f"README: `{call}`: {e}") from None
+
+
+def test_the_command_line_answers_help_without_importing_the_stack():
+    """`gtcompress --help` must not wait ~5 s for torch and timm (benchmarks/cli_help.py times the difference)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from typer.testing import CliRunner; from gtcompress.cli import app; "
+        "[CliRunner().invoke(app, a) for a in (['--help'], ['distill', '--help'], ['run', '--help'])]; "
+        "print(sorted(m for m in ('torch', 'timm', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -4,6 +4,7 @@ import base64
 import html
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -232,3 +233,18 @@ def test_the_report_explains_only_the_columns_its_table_has(workflow_run):
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
     assert "Δ vs ←born-again" in header and "Δ vs ←continued" not in header, "a scratch GT's run: no continued arm"
     assert "Δ vs ←born-again minus" in md and "Δ vs ←continued minus" not in md
+
+
+def test_the_tables_fit_100_columns_in_the_terminal_and_in_report_md(workflow_run):
+    from rich.console import Console
+
+    from gtcompress.report import report_tables
+
+    console = Console(width=100, record=True, file=open(os.devnull, "w"))
+    for table in report_tables(RunDir(workflow_run).report()):
+        console.print(table)
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 100 and not any("…" in line for line in lines), "nothing cut either"
+    md = (workflow_run / "report.md").read_text().split("## What to ship")[0]
+    table_lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert max(map(len, table_lines)) <= 100, max(table_lines, key=len)
