@@ -100,6 +100,10 @@ class ExportRecord(Record):
     test_images: int
     target: str = "onnxruntime"  # the runtime the graph was made for (an int8 graph differs for TensorRT)
     opset: int | None = None
+    # int8 graphs: whether they are safe from the int16 saturation of onnxruntime's x86 kernels without VNNI
+    # (graph.saturating_nodes), and the verifying host's CPU features
+    saturation_safe: bool | None = None
+    cpu_features: list[str] | None = None
 
 
 class RejectedExport(Record):

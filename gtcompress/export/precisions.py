@@ -49,13 +49,18 @@ def _fp16(c: Conversion) -> dict[str, Any]:
 
 
 def _int8(c: Conversion) -> dict[str, Any]:
-    from .graph import graph_opset, quantize_int8
+    """The int8 graph; the record says whether x86 CPUs without VNNI can saturate on it (see
+    graph.saturating_nodes) and which CPU features the host that verifies it has."""
+    from ..environment import cpu_features
+    from .graph import graph_opset, quantize_int8, saturating_nodes
 
     quantize_int8(c.fp32, c.dst, c.calibration, c.calibration_method, c.target)
     return {
         "opset": graph_opset(c.dst),
         "calibration_images": c.calibration_images,
         "calibration_method": c.calibration_method,
+        "saturation_safe": not saturating_nodes(c.dst),
+        "cpu_features": cpu_features(),
     }
 
 
