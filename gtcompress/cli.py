@@ -174,6 +174,9 @@ def export(
     calibration_method: Annotated[
         str, typer.Option(help=field_help(ExportConfig, "calibration_method"))
     ] = field_default(ExportConfig, "calibration_method"),
+    int8_format: Annotated[str, typer.Option(help=field_help(ExportConfig, "int8_format"))] = field_default(
+        ExportConfig, "int8_format"
+    ),
     opset: Annotated[Optional[int], typer.Option(help=field_help(ExportConfig, "opset"))] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP)] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "checkpoint"))] = None,
@@ -196,6 +199,7 @@ def export(
         "opt_batches": parse_batch_sizes(opt_batches, "--opt-batches"),
         "calibration_images": calibration_images,
         "calibration_method": calibration_method,
+        "int8_format": int8_format,
         "opset": opset,
         "dataset": dataset,
         "data_root": data_root,

@@ -100,8 +100,9 @@ class ExportRecord(Record):
     test_images: int
     target: str = "onnxruntime"  # the runtime the graph was made for (an int8 graph differs for TensorRT)
     opset: int | None = None
-    # int8 graphs: whether they are safe from the int16 saturation of onnxruntime's x86 kernels without VNNI
-    # (graph.saturating_nodes), and the verifying host's CPU features
+    # int8 graphs: their format (graph.INT8_FORMATS, or tensorrt), whether they are safe from the int16 saturation
+    # of onnxruntime's x86 kernels without VNNI (graph.saturating_nodes), and the verifying host's CPU features
+    int8_format: str | None = None
     saturation_safe: bool | None = None
     cpu_features: list[str] | None = None
 

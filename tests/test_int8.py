@@ -1,5 +1,6 @@
-"""int8 graphs: which can saturate onnxruntime's x86 kernels without VNNI (the check reads the graph's own weights),
-and an export records the verdict and the host's CPU features.
+"""int8 graphs: the portable default cannot saturate onnxruntime's x86 kernels without VNNI, the VNNI-only format
+can, the check reads the graph's own weights, and an export records its format, the verdict and the host's CPU
+features.
 
 Every assertion is about the graph, not about accuracy: they hold on any x86 host, with or without VNNI.
 """
@@ -10,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import invoke
+from conftest import assert_one_line_error, invoke
 from onnx import numpy_helper
 
 from gtcompress.environment import cpu_features
-from gtcompress.export.graph import export_onnx, quantize_int8, saturating_nodes
+from gtcompress.export.config import ExportConfig
+from gtcompress.export.graph import INT8_FORMATS, TENSORRT_INT8, export_onnx, quantize_int8, saturating_nodes
 from gtcompress.models import ModelSpec, create_model, save_checkpoint
 
 ARCH, CLASSES, SIZE = "mobilenetv3_small_050", 10, 32  # pointwise and depthwise convolutions, and a Linear head
@@ -27,14 +29,14 @@ def random_images():
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory) -> dict[str, Path]:
-    """The model's int8 graph for each target (onnxruntime, tensorrt), calibrated on random images."""
+    """The model's int8 graph in each format (portable, vnni, tensorrt), calibrated on random images."""
     tmp = tmp_path_factory.mktemp("int8")
     fp32 = tmp / "model.onnx"
     export_onnx(create_model(ARCH, CLASSES).eval(), SIZE, fp32)
     out = {}
-    for target in ("onnxruntime", "tensorrt"):
-        out[target] = tmp / f"model.{target}.onnx"
-        quantize_int8(fp32, out[target], random_images, "minmax", target)
+    for fmt in (*INT8_FORMATS.values(), TENSORRT_INT8):
+        out[fmt.name] = tmp / f"model.{fmt.name}.onnx"
+        quantize_int8(fp32, out[fmt.name], random_images, "minmax", fmt)
     return out
 
 
@@ -72,22 +74,34 @@ def with_weights(path: Path, dst: Path, limit: int, node: str = "", value: int =
     return dst
 
 
-def test_8_bit_weights_can_saturate_in_every_non_depthwise_node(graphs):
-    weights = quantized_weights(graphs["onnxruntime"])
+def largest_weight(path: Path) -> int:
+    return max(int(np.abs(w.astype(np.int32)).max()) for w in quantized_weights(path).values())
+
+
+def test_the_default_int8_graph_cannot_saturate(graphs):
+    assert ExportConfig().int8_format == "portable"
+    weights = quantized_weights(graphs["portable"])
+    # quantized, with int8 weights reaching the 7-bit limit: the check had real weights to read
     assert len(weights) > 20 and all(w.dtype == np.int8 for w in weights.values())
-    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights.values()) == 127
-    exempt = depthwise(graphs["onnxruntime"])
+    assert largest_weight(graphs["portable"]) == 64
+    assert saturating_nodes(graphs["portable"]) == []
+
+
+def test_the_vnni_only_graph_can_saturate_in_every_non_depthwise_node(graphs):
+    assert largest_weight(graphs["vnni"]) == 127
+    exempt = depthwise(graphs["vnni"])
     assert exempt, "the model has depthwise convolutions, whose kernels widen before multiplying"
-    assert set(saturating_nodes(graphs["onnxruntime"])) == set(weights) - exempt
+    assert set(saturating_nodes(graphs["vnni"])) == set(quantized_weights(graphs["vnni"])) - exempt
 
 
 def test_the_tensorrt_graphs_int8_activations_count_as_uint8_on_x86(graphs):
+    assert largest_weight(graphs["tensorrt"]) == 127  # TensorRT's graph keeps 8-bit weights: GPUs do not saturate
     # onnxruntime shifts int8 activations to uint8 on x86, so 8-bit weights saturate there as with uint8 ones
-    assert set(saturating_nodes(graphs["tensorrt"])) == set(saturating_nodes(graphs["onnxruntime"]))
+    assert set(saturating_nodes(graphs["tensorrt"])) == set(saturating_nodes(graphs["vnni"]))
 
 
 def test_the_check_reads_the_stored_weights(graphs, tmp_path):
-    graph = graphs["onnxruntime"]
+    graph = graphs["vnni"]
     assert saturating_nodes(with_weights(graph, tmp_path / "a.onnx", 64)) == []
     pointwise = sorted(set(quantized_weights(graph)) - depthwise(graph))[0]
     assert saturating_nodes(with_weights(graph, tmp_path / "b.onnx", 64, pointwise, -65)) == [pointwise]
@@ -114,8 +128,14 @@ def export_int8(checkpoint: Path, out: Path, *options: str) -> dict:
     return next(r for r in records if r["precision"] == "int8" and r["backend"] == "onnxruntime")
 
 
-def test_an_int8_export_records_its_saturation_verdict_and_the_cpu(checkpoint, tmp_path):
-    record = export_int8(checkpoint, tmp_path)
-    assert record["saturation_safe"] is False  # today's 8-bit weights
+@pytest.mark.parametrize("fmt, safe", [("portable", True), ("vnni", False)])
+def test_an_int8_export_records_its_format_its_saturation_verdict_and_the_cpu(checkpoint, tmp_path, fmt, safe):
+    record = export_int8(checkpoint, tmp_path, *(() if fmt == "portable" else ("--int8-format", fmt)))
+    assert (record["int8_format"], record["saturation_safe"]) == (fmt, safe)
     assert record["saturation_safe"] is (saturating_nodes(tmp_path / record["path"]) == [])
     assert record["cpu_features"] == cpu_features()
+
+
+def test_an_unknown_int8_format_is_one_line(tmp_path):
+    result = invoke("export", "--checkpoint", tmp_path / "m.pt", "--int8-format", "avx2")
+    assert_one_line_error(result, "int8 format 'avx2'", "portable", "vnni")

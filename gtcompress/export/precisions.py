@@ -33,6 +33,7 @@ class Conversion:
     calibration: Callable[[], Iterator[np.ndarray]]  # training batches, for int8
     calibration_images: int
     calibration_method: str
+    int8_format: str = "portable"  # the onnxruntime int8 graph's (graph.INT8_FORMATS); TensorRT's has its own
 
 
 def _fp32(c: Conversion) -> dict[str, Any]:
@@ -49,16 +50,18 @@ def _fp16(c: Conversion) -> dict[str, Any]:
 
 
 def _int8(c: Conversion) -> dict[str, Any]:
-    """The int8 graph; the record says whether x86 CPUs without VNNI can saturate on it (see
+    """The int8 graph in its format; the record says whether x86 CPUs without VNNI can saturate on it (see
     graph.saturating_nodes) and which CPU features the host that verifies it has."""
     from ..environment import cpu_features
-    from .graph import graph_opset, quantize_int8, saturating_nodes
+    from .graph import INT8_FORMATS, TENSORRT_INT8, graph_opset, quantize_int8, saturating_nodes
 
-    quantize_int8(c.fp32, c.dst, c.calibration, c.calibration_method, c.target)
+    fmt = TENSORRT_INT8 if c.target == "tensorrt" else INT8_FORMATS[c.int8_format]
+    quantize_int8(c.fp32, c.dst, c.calibration, c.calibration_method, fmt)
     return {
         "opset": graph_opset(c.dst),
         "calibration_images": c.calibration_images,
         "calibration_method": c.calibration_method,
+        "int8_format": fmt.name,
         "saturation_safe": not saturating_nodes(c.dst),
         "cpu_features": cpu_features(),
     }
