@@ -196,7 +196,7 @@ def saturating_nodes(path: Path) -> list[str]:
     convolution multiply the stored uint8 activations by the stored int8 weights with VPMADDUBSW (zero points are
     applied after, from row and column sums), adding adjacent pairs into an int16: at most 255 * (|w1| + |w2|).
     Every 8-bit activation reaches 255 there (a uint8 one spans [0, 255] by calibration and QuantizeLinear clamps
-    to it; onnxruntime shifts int8 activations to uint8 on x86), so a node can saturate iff its weights are int8
+    to it; onnxruntime shifts int8 activations to uint8 on x86), so a node can saturate when its weights are int8
     with max |w| > 64: 8-bit rather than 7-bit weights (2 * 255 * 65 > 32767). Safe whatever their values: uint8
     weights (the u8u8 kernels widen both operands to int16), depthwise convolutions (one input and one output
     channel per group: their kernels widen to 32 bits), and nodes not fed two dequantized 8-bit tensors (float).
@@ -226,8 +226,8 @@ def _is_dequantize(node: onnx.NodeProto | None) -> bool:
 
 def _dequantized_type(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> int:
     """The integer type a DequantizeLinear reads: its zero point's (uint8 without one, as ONNX defines)."""
-    source = initializers.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    source = source or initializers.get(node.input[0])
+    zero_point = node.input[2] if len(node.input) > 2 else ""
+    source = initializers.get(zero_point if zero_point in initializers else node.input[0])
     return source.data_type if source is not None else onnx.TensorProto.UINT8
 
 
