@@ -331,6 +331,7 @@ def export_group(
     opt_batches: Annotated[Optional[str], export_option("opt_batches", metavar="N[,N...]")] = None,
     calibration_images: Annotated[Optional[int], export_option("calibration_images")] = None,
     calibration_method: Annotated[Optional[str], export_option("calibration_method")] = None,
+    int8_format: Annotated[Optional[str], export_option("int8_format", metavar="portable|vnni")] = None,
     opset: Annotated[Optional[int], export_option("opset")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP, rich_help_panel=EXPORT)] = None,
     trt: Annotated[bool, typer.Option("--trt", hidden=True, help="Deprecated: --backend tensorrt.")] = False,
@@ -351,6 +352,7 @@ def export_values(options: dict[str, Any], backends: list[str] | None) -> dict[s
             "opt_batches": parse_batch_sizes(o["opt_batches"], "--opt-batches") if o["opt_batches"] else None,
             "calibration_images": o["calibration_images"],
             "calibration_method": o["calibration_method"],
+            "int8_format": o["int8_format"],
             "opset": o["opset"],
             "tolerances": parse_tolerances(o["tolerance"] or []),
         }

@@ -102,6 +102,11 @@ class ExportRecord(Record):
     test_images: int
     target: str = "onnxruntime"  # the runtime the graph was made for (an int8 graph differs for TensorRT)
     opset: int | None = None
+    # int8 graphs: their format (export.precisions.INT8_FORMATS, or tensorrt), whether they are safe from the int16
+    # saturation of onnxruntime's x86 kernels without VNNI (graph.saturating_nodes), the verifying host's CPU features
+    int8_format: str | None = None
+    saturation_safe: bool | None = None
+    cpu_features: list[str] | None = None
 
 
 SIDECAR_FORMAT = "gtcompress-export/1"

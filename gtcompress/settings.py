@@ -13,7 +13,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from .backends import BACKENDS, RUN_PRECISIONS, builders
 from .config import Tolerance
 from .errors import UserError
-from .export.precisions import DEFAULT_TOLERANCES, PRECISIONS
+from .export.precisions import DEFAULT_TOLERANCES, INT8_FORMATS, PRECISIONS
 from .typed import Frozen, one_of
 
 
@@ -64,6 +64,9 @@ class ExportConfig(Frozen):
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax", description="int8 calibration: minmax | entropy | percentile"
     )
+    int8_format: str = Field(
+        "portable", description=f"int8 graph for onnxruntime: {'; '.join(f.help for f in INT8_FORMATS.values())}."
+    )
     opset: int | None = Field(None, description="ONNX opset (default: the exporter's).")
     dataset: str | None = Field(None, description="Data set to verify on (default: the run's).")
     data_root: Path | None = Field(None, description="Data directory (CIFAR, ImageFolder).")
@@ -87,6 +90,12 @@ class ExportConfig(Frozen):
         """Known ones only, in the registry's order (fp32 first: the others are converted from it)."""
         one_of("precision", value, PRECISIONS)
         return tuple(p for p in PRECISIONS if p in {"fp32", *value})
+
+    @field_validator("int8_format")
+    @classmethod
+    def _known_int8_format(cls, value: str) -> str:
+        one_of("int8 format", [value], INT8_FORMATS)
+        return value
 
     @field_validator("backends")
     @classmethod

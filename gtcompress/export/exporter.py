@@ -192,6 +192,7 @@ class Exporter:
             calibration=lambda: batches(subset, 32, self.data.workers),
             calibration_images=len(subset),
             calibration_method=self.cfg.calibration_method,
+            int8_format=self.cfg.int8_format,
         )
         return precision.convert(conversion)
 

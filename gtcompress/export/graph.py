@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from ..errors import UserError, first_line
+from .precisions import Int8Format
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -81,23 +83,11 @@ def convert_fp16(src: Path, dst: Path) -> None:
     onnx.save(converted, str(dst))
 
 
-# The int8 Q/DQ graph for each target. onnxruntime's CPU kernels are fastest with asymmetric uint8
-# activations (u8s8); TensorRT's explicit quantization takes only symmetric int8 activations and float
-# biases (it rejects a DequantizeLinear of int32 and folds the bias itself). Weights: int8, per channel.
-INT8_TARGETS = {
-    "onnxruntime": {"activations": "QUInt8", "options": {"ActivationSymmetric": False, "WeightSymmetric": True}},
-    "tensorrt": {
-        "activations": "QInt8",
-        "options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-    },
-}
-
-
 def quantize_int8(
-    src: Path, dst: Path, calibration: Callable[[], Iterator[np.ndarray]], method: str, target: str = "onnxruntime"
+    src: Path, dst: Path, calibration: Callable[[], Iterator[np.ndarray]], method: str, fmt: Int8Format
 ) -> None:
-    """Static int8 Q/DQ quantization (onnxruntime's tools) for `target`: per-channel int8 weights, activation
-    ranges from `calibration` (see INT8_TARGETS)."""
+    """Static int8 Q/DQ quantization (onnxruntime's tools) in format `fmt`: per-channel int8 weights, activation
+    ranges from `calibration`."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -120,6 +110,11 @@ def quantize_int8(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
+    options = {
+        "ActivationSymmetric": fmt.symmetric_activations,
+        "WeightSymmetric": True,
+        "QuantizeBias": fmt.quantize_bias,
+    }
     with tempfile.TemporaryDirectory(prefix="gtcompress-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference only: onnxruntime's optimiser would split HardSwish into HardSigmoid * x, which
@@ -132,12 +127,68 @@ def quantize_int8(
                 Reader(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                activation_type=getattr(QuantType, INT8_TARGETS[target]["activations"]),
+                reduce_range=fmt.reduce_range,
+                activation_type=getattr(QuantType, fmt.activations),
                 weight_type=QuantType.QInt8,
                 calibrate_method=methods[method],
-                extra_options=INT8_TARGETS[target]["options"],
+                extra_options=options,
             )
     onnx.checker.check_model(str(dst), full_check=True)
+
+
+# VPMADDUBSW adds two uint8 x int8 products into one int16, saturating at its limit.
+INT16_MAX, UINT8_MAX = 32767, 255
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def saturating_nodes(path: Path) -> list[str]:
+    """The quantized Conv/MatMul/Gemm nodes of an int8 Q/DQ graph that can saturate on x86 CPUs without VNNI.
+
+    Rule, from onnxruntime's MLAS kernels for AVX2 and AVX-512 without VNNI: its u8s8 GEMM and symmetric
+    convolution multiply the stored uint8 activations by the stored int8 weights with VPMADDUBSW (zero points are
+    applied after, from row and column sums), adding adjacent pairs into an int16: at most 255 * (|w1| + |w2|).
+    Every 8-bit activation reaches 255 there (a uint8 one spans [0, 255] by calibration and QuantizeLinear clamps
+    to it; onnxruntime shifts int8 activations to uint8 on x86), so a node can saturate when its weights are int8
+    with max |w| > 64: 8-bit rather than 7-bit weights (2 * 255 * 65 > 32767). Safe whatever their values: uint8
+    weights (the u8u8 kernels widen both operands to int16), depthwise convolutions (one input and one output
+    channel per group: their kernels widen to 32 bits), and nodes not fed two dequantized 8-bit tensors (float).
+    An int8 weight that is not an initializer (a MatMul of two activations) may reach 128.
+    """
+    graph = onnx.load(str(path)).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name: t for t in graph.initializer}
+    eight_bit = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
+    risky = []
+    for node in graph.node:
+        x, w = (producers.get(name) for name in node.input[:2]) if node.op_type in QUANTIZED_OPS else (None, None)
+        if not (_is_dequantize(x) and _is_dequantize(w)) or _dequantized_type(x, initializers) not in eight_bit:
+            continue
+        weights = initializers.get(w.input[0])
+        if _dequantized_type(w, initializers) != onnx.TensorProto.INT8 or _depthwise(node, weights):
+            continue
+        largest = 128 if weights is None else int(np.abs(numpy_helper.to_array(weights).astype(np.int32)).max())
+        if 2 * UINT8_MAX * largest > INT16_MAX:
+            risky.append(node.name or node.output[0])
+    return risky
+
+
+def _is_dequantize(node: onnx.NodeProto | None) -> bool:
+    return node is not None and node.op_type == "DequantizeLinear"
+
+
+def _dequantized_type(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> int:
+    """The integer type a DequantizeLinear reads: its zero point's (uint8 without one, as ONNX defines)."""
+    zero_point = node.input[2] if len(node.input) > 2 else ""
+    source = initializers.get(zero_point if zero_point in initializers else node.input[0])
+    return source.data_type if source is not None else onnx.TensorProto.UINT8
+
+
+def _depthwise(node: onnx.NodeProto, weights: onnx.TensorProto | None) -> bool:
+    """A Conv with one input and one output channel per group (onnxruntime's depthwise kernels)."""
+    if node.op_type != "Conv" or weights is None:
+        return False
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return group > 1 and weights.dims[0] == group and weights.dims[1] == 1
 
 
 def calibration_indices(n_train: int, n: int, seed: int = 0) -> np.ndarray:

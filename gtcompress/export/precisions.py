@@ -16,6 +16,54 @@ if TYPE_CHECKING:  # the registry is read by `gtcompress --help`, which must not
 
 
 @dataclass(frozen=True)
+class Int8Format:
+    """One way to quantize a graph to int8 Q/DQ (onnxruntime's quantize_static settings), and where it is accurate."""
+
+    name: str
+    activations: str  # onnxruntime QuantType of the activations: QUInt8 (asymmetric) or QInt8
+    reduce_range: bool  # 7-bit weights, in [-64, 64]: see saturating_nodes
+    symmetric_activations: bool = False
+    quantize_bias: bool = True  # int32 biases; TensorRT takes float biases and folds them itself
+    help: str = ""  # what it is and which hardware its accuracy holds on: the CLI's help
+
+
+# The int8 graph for onnxruntime, chosen with --int8-format. Weights are int8, per channel, symmetric; activations
+# asymmetric uint8, since onnxruntime's x86 kernels are u8s8. On x86 without VNNI (AVX2, AVX-512 without VNNI) those
+# kernels add pairs of u8 x s8 products into a saturating int16 (VPMADDUBSW), which 8-bit weights overflow
+# (2 * 255 * 127 > 32767) and 7-bit ones cannot (2 * 255 * 64 <= 32767); onnxruntime's quantization guide says to use
+# reduce_range or another format there (onnxruntime issue #5849: verified on a VNNI machine, wrong without). Measured
+# on the `make demo` student (mobilenetv3_small_100 on digits, 360 test images, PyTorch top-1 97.22%), onnxruntime
+# 1.32 on a 2-core AMD EPYC with cpu_features avx2, f16c (no AVX-512, no VNNI): top-1 % / agreement with PyTorch %
+# on this CPU's kernels, and simulated (the same graph with onnxruntime's optimizations off: Dequantize, float op,
+# Quantize, no integer kernel; what exact int32 accumulation such as VNNI's computes):
+#   u8s8, 8-bit weights ("vnni")       94.17 / 96.39    simulated 97.22 / 99.44
+#   u8s8, 7-bit weights ("portable")   96.67 / 99.17    simulated 96.67 / 99.17
+#   u8u8, 8-bit weights                97.22 / 99.17    simulated 97.22 / 99.17
+#   s8s8, 8-bit weights                94.72 / 96.11    simulated 97.22 / 99.44
+# s8s8 saturates as u8s8 does (onnxruntime turns int8 activations into uint8 on x86). u8u8 is exact as well (its
+# kernels widen to int16), but moves every x86 CPU onto other kernels, with no VNNI variant (MLAS has one only for
+# AVX-VNNI-INT8 CPUs); 7-bit weights keep each CPU's u8s8 kernels, VNNI's included, and cost 2 of the 360 test
+# images here. So the default is 7-bit ("portable"); 8-bit weights ("vnni") only on request, for hosts whose int8
+# kernels do not saturate (VNNI's vpdpbusd and AMX accumulate in int32).
+INT8_FORMATS = {
+    f.name: f
+    for f in (
+        Int8Format("portable", "QUInt8", reduce_range=True, help="portable (7-bit weights): accurate on every CPU"),
+        Int8Format(
+            "vnni",
+            "QUInt8",
+            reduce_range=False,
+            help="vnni (8-bit weights): accurate only on x86 CPUs with VNNI or AMX (and ARM), not on AVX2 or AVX-512 "
+            "without VNNI",
+        ),
+    )
+}
+# TensorRT's explicit quantization takes only symmetric int8 activations and float biases (it rejects a
+# DequantizeLinear of int32); GPUs accumulate in int32, so its weights keep 8 bits.
+TENSORRT_INT8 = Int8Format("tensorrt", "QInt8", reduce_range=False, symmetric_activations=True, quantize_bias=False)
+
+
+@dataclass(frozen=True)
 class Conversion:
     """What a precision's converter gets: the model, its fp32 graph (made first), and where to write."""
 
@@ -28,6 +76,7 @@ class Conversion:
     calibration: Callable[[], Iterator[np.ndarray]]  # training batches, for int8
     calibration_images: int
     calibration_method: str
+    int8_format: str = "portable"  # the onnxruntime int8 graph's (INT8_FORMATS); TensorRT's has its own
 
 
 def _fp32(c: Conversion) -> dict[str, Any]:
@@ -44,13 +93,20 @@ def _fp16(c: Conversion) -> dict[str, Any]:
 
 
 def _int8(c: Conversion) -> dict[str, Any]:
-    from .graph import graph_opset, quantize_int8
+    """The int8 graph in its format; the record says whether x86 CPUs without VNNI can saturate on it (see
+    graph.saturating_nodes) and which CPU features the host that verifies it has."""
+    from ..environment import cpu_features
+    from .graph import graph_opset, quantize_int8, saturating_nodes
 
-    quantize_int8(c.fp32, c.dst, c.calibration, c.calibration_method, c.target)
+    fmt = TENSORRT_INT8 if c.target == "tensorrt" else INT8_FORMATS[c.int8_format]
+    quantize_int8(c.fp32, c.dst, c.calibration, c.calibration_method, fmt)
     return {
         "opset": graph_opset(c.dst),
         "calibration_images": c.calibration_images,
         "calibration_method": c.calibration_method,
+        "int8_format": fmt.name,
+        "saturation_safe": not saturating_nodes(c.dst),
+        "cpu_features": cpu_features(),
     }
 
 
