@@ -15,10 +15,10 @@ from conftest import assert_one_line_error, invoke
 from onnx import numpy_helper
 
 from gtcompress.environment import cpu_features
-from gtcompress.export.config import ExportConfig
 from gtcompress.export.graph import export_onnx, quantize_int8, saturating_nodes
 from gtcompress.export.precisions import INT8_FORMATS, TENSORRT_INT8
 from gtcompress.models import ModelSpec, create_model, save_checkpoint
+from gtcompress.settings import ExportConfig
 
 ARCH, CLASSES, SIZE = "mobilenetv3_small_050", 10, 32  # pointwise and depthwise convolutions, and a Linear head
 
@@ -122,7 +122,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def export_int8(checkpoint: Path, out: Path, *options: str) -> dict:
     """`gtcompress export --checkpoint ... --precision int8`: its int8 record on onnxruntime."""
-    args = ("--dataset", "digits", "--precision", "int8", "--calibration-images", 32, "--out", out)
+    args = ("--dataset", "digits", "--export-precision", "int8", "--calibration-images", 32, "--out", out)
     result = invoke("export", "--checkpoint", checkpoint, *args, "--tolerance", "int8.min_agreement=0", *options)
     assert result.exit_code == 0, result.output
     records = json.loads((out / "metrics.json").read_text())["export"]
