@@ -58,6 +58,7 @@ def npz_backend(monkeypatch):
     return spec
 
 
+@pytest.mark.slow
 def test_a_backend_with_its_own_artefact_is_built_verified_timed_evaluated_and_reported(
     npz_backend, pipeline_run, tmp_path
 ):

@@ -129,7 +129,7 @@ def export_int8(checkpoint: Path, out: Path, *options: str) -> dict:
     return next(r for r in records if r["precision"] == "int8" and r["backend"] == "onnxruntime")
 
 
-@pytest.mark.parametrize("fmt, safe", [("portable", True), ("vnni", False)])
+@pytest.mark.parametrize("fmt, safe", [("portable", True), pytest.param("vnni", False, marks=pytest.mark.slow)])
 def test_an_int8_export_records_its_format_its_saturation_verdict_and_the_cpu(checkpoint, tmp_path, fmt, safe):
     record = export_int8(checkpoint, tmp_path, *(() if fmt == "portable" else ("--int8-format", fmt)))
     assert (record["int8_format"], record["saturation_safe"]) == (fmt, safe)
