@@ -65,6 +65,7 @@ def _artefact(model: torch.nn.Module, img_size: int, spec: BackendSpec, precisio
             calibration=images,
             calibration_images=32,
             calibration_method="minmax",
+            int8_method="ptq",  # untrained weights have no accuracy for accuracy-aware int8 to keep
         )
         PRECISIONS[name].convert(conversion)
     if spec.loader is None:

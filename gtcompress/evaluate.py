@@ -95,8 +95,14 @@ def _targets(dataset: Dataset) -> list[int]:
 
 def batches(dataset: Dataset, batch_size: int, workers: int = 0) -> Iterator[np.ndarray]:
     """Float32 NCHW batches of a transformed data set, in order."""
-    for x, _ in create_loader(dataset, batch_size, training=False, workers=workers):
-        yield x.numpy()
+    for x, _ in labelled_batches(dataset, batch_size, workers):
+        yield x
+
+
+def labelled_batches(dataset: Dataset, batch_size: int, workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(float32 NCHW images, int64 labels) batches of a transformed data set, in order."""
+    for x, y in create_loader(dataset, batch_size, training=False, workers=workers):
+        yield x.numpy(), y.numpy()
 
 
 def predict(runner: Backend, data: EvalData, batch_size: int) -> np.ndarray:

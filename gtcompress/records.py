@@ -107,6 +107,17 @@ class ExportRecord(Record):
     int8_format: str | None = None
     saturation_safe: bool | None = None
     cpu_features: list[str] | None = None
+    # int8 graphs: how they were made (export.precisions.INT8_METHODS) from which training images; accuracy-aware
+    # ones: the held-out training images' top-1 (%) of the fp32 graph and of this one, the drop allowed, and the
+    # Conv/MatMul/Gemm nodes left in float (by the accuracy control, or never quantized by NNCF's patterns)
+    int8_method: str | None = None
+    calibration_images: int | None = None
+    calibration_method: str | None = None
+    int8_max_drop: float | None = None
+    heldout_images: int | None = None
+    heldout_top1: float | None = None
+    heldout_reference_top1: float | None = None
+    float_layers: list[str] | None = None
 
 
 SIDECAR_FORMAT = "gtcompress-export/1"

@@ -13,7 +13,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from .backends import BACKENDS, RUN_PRECISIONS, builders
 from .config import Tolerance
 from .errors import UserError
-from .export.precisions import DEFAULT_TOLERANCES, INT8_FORMATS, PRECISIONS
+from .export.precisions import DEFAULT_TOLERANCES, INT8_FORMATS, INT8_METHODS, PRECISIONS
 from .typed import Frozen, one_of
 
 
@@ -67,6 +67,15 @@ class ExportConfig(Frozen):
     int8_format: str = Field(
         "portable", description=f"int8 graph for onnxruntime: {'; '.join(f.help for f in INT8_FORMATS.values())}."
     )
+    int8_method: str = Field(
+        "accuracy-aware", description=f"How int8 graphs are made: {'; '.join(m.help for m in INT8_METHODS.values())}."
+    )
+    int8_max_drop: float = Field(
+        0.5, ge=0, description="Top-1 points accuracy-aware int8 may lose on held-out training images."
+    )
+    int8_heldout_images: PositiveInt = Field(
+        1000, description="Training images, apart from the calibration ones, that accuracy-aware int8 measures on."
+    )
     opset: int | None = Field(None, description="ONNX opset (default: the exporter's).")
     dataset: str | None = Field(None, description="Data set to verify on (default: the run's).")
     data_root: Path | None = Field(None, description="Data directory (CIFAR, ImageFolder).")
@@ -95,6 +104,12 @@ class ExportConfig(Frozen):
     @classmethod
     def _known_int8_format(cls, value: str) -> str:
         one_of("int8 format", [value], INT8_FORMATS)
+        return value
+
+    @field_validator("int8_method")
+    @classmethod
+    def _known_int8_method(cls, value: str) -> str:
+        one_of("int8 method", [value], INT8_METHODS)
         return value
 
     @field_validator("backends")

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from conftest import assert_one_line_error, invoke
 from onnx import numpy_helper
 
 from gtcompress.environment import cpu_features
-from gtcompress.export.graph import export_onnx, quantize_int8, saturating_nodes
+from gtcompress.export.exporter import calibration_set
+from gtcompress.export.graph import export_onnx, float_layers, quantize_accuracy_aware, quantize_int8, saturating_nodes
 from gtcompress.export.precisions import INT8_FORMATS, TENSORRT_INT8
 from gtcompress.models import ModelSpec, create_model, save_checkpoint
 from gtcompress.settings import ExportConfig
@@ -140,3 +142,58 @@ def test_an_int8_export_records_its_format_its_saturation_verdict_and_the_cpu(ch
 def test_an_unknown_int8_format_is_one_line(tmp_path):
     result = invoke("export", "--checkpoint", tmp_path / "m.pt", "--int8-format", "avx2")
     assert_one_line_error(result, "int8 format 'avx2'", "portable", "vnni")
+
+
+# -- accuracy-aware int8 (NNCF) ------------------------------------------------------------------------------------
+
+
+def own_predictions(fp32: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Random images labelled with the fp32 graph's own top-1: on them the fp32 graph scores 100% by construction,
+    and an untrained net's near-tied logits make some flip under int8."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    images = [rng.standard_normal((32, 3, SIZE, SIZE), dtype=np.float32) for _ in range(4)]
+    return [(x, session.run(None, {"input": x})[0].argmax(1)) for x in images]
+
+
+def test_accuracy_aware_int8_returns_layers_to_float_until_the_drop_is_within_budget(graphs, tmp_path):
+    fp32, portable = graphs["portable"].with_name("model.onnx"), INT8_FORMATS["portable"]
+    heldout = own_predictions(fp32)
+    made = {}
+    for budget in (100.0, 0.0):
+        made[budget] = tmp_path / f"budget{budget:g}.onnx"
+        before, after = quantize_accuracy_aware(
+            fp32, made[budget], random_images, lambda: iter(heldout), budget, portable
+        )
+        assert before == 100.0 and (before - after <= budget or float_layers(made[budget]) == quantizable(fp32))
+        assert saturating_nodes(made[budget]) == []  # NNCF's overflow fix: the portable format's 7-bit weights
+        if budget == 100.0:
+            assert after < before, "the setting must cost accuracy for the control to have anything to do"
+    assert set(float_layers(made[100.0])) < set(float_layers(made[0.0]))
+
+
+def quantizable(graph: Path) -> list[str]:
+    return [n.name for n in onnx.load(str(graph)).graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(range(50))
+
+
+@pytest.mark.parametrize("train", [list(range(50)), Stream()], ids=["map-style", "stream"])
+def test_held_out_images_are_not_the_calibration_ones(train):
+    calibration, heldout = calibration_set(train, 20), calibration_set(train, 100, skip=20)
+    assert len(calibration) == 20 and len(heldout) == 30 and not set(calibration) & set(heldout)
+
+
+def test_the_workflows_int8_file_is_accuracy_aware_and_lists_its_float_layers(workflow_run):
+    records = json.loads((workflow_run / "metrics.json").read_text())["export"]
+    record = next(r for r in records if r["precision"] == "int8" and r["backend"] == "onnxruntime")
+    assert record["int8_method"] == ExportConfig().int8_method == "accuracy-aware"
+    assert record["float_layers"] == float_layers(workflow_run / record["path"])
+    within = record["heldout_reference_top1"] - record["heldout_top1"] <= record["int8_max_drop"] == 0.5
+    assert within or record["float_layers"] == quantizable(workflow_run / "export" / "student.onnx")
+    assert 0 < record["heldout_images"] and record["saturation_safe"] is True

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, IterableDataset, Subset
 
 from ..backends import BACKENDS, BackendSpec, BuildOptions
 from ..errors import UserError, VerificationError
-from ..evaluate import agreement, batches, load_eval_data, predict, tolerance_failure
+from ..evaluate import agreement, batches, labelled_batches, load_eval_data, predict, tolerance_failure
 from ..files import atomic_path
 from ..models import load_model
 from ..records import ExportRecord, ExportSidecar, RejectedExport
@@ -86,11 +86,12 @@ def _writable(directory: Path) -> None:
         raise UserError(f"cannot write to {directory} ({e.strerror or e})", "choose a writable directory") from None
 
 
-def calibration_set(train: Dataset, n: int) -> Dataset:
-    """A fixed random sample of `n` training images; of a stream, its first `n` (shards are in random order)."""
+def calibration_set(train: Dataset, n: int, skip: int = 0) -> Dataset:
+    """A fixed random sample of `n` training images; of a stream, its first `n` (shards are in random order).
+    `skip` leaves out the first `skip` of the same sample: images held out from a calibration of that many."""
     if isinstance(train, IterableDataset):
-        return list(islice(train, n))
-    return Subset(train, calibration_indices(len(train), n).tolist())
+        return list(islice(train, skip, skip + n))
+    return Subset(train, calibration_indices(len(train), n, skip=skip).tolist())
 
 
 class Exporter:
@@ -181,7 +182,9 @@ class Exporter:
             source = self._source_graph(planned) or self.model
             return planned.builder.build(source, tmp, planned.precision, options)
         precision = PRECISIONS[planned.precision]
-        subset = calibration_set(self.data.train, self.cfg.calibration_images) if precision.calibrated else []
+        calibrated, n = precision.calibrated, self.cfg.calibration_images
+        subset = calibration_set(self.data.train, n) if calibrated else []
+        heldout = calibration_set(self.data.train, self.cfg.int8_heldout_images, skip=n) if calibrated else []
         conversion = Conversion(
             model=self.model,
             img_size=self.spec.img_size,
@@ -193,6 +196,10 @@ class Exporter:
             calibration_images=len(subset),
             calibration_method=self.cfg.calibration_method,
             int8_format=self.cfg.int8_format,
+            int8_method=self.cfg.int8_method,
+            int8_max_drop=self.cfg.int8_max_drop,
+            heldout=lambda: labelled_batches(heldout, 64, self.data.workers),
+            heldout_images=len(heldout),
         )
         return precision.convert(conversion)
 

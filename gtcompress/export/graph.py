@@ -6,7 +6,7 @@ import contextlib
 import io
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +136,70 @@ def quantize_int8(
     onnx.checker.check_model(str(dst), full_check=True)
 
 
+def quantize_accuracy_aware(
+    src: Path,
+    dst: Path,
+    calibration: Callable[[], Iterator[np.ndarray]],
+    heldout: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+    max_drop: float,
+    fmt: Int8Format,
+) -> tuple[float, float]:
+    """Int8 Q/DQ with NNCF's accuracy control: quantize, measure top-1 on `heldout` (labelled training images
+    the calibration did not see), and return to float the layers NNCF ranks most harmful until the drop is at
+    most `max_drop` points. `fmt`'s 7-bit weights are NNCF's overflow fix (its answer to the same saturation).
+    Returns the held-out top-1 (%) of the fp32 graph and of the int8 one."""
+    import logging
+
+    import nncf
+    import onnxruntime as ort
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
+
+    # one image per item: NNCF ranks layers by the per-item metric (a correct top-1, 0 or 1) on subsets of items
+    held = [(x[None], y) for xs, ys in heldout() for x, y in zip(xs, ys)]
+    calibration_items = [image[None] for batch in calibration() for image in batch]
+
+    def top1(model: onnx.ModelProto, items: Iterable[tuple[np.ndarray, int]]) -> tuple[float, list[float]]:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        correct = [float(session.run(None, {INPUT_NAME: x})[0].argmax() == y) for x, y in items]
+        return float(np.mean(correct)), correct
+
+    nncf.set_log_level(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
+        quantized = nncf.quantize_with_accuracy_control(
+            onnx.load(str(src)),
+            nncf.Dataset(calibration_items, lambda x: {INPUT_NAME: x}),
+            nncf.Dataset(held, lambda item: {INPUT_NAME: item[0]}),
+            top1,
+            max_drop=max_drop / 100,
+            subset_size=len(calibration_items),
+            preset=nncf.QuantizationPreset.PERFORMANCE if fmt.symmetric_activations else nncf.QuantizationPreset.MIXED,
+            advanced_quantization_parameters=AdvancedQuantizationParameters(
+                overflow_fix=OverflowFix.ENABLE if fmt.reduce_range else OverflowFix.DISABLE,
+                # per tensor: NNCF may quantize a depthwise convolution's input per channel, which onnxruntime's
+                # QLinearConv refuses (seen on an untrained MobileNetV3)
+                activations_quantization_params=QuantizationParameters(per_channel=False),
+            ),
+        )
+    onnx.checker.check_model(quantized, full_check=True)
+    onnx.save(quantized, str(dst))
+    return 100 * top1(onnx.load(str(src)), held)[0], 100 * top1(quantized, held)[0]
+
+
+def float_layers(path: Path) -> list[str]:
+    """The Conv/MatMul/Gemm nodes of a Q/DQ graph that compute in float (not fed two dequantized tensors)."""
+    graph = onnx.load(str(path)).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    return [
+        node.name or node.output[0]
+        for node in graph.node
+        if node.op_type in QUANTIZED_OPS and not all(_is_dequantize(producers.get(name)) for name in node.input[:2])
+    ]
+
+
 # VPMADDUBSW adds two uint8 x int8 products into one int16, saturating at its limit.
 INT16_MAX, UINT8_MAX = 32767, 255
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
@@ -191,6 +255,7 @@ def _depthwise(node: onnx.NodeProto, weights: onnx.TensorProto | None) -> bool:
     return group > 1 and weights.dims[0] == group and weights.dims[1] == 1
 
 
-def calibration_indices(n_train: int, n: int, seed: int = 0) -> np.ndarray:
-    """A fixed random sample of `n` training images (all of them when there are fewer)."""
-    return np.sort(np.random.default_rng(seed).permutation(n_train)[:n])
+def calibration_indices(n_train: int, n: int, seed: int = 0, skip: int = 0) -> np.ndarray:
+    """A fixed random sample of `n` training images (all of them when there are fewer); `skip` leaves out the
+    first `skip` of the same order (the calibration images, for a held-out sample)."""
+    return np.sort(np.random.default_rng(seed).permutation(n_train)[skip : skip + n])

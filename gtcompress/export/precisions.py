@@ -77,6 +77,10 @@ class Conversion:
     calibration_images: int
     calibration_method: str
     int8_format: str = "portable"  # the onnxruntime int8 graph's (INT8_FORMATS); TensorRT's has its own
+    int8_method: str = "accuracy-aware"  # INT8_METHODS
+    int8_max_drop: float = 0.5  # top-1 points accuracy-aware int8 may lose on the held-out training images
+    heldout: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]] = lambda: iter(())  # labelled training batches
+    heldout_images: int = 0
 
 
 def _fp32(c: Conversion) -> dict[str, Any]:
@@ -92,21 +96,72 @@ def _fp16(c: Conversion) -> dict[str, Any]:
     return {"opset": graph_opset(c.dst)}
 
 
-def _int8(c: Conversion) -> dict[str, Any]:
-    """The int8 graph in its format; the record says whether x86 CPUs without VNNI can saturate on it (see
-    graph.saturating_nodes) and which CPU features the host that verifies it has."""
-    from ..environment import cpu_features
-    from .graph import graph_opset, quantize_int8, saturating_nodes
+def _ptq(c: Conversion, fmt: Int8Format) -> dict[str, Any]:
+    from .graph import quantize_int8
 
-    fmt = TENSORRT_INT8 if c.target == "tensorrt" else INT8_FORMATS[c.int8_format]
     quantize_int8(c.fp32, c.dst, c.calibration, c.calibration_method, fmt)
+    return {"calibration_method": c.calibration_method}
+
+
+def _accuracy_aware(c: Conversion, fmt: Int8Format) -> dict[str, Any]:
+    from .graph import float_layers, quantize_accuracy_aware
+
+    before, after = quantize_accuracy_aware(c.fp32, c.dst, c.calibration, c.heldout, c.int8_max_drop, fmt)
+    return {
+        "int8_max_drop": c.int8_max_drop,
+        "heldout_images": c.heldout_images,
+        "heldout_top1": after,
+        "heldout_reference_top1": before,
+        "float_layers": float_layers(c.dst),
+    }
+
+
+@dataclass(frozen=True)
+class Int8Method:
+    """One way to make an int8 graph from the fp32 one: its quantizer (writes c.dst in format fmt, returns the
+    record's extra fields) and whether it needs labelled held-out training images."""
+
+    name: str
+    quantize: Callable[[Conversion, Int8Format], dict[str, Any]]
+    heldout: bool = False
+    help: str = ""
+
+
+INT8_METHODS = {
+    m.name: m
+    for m in (
+        Int8Method(
+            "accuracy-aware",
+            _accuracy_aware,
+            heldout=True,
+            help="accuracy-aware (NNCF): layers that cost more than --int8-max-drop top-1 points on held-out "
+            "training images stay in float",
+        ),
+        Int8Method("ptq", _ptq, help="ptq (onnxruntime): every Conv/MatMul/Gemm in int8, whatever it costs"),
+    )
+}
+# TensorRT's graph is quantized plainly: NNCF's accuracy control measures on onnxruntime, not on the engine.
+TENSORRT_METHOD = "ptq"
+
+
+def _int8(c: Conversion) -> dict[str, Any]:
+    """The int8 graph in its format by its method; the record says whether x86 CPUs without VNNI can saturate on
+    it (see graph.saturating_nodes) and which CPU features the host that verifies it has."""
+    from ..environment import cpu_features
+    from .graph import graph_opset, saturating_nodes
+
+    tensorrt = c.target == "tensorrt"
+    fmt = TENSORRT_INT8 if tensorrt else INT8_FORMATS[c.int8_format]
+    method = INT8_METHODS[TENSORRT_METHOD if tensorrt else c.int8_method]
+    extra = method.quantize(c, fmt)
     return {
         "opset": graph_opset(c.dst),
         "calibration_images": c.calibration_images,
-        "calibration_method": c.calibration_method,
+        "int8_method": method.name,
         "int8_format": fmt.name,
         "saturation_safe": not saturating_nodes(c.dst),
         "cpu_features": cpu_features(),
+        **extra,
     }
 
 
