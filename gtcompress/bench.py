@@ -155,7 +155,7 @@ class Bench:
 
     def _artefact(self, stage: str, spec: BackendSpec, precision: str, net: Any) -> tuple[Path, Any, int | None] | None:
         """(file, what the backend opens, the engine's largest batch) of a verified artefact, or None (and why)."""
-        if spec.artefact == "checkpoint":
+        if spec.kind.model:  # the checkpoint itself, whose model is loaded already
             return self.run.checkpoint(stage), net, None
         wanted = (stage, spec.name, precision, spec.artefact, spec.onnx_target)
         record = next(

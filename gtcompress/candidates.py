@@ -48,7 +48,7 @@ def target(cfg: BudgetConfig) -> tuple[str, str, str]:
 def _artefact(model: torch.nn.Module, img_size: int, spec: BackendSpec, precision: str, tmp: Path, batch: int) -> Any:
     """What the target runs for this candidate, made as export makes it: the model itself, its ONNX graph (for the
     backend's target), or the backend's own artefact built from one of those."""
-    if spec.artefact == "checkpoint":
+    if spec.kind.model:
         return model
     rng = np.random.default_rng(0)
     target = spec.onnx_target

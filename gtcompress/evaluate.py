@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, IterableDataset, Subset
 
-from .backends import Backend, artefact_kind, backend, runs
+from .backends import Backend, Kind, artefact_kind, backend, runs
 from .config import DataConfig, Tolerance
 from .data import Splits, build_transform, create_loader, load_splits, loader_workers, transformed
 from .errors import UserError
@@ -138,30 +138,33 @@ class Artefact:
     """A model file as evaluation opens it: what it is, how to rebuild and feed its model, its precision."""
 
     path: Path
-    kind: str  # checkpoint | onnx | engine
+    kind: Kind
     spec: ModelSpec
     precision: str
 
     @classmethod
     def of(cls, path: Path) -> Artefact:
-        """A checkpoint, or an exported file described by the sidecar beside it; one clear line where neither."""
+        """A checkpoint, described by itself (at fp32: a runner applies its own precision to the model), or an
+        exported file described by the sidecar beside it; one clear line where neither."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path} not found", "pass a .pt, .onnx or .engine file")
         kind = artefact_kind(path)
-        if kind == "checkpoint":
+        if kind.model:
             return cls(path, kind, spec_of(read_checkpoint(path)), "fp32")
         sidecar = read_sidecar(path)
         return cls(path, kind, spec_of(sidecar.model_dump()), sidecar.files[path.name])
 
     def open(self, device: str = "cpu", name: str | None = None) -> Backend:
-        """A runner of the file on backend `name`, else the registry's first that runs its kind."""
-        spec = backend(name) if name else runs(self.kind)[0]
-        if spec.artefact != self.kind:
-            able = ", ".join(s.name for s in runs(self.kind))
-            raise UserError(f"backend {spec.name} does not run {self.path.name}", f"{self.kind} files run on {able}")
-        source = load_model(self.path)[0] if self.kind == "checkpoint" else self.path
-        return spec.open(source, device, self.precision if self.kind != "checkpoint" else "fp32")
+        """A runner of the file on backend `name`, else the registry's first that runs its kind: of the model
+        loaded from it where its runners take a model, else of the file itself."""
+        spec = backend(name) if name else runs(self.kind.name)[0]
+        if spec.kind != self.kind:
+            able = ", ".join(s.name for s in runs(self.kind.name))
+            raise UserError(
+                f"backend {spec.name} does not run {self.path.name}", f"{self.kind.name} files run on {able}"
+            )
+        return spec.open(load_model(self.path)[0] if self.kind.model else self.path, device, self.precision)
 
 
 @dataclass(frozen=True)

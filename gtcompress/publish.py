@@ -18,7 +18,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 from . import __version__
-from .backends import builders
+from .backends import ONNX, builders
 from .card import ONNX_DIR, Card, FolderFile, model_card
 from .errors import UserError, first_line
 from .export.precisions import PRECISIONS
@@ -145,7 +145,7 @@ def _verified_onnx(run: RunDir, stage: str, say: Callable[[str], None]) -> list[
     trained_at = run.checkpoint(stage).stat().st_mtime
     kept: dict[str, ExportRecord] = {}
     for record in run.exports():
-        if record.stage != stage or record.format != "onnx" or record.path in kept:
+        if record.stage != stage or record.format != ONNX.name or record.path in kept:
             continue
         path = run.path / record.path
         if path.is_file() and path.stat().st_size == record.bytes and path.stat().st_mtime >= trained_at:

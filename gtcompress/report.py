@@ -18,7 +18,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .backends import BACKENDS
+from .backends import BACKENDS, ONNX
 from .bench import RESULT_COLUMNS, reference_teacher, result_cells
 from .export.precisions import PRECISIONS
 from .files import write_bytes, write_text
@@ -152,7 +152,7 @@ def _export(exports: list[ExportRecord], stage: str, precision: str, backend: st
     """The stage's ONNX file at `precision` made for onnxruntime-style runtimes: its record on `backend` where
     that backend verified it, else its first record."""
     mine = [
-        r for r in exports if (r.stage, r.precision, r.format, r.target) == (stage, precision, "onnx", "onnxruntime")
+        r for r in exports if (r.stage, r.precision, r.format, r.target) == (stage, precision, ONNX.name, "onnxruntime")
     ]
     return next((r for r in mine if r.backend == backend), mine[0] if mine else None)
 

@@ -81,7 +81,9 @@ def test_a_backend_with_its_own_artefact_is_built_verified_timed_evaluated_and_r
 
 def test_each_entry_runs_one_kind_of_artefact_and_says_why_it_cannot_run():
     assert {spec.artefact for spec in BACKENDS.values()} == {"checkpoint", "onnx", "engine"}
-    assert artefact_kind("x/student.int8.onnx") == "onnx" and artefact_kind("a.pt") == "checkpoint"
+    assert artefact_kind("x/student.int8.onnx") == BACKENDS["openvino"].kind and not artefact_kind("x.onnx").model
+    assert artefact_kind("a.pt") == BACKENDS["torch"].kind and artefact_kind("a.pt").model, "torch runs the model"
+    assert artefact_kind("s.fp16.engine") == BACKENDS["tensorrt"].kind and not BACKENDS["tensorrt"].kind.model
     with pytest.raises(UserError, match="not a model artefact"):
         artefact_kind("notes.txt")
     assert BACKENDS["openvino"].missing("cuda") == "openvino does not run on cuda (it runs on cpu)"

@@ -51,6 +51,27 @@ def test_no_stage_or_precision_is_parsed_from_a_name(path):
     assert not [p for p in NAME_PARSERS if p in source]
 
 
+# What a runner of a kind of artefact takes (the model loaded from a checkpoint, or an exported file's path) is the
+# backend registry's typed `Kind`: outside backends/, no code branches on a kind's name.
+KIND_BY_NAME = re.compile(
+    "|".join(
+        (
+            r"""\.(artefact|kind|format)(\.name)?\s*[!=]=\s*["']""",  # spec.artefact == "x", record.format != "x"
+            r"""\bkind(\.name)?\s*[!=]=\s*["'](checkpoint|onnx|engine)["']""",
+            r"""[!=]=\s*["'](checkpoint|engine)["']""",  # not "onnx": a loader is built from the model or "onnx"
+            r"""["'](checkpoint|onnx|engine)["']\s*[!=]=""",
+        )
+    )
+)
+OUTSIDE_BACKENDS = [m for m in MODULES if m.relative_to(PACKAGE).parts[0] != "backends"]
+
+
+@pytest.mark.parametrize("path", OUTSIDE_BACKENDS, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_artefact_kind_is_compared_with_its_name_outside_the_backends(path):
+    lines = path.read_text().splitlines()
+    assert not [f"{path.name}:{i}: {line.strip()}" for i, line in enumerate(lines, 1) if KIND_BY_NAME.search(line)]
+
+
 # The run's files, each named once: in rundir.py, whose RunDir reads and writes them (prose may name them).
 RUN_FILES = ('"config.yaml"', '"metrics.json"', '"history.jsonl"', '"bench.json"', '"candidates.json"', "'bench.json'")
 

@@ -1,13 +1,14 @@
 """Backends: the runtimes a model is evaluated, verified and timed on, one registry entry each.
 
-A backend entry says what it runs (a checkpoint, the ONNX files every ONNX runtime shares, or an artefact of its
-own such as a TensorRT engine), on which devices and at which precisions, which deployment settings it has (CPU
-threads, CUDA graphs), why it cannot run here (with the install hint), and, as Polygraphy separates them, its
-**loader** (how its own artefact is built from the PyTorch model or an ONNX graph, where it has one) and its
-**runner** (how an artefact is opened, with a lifetime: `with spec.open(...) as runner:` releases it). Export,
-the latency pre-check, bench, eval, Triton, publish, the report and the CLI's help all read this registry:
-adding a backend is one entry and one module, `<name>_runner.py`, with `missing`, `open` and, for a backend with
-an artefact of its own, `build`.
+A backend entry says what it runs (its `Kind`: a checkpoint, the ONNX files every ONNX runtime shares, or an
+artefact of its own such as a TensorRT engine), on which devices and at which precisions, which deployment
+settings it has (CPU threads, CUDA graphs), why it cannot run here (with the install hint), and, as Polygraphy
+separates them, its **loader** (how its own artefact is built from the PyTorch model or an ONNX graph, where it
+has one) and its **runner** (how an artefact is opened, with a lifetime: `with spec.open(...) as runner:`
+releases it). Export, the latency pre-check, bench, eval, Triton, publish, the report and the CLI's help all read
+this registry, and ask a kind, never its name, what a runner takes (the model loaded from a checkpoint, or a
+file's path): adding a backend is one entry and one module, `<name>_runner.py`, with `missing`, `open` and, for a
+backend with an artefact of its own, `build`.
 
 A runner takes a float32 NCHW batch (numpy, already normalised) and returns float32 logits (N, C). This module
 imports no runtime: each entry's module is imported when it is used.
@@ -60,6 +61,21 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
+class Kind:
+    """A kind of artefact: its name (an export record's `format`), its file suffix, and what a runner of it takes."""
+
+    name: str
+    suffix: str
+    # a checkpoint: runners take the PyTorch model loaded from it (by models.py, above this package) and run it at
+    # any precision they have; else an exported file, made at one precision, which runners open by its path
+    model: bool = False
+
+
+# The kinds that are no backend's own: the PyTorch checkpoint, and the ONNX files every ONNX runtime shares.
+CHECKPOINT, ONNX = Kind("checkpoint", ".pt", model=True), Kind("onnx", ".onnx")
+
+
+@dataclass(frozen=True)
 class Loader:
     """A backend's own artefact: its file suffix, what it is built from (the PyTorch model, or the ONNX graph made
     for the backend's `onnx_target`), where it is built and verified, and whether it is tied to that device."""
@@ -89,7 +105,7 @@ class BackendSpec:
     and opened."""
 
     name: str
-    artefact: str  # what it runs: checkpoint, onnx, or its own artefact's kind (named by its loader)
+    artefact: str  # the name of its `kind`: checkpoint, onnx, or its own artefact's (its loader's suffix)
     precisions: Mapping[str, tuple[str, ...]]  # device -> the precisions it runs there
     install: str  # how to get it where it is missing
     # device -> what bench times unless told, where that is not everything it runs
@@ -110,6 +126,12 @@ class BackendSpec:
         )
 
     @property
+    def kind(self) -> Kind:
+        """What it runs: a checkpoint, the ONNX files, or its own artefact (its loader's suffix)."""
+        shared = {k.name: k for k in (CHECKPOINT, ONNX)}
+        return shared.get(self.artefact) or Kind(self.artefact, self.loader.suffix)
+
+    @property
     def devices(self) -> tuple[str, ...]:
         return tuple(self.precisions)
 
@@ -117,7 +139,7 @@ class BackendSpec:
     def onnx_verifier(self) -> bool:
         """Whether exported ONNX files are verified on it (on the CPU, where it is installed): every runtime of
         ONNX files is, so that an export a deployment's runtime would misread is rejected."""
-        return self.artefact == "onnx" and "cpu" in self.precisions
+        return self.kind == ONNX and "cpu" in self.precisions
 
     def default_precisions(self, device: str) -> tuple[str, ...]:
         """What bench times on `device` unless told."""
@@ -218,9 +240,9 @@ def runs(artefact: str) -> list[BackendSpec]:
     return [spec for spec in BACKENDS.values() if spec.artefact == artefact]
 
 
-def artefact_kind(path: Path) -> str:
+def artefact_kind(path: Path) -> Kind:
     """What kind of artefact a file is, by its suffix: a checkpoint, an ONNX file, or a backend's own artefact."""
-    kinds = {".pt": "checkpoint", ".onnx": "onnx", **{s.loader.suffix: s.artefact for s in builders()}}
+    kinds = {k.suffix: k for k in (CHECKPOINT, ONNX, *(s.kind for s in builders()))}
     kind = kinds.get(Path(path).suffix)
     if kind is None:
         raise UserError(
