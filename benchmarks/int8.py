@@ -1,0 +1,133 @@
+"""int8 benchmark: each int8 method and format side by side on one run's models, on this host's kernels.
+
+    python -m benchmarks.int8 [RUN] [--speed] [--threads 2]
+
+RUN is a finished `gtcompress distill` run (default runs/latest; `make demo` makes one). For its student and
+its Generous Teacher the script exports the int8 graph of every method (plain PTQ, accuracy-aware PTQ) in the
+portable format, and plain PTQ in the VNNI-only format, each verified as `gtcompress export` verifies it (the
+tolerance opened so every result is recorded), into a copy of the run's export/. Each row: top-1 and agreement
+with PyTorch on onnxruntime (and OpenVINO where installed), size, the layers left in float, the static
+saturation verdict, and the host's cpu_features. With --speed, the onnxruntime p50 of fp32 and of each int8
+file at batch 32, one after another (time nothing else meanwhile). Results: benchmarks/results/int8.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from gtcompress.backends import BACKENDS, Setting
+from gtcompress.environment import command_line, cpu_features, machine_info, versions
+from gtcompress.evaluate import batches, load_eval_data
+from gtcompress.export.exporter import run_export
+from gtcompress.export.source import resolve_source
+from gtcompress.files import write_json
+from gtcompress.models import load_model
+from gtcompress.rundir import resolve_run
+from gtcompress.settings import ExportConfig, parse_tolerances
+from gtcompress.timing import time_backend
+
+RESULTS = Path(__file__).resolve().parent / "results" / "int8.json"
+VARIANTS = (  # (method, format): the default first
+    ("accuracy-aware", "portable"),
+    ("ptq", "portable"),
+    ("ptq", "vnni"),
+)
+STAGES = ("student", "generous_teacher")
+SPEED_BATCH = 32
+
+
+def variant(run: Path, stage: str, method: str, fmt: str, console: Console) -> list[dict]:
+    """One int8 export of `stage` (fp32 too, its source): every verifier's record of the int8 file."""
+    cfg = ExportConfig(
+        run=run, stage=stage, precisions=("int8",), int8_method=method, int8_format=fmt,
+        tolerances=parse_tolerances(["int8.min_agreement=0"]),
+    )  # fmt: skip
+    records = [r for r in run_export(cfg, say=console.print) if r.precision == "int8" and r.target == "onnxruntime"]
+    keep = ("backend", "path", "bytes", "top1", "reference_top1", "top1_agreement", "saturation_safe",
+            "heldout_top1", "heldout_reference_top1", "float_layers", "export_seconds")  # fmt: skip
+    return [{"stage": stage, "method": method, "int8_format": fmt, **r.model_dump(include=set(keep))} for r in records]
+
+
+def speed(run: Path, stage: str, files: dict[str, Path], threads: int, iters: int) -> dict[str, float]:
+    """onnxruntime p50 (ms) at batch SPEED_BATCH of each file, one after another."""
+    _, spec, _ = load_model(run / f"{stage}.pt")
+    data = load_eval_data(resolve_source(ExportConfig(run=run, stage=stage)).data, spec)
+    images = next(batches(data.test, SPEED_BATCH))
+    out = {}
+    for name, path in files.items():
+        precision = "fp32" if name == "fp32" else "int8"
+        with BACKENDS["onnxruntime"].open(path, "cpu", precision, Setting(threads=threads)) as runner:
+            out[name] = float(np.median(time_backend(runner, images, 10, iters, None)))
+    return out
+
+
+def measure(run: Path, args: argparse.Namespace, console: Console) -> tuple[list[dict], dict]:
+    rows, latency = [], {}
+    for stage in STAGES:
+        files = {"fp32": run / "export" / f"{stage}.onnx"}
+        for method, fmt in VARIANTS:
+            records = variant(run, stage, method, fmt, console)
+            rows += records
+            kept = run / "export" / f"{stage}.{method}.{fmt}.int8.onnx"
+            shutil.copy(run / records[0]["path"], kept)
+            files[f"{method} {fmt}"] = kept
+        if args.speed:
+            latency[stage] = speed(run, stage, files, args.threads, args.iters)
+    return rows, latency
+
+
+def table(rows: list[dict]) -> Table:
+    t = Table(title=f"int8 on this host's kernels (cpu_features: {', '.join(cpu_features())})", title_justify="left")
+    for col in ("model", "method", "format", "backend", "MB", "top-1 %", "PyTorch %", "agree %", "float", "safe"):
+        t.add_column(col, justify="left" if col in ("model", "method", "format", "backend") else "right")
+    for r in rows:
+        t.add_row(
+            r["stage"], r["method"], r["int8_format"], r["backend"], f"{r['bytes'] / 1e6:.2f}", f"{r['top1']:.2f}",
+            f"{r['reference_top1']:.2f}", f"{r['top1_agreement']:.2f}", str(len(r.get("float_layers") or [])),
+            str(r["saturation_safe"]),
+        )  # fmt: skip
+    return t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, nargs="?", help="run directory (default runs/latest)")
+    parser.add_argument("--speed", action="store_true", help="also time fp32 and each int8 file (idle machine)")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads for --speed")
+    parser.add_argument("--iters", type=int, default=100, help="timed calls per file for --speed")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results")
+    args = parser.parse_args()
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    source = resolve_run(args.run)
+    with tempfile.TemporaryDirectory(prefix="gtcompress-int8-bench-") as tmp:
+        run = Path(tmp) / "run"  # a copy: the run's own export/ and metrics.json stay as they were
+        shutil.copytree(source.path, run, ignore=shutil.ignore_patterns("export", "checkpoints"))
+        rows, latency = measure(run, args, console)
+    result = {
+        "benchmark": "int8",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command_line(),
+        "machine": machine_info(args.threads if args.speed else None),
+        "versions": versions(),
+        "run": str(source.path),
+        "rows": rows,
+        "latency_ms_batch32": latency,
+    }
+    write_json(args.out, result)
+    console.print(table(rows))
+    for stage, ms in latency.items():
+        console.print(f"{stage}: " + ", ".join(f"{k} {v:.3f} ms ({ms['fp32'] / v:.2f}x fp32)" for k, v in ms.items()))
+    console.print(f"results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
