@@ -24,7 +24,7 @@ from .export.precisions import PRECISIONS
 from .files import write_bytes, write_text
 from .plots import PLOTS, make_plots
 from .recommend import pareto_note, pareto_rows, recommendation_line, warnings, which_student
-from .records import BenchFile, ExportRecord, RejectedExport, Report, ReportHeader, ReportRow, StageRecord, in_order
+from .records import BenchFile, ExportRecord, Report, ReportHeader, ReportRow, StageRecord, in_order
 from .rundir import RunDir, resolve_run
 from .stages import controls_of, deployable_teachers, distilled_students, stage_records
 from .tables import SCALE_NOTE, fmt, markdown_table, scale_rows, scale_table
@@ -212,18 +212,22 @@ def _add_ratios(report: Report) -> None:
 
 
 def _notes(bench: BenchFile | None, run: RunDir) -> list[str]:
-    rejected = [_rejected_note(r, run) for r in run.rejected()]
+    rejected = _rejected_notes(run)
     if bench is None:
         return [*rejected, "no latency yet: run `gtcompress bench` (then `gtcompress report` again)"]
     missing = [f"not benchmarked: {m}" for m in bench.missing]
     return [*rejected, *missing, *(f"skipped {s.what()}: {s.reason}" for s in bench.skipped)]
 
 
-def _rejected_note(rejected: RejectedExport, run: RunDir) -> str:
-    """Why a file was not kept on a backend, and where its graph was diagnosed, its worst layers."""
-    diagnosis = run.diagnosis(rejected.path)
-    explained = diagnosis is not None and diagnosis.file == Path(rejected.path).name  # not an engine built from it
-    return f"not kept on {rejected.backend}: {rejected.reason}" + (f"; {diagnosis.summary()}" if explained else "")
+def _rejected_notes(run: RunDir) -> list[str]:
+    """Why files were not kept on a backend, then each rejected graph's diagnosis: its worst layers."""
+    rejected = run.rejected()
+    diagnoses = {r.path: run.diagnosis(r.path) for r in rejected}
+    return [f"not kept on {r.backend}: {r.reason}" for r in rejected] + [
+        f"{path}: {d.summary()}"
+        for path, d in diagnoses.items()
+        if d is not None and d.file == Path(path).name  # not an engine, whose graph's diagnosis shares its stem
+    ]
 
 
 # -- formatting --------------------------------------------------------------------------------------------------

@@ -84,15 +84,28 @@ def matching(float_graph: onnx.GraphProto, int8_graph: onnx.GraphProto) -> dict[
     """The int8 graph's quantized layers found in the fp32 graph: output name -> the fp32 node of the same op type
     writing that tensor, or followed by the activation writing it that the quantizer folded into the layer
     (FOLDED; the int8 layer's float output is then the one before the activation, as the fp32 node's)."""
-    producers = _producers(float_graph)
-    out = {}
+    producers, out = _producers(float_graph), {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in int8_graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     for node in quantized_layers(int8_graph):
-        twin = producers.get(node.output[0])
+        twin = producers.get(_fp32_name(node.output[0], consumers, producers))
         if twin is not None and twin.op_type in FOLDED:
             twin = producers.get(twin.input[0])
         if twin is not None and twin.op_type == node.op_type:
             out[node.output[0]] = twin
     return out
+
+
+def _fp32_name(name: str, consumers: dict[str, list[onnx.NodeProto]], known: dict[str, onnx.NodeProto]) -> str:
+    """`name`, or where the fp32 graph has no such tensor, the output of the QuantizeLinear, DequantizeLinear pair
+    it feeds: a quantizer renames the layer writing a graph output to put Q/DQ before the output."""
+    chain = [name]
+    for op in ("QuantizeLinear", "DequantizeLinear"):
+        after = consumers.get(chain[-1], [])
+        chain += [after[0].output[0]] if len(after) == 1 and after[0].op_type == op else []
+    return chain[-1] if name not in known and len(chain) == 3 else name
 
 
 def quantized_layers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

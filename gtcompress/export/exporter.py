@@ -172,7 +172,11 @@ class Exporter:
             extra = self._make(planned, tmp, images)
             seconds = time.perf_counter() - start
             diagnosis = self._diagnose(planned, tmp, images)
-            verdicts = [self._verify(spec, planned, tmp, seconds, extra, diagnosis) for spec in planned.verifiers]
+            # the diagnosis explains a rejection once: by the first backend, whose verdict fails the command
+            verdicts = [
+                self._verify(spec, planned, tmp, seconds, extra, diagnosis if i == 0 else None)
+                for i, spec in enumerate(planned.verifiers)
+            ]
             for verdict in verdicts[1:]:
                 if isinstance(verdict, VerificationError):
                     self._reject(verdict, planned)
