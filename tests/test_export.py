@@ -46,6 +46,7 @@ RECORD_KEYS = {
     "opset",
 }
 ARTEFACTS = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"}
+DIAGNOSIS = "student.int8.diagnosis.json"  # beside the int8 graph, kept or not (tests/test_int8_diagnosis.py)
 
 
 # The session's student trained for 2 epochs on half the data: its near-tied logits flip under int8 rounding
@@ -81,7 +82,7 @@ def records(run: Path, backend: str | None = "onnxruntime") -> list[dict]:
 
 def test_every_precision_is_written_verified_and_recorded(exported_run):
     export = exported_run / "export"
-    assert sorted(p.name for p in export.iterdir()) == sorted([*ARTEFACTS.values(), "student.json"])
+    assert sorted(p.name for p in export.iterdir()) == sorted([*ARTEFACTS.values(), "student.json", DIAGNOSIS])
     recs = {r["precision"]: r for r in records(exported_run)}
     assert set(recs) == set(ARTEFACTS)
     for precision, name in ARTEFACTS.items():
@@ -323,7 +324,8 @@ def test_failed_verification_keeps_nothing_under_its_name(pipeline_run, tmp_path
         "--calibration-images",
         "--tolerance int8.max_abs_diff",
     )
-    assert sorted(p.name for p in (run / "export").iterdir()) == ["student.json", "student.onnx"]
+    # its diagnosis stays beside where it would have been: it says where it lost
+    assert sorted(p.name for p in (run / "export").iterdir()) == [DIAGNOSIS, "student.json", "student.onnx"]
     assert [r["precision"] for r in records(run)] == ["fp32"]
 
 
