@@ -21,6 +21,7 @@ from gtcompress.backends.torch_runner import TorchBackend
 from gtcompress.config import DataConfig, Tolerance
 from gtcompress.errors import UserError
 from gtcompress.evaluate import Artefact, agreement, load_eval_data, tolerance_failure
+from gtcompress.export.diagnose import quantized_layers
 from gtcompress.export.graph import calibration_indices
 from gtcompress.export.precisions import DEFAULT_TOLERANCES, PRECISIONS
 from gtcompress.export.sidecar import describe_transform
@@ -28,6 +29,7 @@ from gtcompress.export.source import resolve_source
 from gtcompress.export.triton import triton_config
 from gtcompress.models import load_model
 from gtcompress.records import ExportSidecar
+from gtcompress.rundir import RunDir
 from gtcompress.settings import ExportConfig, parse_tolerances
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +99,10 @@ def test_every_precision_is_written_verified_and_recorded(exported_run):
     assert recs["fp32"]["max_abs_diff"] <= 1e-3
     assert_recorded_accuracy_is_the_saved_models(recs["fp32"], exported_run / "student.pt")
     assert recs["int8"]["calibration_images"] == 64
+    # the kept int8 graph's diagnosis: every quantized layer found in the fp32 graph (see test_int8_diagnosis.py)
+    diagnosis = RunDir(exported_run).diagnosis("export/student.int8.onnx")
+    assert diagnosis.file == "student.int8.onnx" and diagnosis.images == 64
+    assert diagnosis.layers_measured == len(quantized_layers(onnx.load(str(export / "student.int8.onnx")).graph))
     assert recs["int8"]["bytes"] < 0.5 * recs["fp32"]["bytes"] and recs["fp16"]["bytes"] < 0.6 * recs["fp32"]["bytes"]
 
 
