@@ -1,11 +1,12 @@
 """Per-layer diagnosis of an int8 Q/DQ graph: which quantized layers lose the most against the fp32 graph, and
 whether this CPU's int8 kernels compute what the graph means. onnx, onnxruntime and numpy only.
 
-Layers are matched by the output name of their compute node, which onnxruntime's quantizer and others (NNCF) keep
-from the fp32 graph, not by the names onnxruntime gives its Q/DQ tensors (what qdq_loss_debug's
-create_activation_matching relies on). Both graphs run with onnxruntime's graph optimizations off, so every layer's
-float output exists: the int8 graph computes DequantizeLinear, float op, QuantizeLinear, which is what exact int32
-accumulation computes; `kernel_agreement` compares that with this CPU's integer kernels.
+Layers are matched by the output name of their compute node, which onnxruntime's quantizer keeps from the fp32
+graph (but for a layer writing a graph output: `_fp32_name`), not by the names it gives its Q/DQ tensors, which
+qdq_loss_debug's create_activation_matching relies on and other quantizers (NNCF) do not share. Both graphs run
+with onnxruntime's graph optimizations off, so every layer's float output exists: the int8 graph computes
+DequantizeLinear, float op, QuantizeLinear, which is what exact int32 accumulation computes; `kernel_agreement`
+compares that with this CPU's integer kernels.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -119,10 +121,9 @@ def _drops(graph: onnx.GraphProto, sqnr: dict[str, float]) -> dict[str, float]:
     input reaches counts the input as the best SQNR any layer has (the input is at least that clean)."""
     best, producers = max(sqnr.values(), default=0.0), _producers(graph)
     inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    above = {name: upstream(producers, inputs, name, set(sqnr)) for name in sqnr}
     return {
-        name: max((best if u is None else sqnr[u] for u in upstream(producers, inputs, name, set(sqnr))), default=best)
-        - own
-        for name, own in sqnr.items()
+        name: max((best if u is None else sqnr[u] for u in above[name]), default=best) - sqnr[name] for name in sqnr
     }
 
 
@@ -180,7 +181,7 @@ def _input_name(graph: onnx.GraphProto) -> str:
     return next(i.name for i in graph.input if i.name not in initializers)
 
 
-def _session(path: Path, level: object) -> object:
+def _session(path: Path, level: Any) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()

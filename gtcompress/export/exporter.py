@@ -89,8 +89,10 @@ def _writable(directory: Path) -> None:
         raise UserError(f"cannot write to {directory} ({e.strerror or e})", "choose a writable directory") from None
 
 
-# The calibration images a diagnosis runs on (the first of the conversion's): it runs both graphs twice on each.
-DIAGNOSED_IMAGES = 64
+# The calibration images a diagnosis runs on (the first of the conversion's; it runs both graphs twice on each), in
+# batches of 8: qdq_loss_debug holds every Conv's input and output of a batch (a 224-pixel ResNet-50's are 87 MB
+# an image: 0.7 GB per graph at 8, 2.8 at 32).
+DIAGNOSED_IMAGES, DIAGNOSED_BATCH = 64, 8
 
 
 def calibration_set(train: Dataset, n: int) -> Dataset:
@@ -225,7 +227,7 @@ class Exporter:
             return None
         sample = Subset(images, range(min(len(images), DIAGNOSED_IMAGES)))
         diagnosis = diagnose(
-            self.fp32_graph, tmp, batches(sample, 32, self.data.workers), cpu_features(), planned.path.name
+            self.fp32_graph, tmp, batches(sample, DIAGNOSED_BATCH, self.data.workers), cpu_features(), planned.path.name
         )
         self.run.write_diagnosis(planned.path, diagnosis)
         return diagnosis
