@@ -20,10 +20,13 @@ class UserError(Exception):
 
 
 class VerificationError(UserError):
-    """An exported artefact does not match its PyTorch model within the tolerance: it was not kept."""
+    """An exported artefact does not match its PyTorch model within the tolerance: it was not kept. Its message is
+    the verdict and, where there is one, what explains it (an int8 graph's worst layers); the record keeps the
+    verdict."""
 
-    def __init__(self, message: str, hint: str, path: str, backend: str, failed: str):
-        super().__init__(message, hint)
+    def __init__(self, message: str, hint: str, path: str, backend: str, failed: str, detail: str = ""):
+        super().__init__(f"{message}; {detail}" if detail else message, hint)
+        self.verdict = message
         self.path, self.backend, self.failed = path, backend, failed  # the artefact, where, which tolerance
 
 

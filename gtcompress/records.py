@@ -1,6 +1,7 @@
 """The run's records as typed models: each trained stage (metrics.json's stage entries) and its epochs
-(history.jsonl), what export verified (metrics.json's `export`, `export_rejected`), what bench measured
-(bench.json), and the latency pre-check (candidates.json), and what the report made of them (report.json).
+(history.jsonl), what export verified (metrics.json's `export`, `export_rejected`) and where its int8 graphs lose
+(`export/*.diagnosis.json`), what bench measured (bench.json), and the latency pre-check (candidates.json), and
+what the report made of them (report.json).
 `RunDir` reads and writes them; every other module reads these fields.
 
 A bench result is one stage's artefact on one backend, device, precision, setting (CPU threads, CUDA graph) and
@@ -9,6 +10,7 @@ batch size, with its latency percentiles and throughput.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
@@ -158,6 +160,38 @@ class RejectedExport(Record):
     backend: str = "onnxruntime"
     precision: str | None = None
     failed: Literal["finite", "max_abs_diff", "min_agreement"] | None = None
+
+
+class LayerError(Record):
+    """One quantized layer of an int8 graph against the fp32 graph, on the same images (export.diagnose)."""
+
+    name: str  # its output tensor in the int8 graph (the fp32 graph has a tensor of that name)
+    op_type: str  # Conv, MatMul or Gemm
+    weight: str | None = None  # its weight initializer in the fp32 graph: the PyTorch parameter's name
+    sqnr_db: float  # 20 log10(|fp32| / |int8 - fp32|) of that tensor: what every layer up to it lost
+    drop_db: float  # the best SQNR of its nearest matched layers upstream minus its own: what it adds
+
+
+class Int8Diagnosis(Record):
+    """`export/<stage>.int8.diagnosis.json` beside an int8 graph, kept or rejected: its layers that lose the most
+    against the fp32 graph on calibration images, and whether this CPU's int8 kernels compute what the graph does
+    (simulated in float: what exact int32 accumulation computes)."""
+
+    file: str  # the int8 graph's file name
+    images: int  # the calibration images both measures ran on
+    layers_measured: int  # quantized layers matched in the fp32 graph
+    layers: list[LayerError]  # the worst of them by drop_db, worst first
+    kernel_agreement: float  # % of those images with the same top-1 on this CPU's int8 kernels as simulated
+    cpu_features: list[str]  # this CPU's (environment.CPU_FEATURES): VNNI or not decides whether its kernels saturate
+
+    def summary(self, n: int = 3) -> str:
+        """The `n` worst layers and the kernel agreement, in one line."""
+        worst = ", ".join(f"{e.weight or e.name} ({e.op_type}) {e.drop_db:.1f} dB" for e in self.layers[:n])
+        return (
+            f"worst int8 layers by SQNR drop: {worst or 'none matched'}; this CPU's int8 kernels agree with the "
+            f"simulated graph on {self.kernel_agreement:.2f}% of {self.images} calibration images (see "
+            f"{Path(self.file).stem}.diagnosis.json)"
+        )
 
 
 class BenchResult(Record):

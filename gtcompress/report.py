@@ -212,11 +212,22 @@ def _add_ratios(report: Report) -> None:
 
 
 def _notes(bench: BenchFile | None, run: RunDir) -> list[str]:
-    rejected = [f"not kept on {r.backend}: {r.reason}" for r in run.rejected()]
+    rejected = _rejected_notes(run)
     if bench is None:
         return [*rejected, "no latency yet: run `gtcompress bench` (then `gtcompress report` again)"]
     missing = [f"not benchmarked: {m}" for m in bench.missing]
     return [*rejected, *missing, *(f"skipped {s.what()}: {s.reason}" for s in bench.skipped)]
+
+
+def _rejected_notes(run: RunDir) -> list[str]:
+    """Why files were not kept on a backend, then each rejected graph's diagnosis: its worst layers."""
+    rejected = run.rejected()
+    diagnoses = {r.path: run.diagnosis(r.path) for r in rejected}
+    return [f"not kept on {r.backend}: {r.reason}" for r in rejected] + [
+        f"{path}: {d.summary()}"
+        for path, d in diagnoses.items()
+        if d is not None and d.file == Path(path).name  # not an engine, whose graph's diagnosis shares its stem
+    ]
 
 
 # -- formatting --------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The run directory: its file names, and its files read and written as typed records (config.yaml, metrics.json's
-stages and exports, history.jsonl, bench.json, candidates.json, report.json, the export sidecars), runs/latest.
+stages and exports, history.jsonl, bench.json, candidates.json, report.json, the export sidecars and int8
+diagnoses), runs/latest.
 
 Files are written atomically (files.py). A file that does not read as its record is damaged: one line naming the
 file, what is wrong and the command that fixes it (metrics.json and history.jsonl: `gtcompress repair`, which
@@ -26,6 +27,7 @@ from .records import (
     Epoch,
     ExportRecord,
     ExportSidecar,
+    Int8Diagnosis,
     RejectedExport,
     Report,
     StageRecord,
@@ -103,6 +105,19 @@ class RunDir:
     def sidecar_path(self, stage: str) -> Path:
         """`export/<stage>.json`: the description of the stage's exported files."""
         return self.export_dir / f"{stage}.json"
+
+    def diagnosis_path(self, graph: str | Path) -> Path:
+        """`export/<stage>.int8.diagnosis.json` beside an int8 graph (`export/<stage>.int8.onnx`, relative to the
+        run): where its layers lose (export.diagnose)."""
+        return self.path / Path(graph).with_suffix(".diagnosis.json")
+
+    def diagnosis(self, graph: str | Path) -> Int8Diagnosis | None:
+        """The diagnosis of the int8 graph `graph` (relative to the run), where it was made."""
+        fix = "delete it (only the report reads it), or re-run gtcompress export, which writes it again"
+        return self._record(Int8Diagnosis, self.diagnosis_path(graph), fix)
+
+    def write_diagnosis(self, graph: str | Path, diagnosis: Int8Diagnosis) -> None:
+        write_json(self.diagnosis_path(graph), diagnosis.model_dump(mode="json"))
 
     progress_dir = property(lambda self: self.path / "checkpoints")
     candidates_path = property(lambda self: self.path / "candidates.json")  # the latency pre-check (with a budget)

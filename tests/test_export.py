@@ -21,6 +21,7 @@ from gtcompress.backends.torch_runner import TorchBackend
 from gtcompress.config import DataConfig, Tolerance
 from gtcompress.errors import UserError
 from gtcompress.evaluate import Artefact, agreement, load_eval_data, tolerance_failure
+from gtcompress.export.diagnose import quantized_layers
 from gtcompress.export.graph import calibration_indices
 from gtcompress.export.precisions import DEFAULT_TOLERANCES, PRECISIONS
 from gtcompress.export.sidecar import describe_transform
@@ -28,6 +29,7 @@ from gtcompress.export.source import resolve_source
 from gtcompress.export.triton import triton_config
 from gtcompress.models import load_model
 from gtcompress.records import ExportSidecar
+from gtcompress.rundir import RunDir
 from gtcompress.settings import ExportConfig, parse_tolerances
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +48,7 @@ RECORD_KEYS = {
     "opset",
 }
 ARTEFACTS = {"fp32": "student.onnx", "fp16": "student.fp16.onnx", "int8": "student.int8.onnx"}
+DIAGNOSIS = "student.int8.diagnosis.json"  # beside the int8 graph, kept or not (tests/test_int8_diagnosis.py)
 
 
 # The session's student trained for 2 epochs on half the data: its near-tied logits flip under int8 rounding
@@ -81,7 +84,7 @@ def records(run: Path, backend: str | None = "onnxruntime") -> list[dict]:
 
 def test_every_precision_is_written_verified_and_recorded(exported_run):
     export = exported_run / "export"
-    assert sorted(p.name for p in export.iterdir()) == sorted([*ARTEFACTS.values(), "student.json"])
+    assert sorted(p.name for p in export.iterdir()) == sorted([*ARTEFACTS.values(), "student.json", DIAGNOSIS])
     recs = {r["precision"]: r for r in records(exported_run)}
     assert set(recs) == set(ARTEFACTS)
     for precision, name in ARTEFACTS.items():
@@ -96,6 +99,10 @@ def test_every_precision_is_written_verified_and_recorded(exported_run):
     assert recs["fp32"]["max_abs_diff"] <= 1e-3
     assert_recorded_accuracy_is_the_saved_models(recs["fp32"], exported_run / "student.pt")
     assert recs["int8"]["calibration_images"] == 64
+    # the kept int8 graph's diagnosis: every quantized layer found in the fp32 graph (see test_int8_diagnosis.py)
+    diagnosis = RunDir(exported_run).diagnosis("export/student.int8.onnx")
+    assert diagnosis.file == "student.int8.onnx" and diagnosis.images == 64
+    assert diagnosis.layers_measured == len(quantized_layers(onnx.load(str(export / "student.int8.onnx")).graph))
     assert recs["int8"]["bytes"] < 0.5 * recs["fp32"]["bytes"] and recs["fp16"]["bytes"] < 0.6 * recs["fp32"]["bytes"]
 
 
@@ -323,7 +330,8 @@ def test_failed_verification_keeps_nothing_under_its_name(pipeline_run, tmp_path
         "--calibration-images",
         "--tolerance int8.max_abs_diff",
     )
-    assert sorted(p.name for p in (run / "export").iterdir()) == ["student.json", "student.onnx"]
+    # its diagnosis stays beside where it would have been: it says where it lost
+    assert sorted(p.name for p in (run / "export").iterdir()) == [DIAGNOSIS, "student.json", "student.onnx"]
     assert [r["precision"] for r in records(run)] == ["fp32"]
 
 

@@ -125,7 +125,7 @@ LAYERS = (
     ("stages",),
     ("train",),
     ("evaluate",),
-    ("export", "export.graph", "export.precisions", "export.sidecar", "export.triton"),
+    ("export", "export.diagnose", "export.graph", "export.precisions", "export.sidecar", "export.triton"),
     ("settings", "export.source"),
     ("export.exporter",),
     ("timing",),

@@ -3,7 +3,8 @@
 Every artefact is one step: written under a temporary name, compared with the PyTorch model on the whole test
 split on each backend that will run it (top-1 agreement, max |delta logits|, accuracy), renamed into place only
 if its first backend accepts it, and its verdict on each backend recorded in metrics.json (`export`, or
-`export_rejected` with the tolerance it failed).
+`export_rejected` with the tolerance it failed). A diagnosed precision's graph (int8) is first diagnosed layer by
+layer against the fp32 graph (export.diagnose), beside it whether kept or not, and a rejection names its worst layers.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from rich.table import Table
 from torch.utils.data import Dataset, IterableDataset, Subset
 
 from ..backends import BACKENDS, BackendSpec, BuildOptions
+from ..environment import cpu_features
 from ..errors import UserError, VerificationError
 from ..evaluate import agreement, batches, labelled_batches, load_eval_data, predict, tolerance_failure
 from ..files import atomic_path
 from ..models import load_model
-from ..records import ExportRecord, ExportSidecar, RejectedExport
+from ..records import ExportRecord, ExportSidecar, Int8Diagnosis, RejectedExport
 from ..rundir import RunDir, write_sidecar
 from ..settings import ExportConfig
+from .diagnose import diagnose
 from .graph import calibration_indices
 from .precisions import PRECISIONS, Conversion
 from .sidecar import sidecar
@@ -84,6 +87,12 @@ def _writable(directory: Path) -> None:
             pass
     except OSError as e:
         raise UserError(f"cannot write to {directory} ({e.strerror or e})", "choose a writable directory") from None
+
+
+# The calibration images a diagnosis runs on (the first of the conversion's; it runs both graphs twice on each), in
+# batches of 8: qdq_loss_debug holds every Conv's input and output of a batch (a 224-pixel ResNet-50's are 87 MB
+# an image: 0.7 GB per graph at 8, 2.8 at 32).
+DIAGNOSED_IMAGES, DIAGNOSED_BATCH = 64, 8
 
 
 def calibration_set(train: Dataset, n: int, skip: int = 0) -> Dataset:
@@ -157,14 +166,20 @@ class Exporter:
             self.say(f"not kept: {e.message}")
 
     def step(self, planned: Planned) -> None:
-        """Make one artefact under a temporary name, verify it on each of its backends, keep it if the first
-        accepts it, and record every verdict."""
+        """Make one artefact under a temporary name, diagnose it where its precision is, verify it on each of its
+        backends, keep it if the first accepts it, and record every verdict."""
         final = self.source.base / planned.path
         with atomic_path(final) as tmp:
             start = time.perf_counter()
-            extra = self._make(planned, tmp)
+            images = self._calibration(planned)
+            extra = self._make(planned, tmp, images)
             seconds = time.perf_counter() - start
-            verdicts = [self._verify(spec, planned, tmp, seconds, extra) for spec in planned.verifiers]
+            diagnosis = self._diagnose(planned, tmp, images)
+            # the diagnosis explains a rejection once: by the first backend, whose verdict fails the command
+            verdicts = [
+                self._verify(spec, planned, tmp, seconds, extra, diagnosis if i == 0 else None)
+                for i, spec in enumerate(planned.verifiers)
+            ]
             for verdict in verdicts[1:]:
                 if isinstance(verdict, VerificationError):
                     self._reject(verdict, planned)
@@ -175,25 +190,34 @@ class Exporter:
             if isinstance(record, ExportRecord):
                 self.keep(record)
 
-    def _make(self, planned: Planned, tmp: Path) -> dict[str, Any]:
-        """Write the artefact's file at `tmp`; its record's extra fields."""
+    def _calibration(self, planned: Planned) -> Dataset:
+        """The training images a calibrated precision's graph is made from (none for the others)."""
+        if planned.builder is not None or not PRECISIONS[planned.precision].calibrated:
+            return []
+        return calibration_set(self.data.train, self.cfg.calibration_images)
+
+    @property
+    def fp32_graph(self) -> Path:
+        """The fp32 ONNX graph, made first: every other graph is converted from it."""
+        return self.source.base / plan(self.cfg, self.source.name)[0].path
+
+    def _make(self, planned: Planned, tmp: Path, images: Dataset) -> dict[str, Any]:
+        """Write the artefact's file at `tmp` (a calibrated graph from `images`); its record's extra fields."""
         if planned.builder is not None:
             options = BuildOptions(self.cfg.max_batch, self.cfg.workspace_gib, self.cfg.opt_batches, tmp.parent)
             source = self._source_graph(planned) or self.model
             return planned.builder.build(source, tmp, planned.precision, options)
-        precision = PRECISIONS[planned.precision]
-        calibrated, n = precision.calibrated, self.cfg.calibration_images
-        subset = calibration_set(self.data.train, n) if calibrated else []
-        heldout = calibration_set(self.data.train, self.cfg.int8_heldout_images, skip=n) if calibrated else []
+        skip, n = self.cfg.calibration_images, self.cfg.int8_heldout_images
+        heldout = calibration_set(self.data.train, n, skip=skip) if len(images) else []
         conversion = Conversion(
             model=self.model,
             img_size=self.spec.img_size,
-            fp32=self.source.base / plan(self.cfg, self.source.name)[0].path,
+            fp32=self.fp32_graph,
             dst=tmp,
             target=planned.target,
             opset=self.cfg.opset,
-            calibration=lambda: batches(subset, 32, self.data.workers),
-            calibration_images=len(subset),
+            calibration=lambda: batches(images, 32, self.data.workers),
+            calibration_images=len(images),
             calibration_method=self.cfg.calibration_method,
             int8_format=self.cfg.int8_format,
             int8_method=self.cfg.int8_method,
@@ -201,12 +225,31 @@ class Exporter:
             heldout=lambda: labelled_batches(heldout, 64, self.data.workers),
             heldout_images=len(heldout),
         )
-        return precision.convert(conversion)
+        return PRECISIONS[planned.precision].convert(conversion)
+
+    def _diagnose(self, planned: Planned, tmp: Path, images: Dataset) -> Int8Diagnosis | None:
+        """A diagnosed precision's ONNX graph against the fp32 graph on the first DIAGNOSED_IMAGES calibration
+        images, written beside it (`<graph>.diagnosis.json`) whether it is kept or not."""
+        if planned.builder is not None or not PRECISIONS[planned.precision].diagnosed:
+            return None
+        sample = Subset(images, range(min(len(images), DIAGNOSED_IMAGES)))
+        diagnosis = diagnose(
+            self.fp32_graph, tmp, batches(sample, DIAGNOSED_BATCH, self.data.workers), cpu_features(), planned.path.name
+        )
+        self.run.write_diagnosis(planned.path, diagnosis)
+        return diagnosis
 
     def _verify(
-        self, spec: BackendSpec, planned: Planned, tmp: Path, seconds: float, extra: dict[str, Any]
+        self,
+        spec: BackendSpec,
+        planned: Planned,
+        tmp: Path,
+        seconds: float,
+        extra: dict[str, Any],
+        diagnosis: Int8Diagnosis | None = None,
     ) -> ExportRecord | VerificationError:
-        """`spec` running `tmp` against PyTorch: the artefact's record there, or why it failed."""
+        """`spec` running `tmp` against PyTorch: the artefact's record there, or why it failed (with its
+        diagnosis's worst layers, where it has one)."""
         with spec.open(tmp, planned.device, planned.precision) as runner:
             stats = agreement(predict(runner, self.data, self.cfg.batch_size), self.reference, self.data.labels)
         failure = tolerance_failure(stats, self.cfg.tolerances[planned.precision])
@@ -220,6 +263,7 @@ class Exporter:
                 str(planned.path),
                 spec.name,
                 failed,
+                diagnosis.summary() if diagnosis is not None else "",
             )
         return ExportRecord(
             stage=self.source.name,
@@ -241,7 +285,7 @@ class Exporter:
     def _reject(self, error: VerificationError, planned: Planned) -> None:
         mtime = self.source.checkpoint.stat().st_mtime
         record = RejectedExport(
-            path=error.path, reason=error.message, checkpoint_mtime=mtime, backend=error.backend,
+            path=error.path, reason=error.verdict, checkpoint_mtime=mtime, backend=error.backend,
             precision=planned.precision, failed=error.failed,
         )  # fmt: skip
         self.run.reject_export(record)

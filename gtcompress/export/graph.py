@@ -16,6 +16,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from ..errors import UserError, first_line
+from .diagnose import QUANTIZED_OPS
 from .precisions import Int8Format
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -202,7 +203,6 @@ def float_layers(path: Path) -> list[str]:
 
 # VPMADDUBSW adds two uint8 x int8 products into one int16, saturating at its limit.
 INT16_MAX, UINT8_MAX = 32767, 255
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 
 
 def saturating_nodes(path: Path) -> list[str]:

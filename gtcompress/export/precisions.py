@@ -173,6 +173,7 @@ class ExportPrecision:
     convert: Callable[[Conversion], dict[str, Any]]  # writes the graph, returns the record's extra fields
     graph_per_target: bool = False  # a graph of its own for TensorRT
     calibrated: bool = False  # its conversion reads training images
+    diagnosed: bool = False  # a Q/DQ graph: layer by layer against fp32 and its kernels against simulation (diagnose)
 
     def onnx_file(self, stage: str, target: str = "onnxruntime") -> str:
         """`student.onnx` (fp32), `student.fp16.onnx`, `student.int8.onnx`, `student.int8.tensorrt.onnx`."""
@@ -199,6 +200,7 @@ PRECISIONS: dict[str, ExportPrecision] = {
             _int8,
             graph_per_target=True,
             calibrated=True,
+            diagnosed=True,
         ),
     )
 }
