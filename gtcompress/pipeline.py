@@ -123,7 +123,8 @@ def _describe(stage: Stage, setup: _Setup, models: Models, say: Callable[..., No
     say(
         f"{stage.name}: {stage.arch(cfg)}, {count_params(model) / 1e6:.2f}M params, "
         f"{count_macs(model, setup.img_size) / 1e6:.1f} MMACs at {setup.img_size}px; {train.epochs} epochs of "
-        f"{type(optimizer).__name__} lr {train.lr}, global batch {train.batch_size}"
+        f"{type(optimizer).__name__} lr {train.lr}, global batch {train.batch_size}, {cfg.precision} on "
+        f"{setup.ctx.device}"
     )
     return model
 

@@ -148,6 +148,15 @@ def test_run_dry_run_says_every_step_writes_nothing_and_exits_0(tmp_path):
     assert "next:" not in result.stdout and not (tmp_path / "r").exists()
 
 
+def test_runs_precision_is_training_autocast_as_distills(tmp_path):
+    """`--precision` means the training autocast in run as in distill (bf16 trains in bf16 on CPU too: torch's CPU
+    autocast has bf16 kernels); the export precisions are `--export-precision`."""
+    for command in ("run", "distill"):
+        result = invoke(command, "--precision", "bf16", "--dry-run", "--out", tmp_path / command)
+        assert result.exit_code == 0, result.output
+        assert "global batch 64, bf16 on cpu" in result.stdout and "fp32 on" not in result.stdout
+
+
 def test_debug_is_taken_after_the_command_too(tmp_path):
     from typer.testing import CliRunner
 
