@@ -98,6 +98,35 @@ def table(rows: list[dict]) -> Table:
     return t
 
 
+def markdown(result: dict) -> str:
+    """int8.md: the rows on onnxruntime and OpenVINO, with the host's CPU features and the speeds measured."""
+    m = result["machine"]
+    lines = [
+        "# int8 methods and formats side by side (`python -m benchmarks.int8`)",
+        "",
+        f"Run `{result['run']}`, {result['started']}, {m['cpu']} ({m['cores']} cores), cpu_features: "
+        f"{', '.join(m['cpu_features'])}; versions {result['versions']}. Top-1 on the run's test split; agreement: "
+        "top-1 the same as PyTorch fp32's; held-out: top-1 on training images the calibration did not see "
+        "(accuracy-aware only); float: Conv/MatMul/Gemm nodes left in float; safe: no node can saturate int16 on x86 "
+        "without VNNI.",
+        "",
+        "| model | method | format | backend | MB | top-1 % | PyTorch % | agree % | held-out fp32 → int8 % "
+        "| float | safe |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in result["rows"]:
+        held = f"{r['heldout_reference_top1']:.1f} → {r['heldout_top1']:.1f}" if r.get("heldout_top1") else ""
+        lines.append(
+            f"| {r['stage']} | {r['method']} | {r['int8_format']} | {r['backend']} | {r['bytes'] / 1e6:.2f} | "
+            f"{r['top1']:.2f} | {r['reference_top1']:.2f} | {r['top1_agreement']:.2f} | {held} | "
+            f"{len(r.get('float_layers') or [])} | {r['saturation_safe']} |"
+        )
+    for stage, ms in result["latency_ms_batch32"].items():
+        speeds = ", ".join(f"{k} {v:.3f} ms ({ms['fp32'] / v:.2f}× fp32)" for k, v in ms.items())
+        lines += ["", f"{stage}, onnxruntime p50 at batch {SPEED_BATCH}, {m['threads']} threads: {speeds}"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, nargs="?", help="run directory (default runs/latest)")
@@ -123,6 +152,7 @@ def main() -> None:
         "latency_ms_batch32": latency,
     }
     write_json(args.out, result)
+    args.out.with_suffix(".md").write_text(markdown(result))
     console.print(table(rows))
     for stage, ms in latency.items():
         console.print(f"{stage}: " + ", ".join(f"{k} {v:.3f} ms ({ms['fp32'] / v:.2f}x fp32)" for k, v in ms.items()))
