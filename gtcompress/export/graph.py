@@ -181,7 +181,9 @@ def quantize_accuracy_aware(
             advanced_quantization_parameters=AdvancedQuantizationParameters(
                 overflow_fix=OverflowFix.ENABLE if fmt.reduce_range else OverflowFix.DISABLE,
                 # per tensor: NNCF may quantize a depthwise convolution's input per channel, which onnxruntime's
-                # QLinearConv refuses (seen on an untrained MobileNetV3)
+                # QLinearConv refuses (seen on an untrained MobileNetV3). Their type is NNCF's choice per tensor
+                # (int8 where they go negative; forcing uint8 conflicts with its hardware rules): x86 kernels
+                # shift int8 activations to uint8, so saturating_nodes judges both alike
                 activations_quantization_params=QuantizationParameters(per_channel=False),
             ),
         )
