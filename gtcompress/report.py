@@ -354,8 +354,11 @@ def html_page(report: Report, plots: dict[str, bytes]) -> str:
         for k, png in plots.items()
     )
     notes = "".join(f"<li>{e(n)}</li>" for n in report.notes)
-    scales = f"<h2>The teachers' logit scale</h2><p>{e(SCALE_NOTE)}</p>{table(*scale_rows(report), 'scales')}"
-    scales = scales if report.scales else ""
+    scales = (
+        f"<h2>The teachers' logit scale</h2><p>{e(SCALE_NOTE)}</p>{table(*scale_rows(report), 'scales')}"
+        if report.scales
+        else ""
+    )
     bench = f"<h2>Every measurement</h2>{table(*bench_rows(report), 'bench')}" if report.bench else ""
     if report.pareto.points:
         ship = recommendation_line(report.pareto, report.recommendation)

@@ -11,11 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BENCH_BATCHES, BENCH_THREADS, COMPARE_STAGES, copy_run, invoke
+from conftest import BENCH_BATCHES, BENCH_THREADS, COMPARE_STAGES, copy_run, invoke, many_rows_report
 from PIL import Image
 
 from gtcompress.errors import UserError
-from gtcompress.report import PLOTS, table_rows
+from gtcompress.report import PLOTS, html_page, table_rows
 from gtcompress.rundir import RunDir
 from gtcompress.stages import TITLES
 from gtcompress.tables import markdown_table
@@ -248,3 +248,9 @@ def test_the_tables_fit_100_columns_in_the_terminal_and_in_report_md(workflow_ru
     md = (workflow_run / "report.md").read_text().split("## What to ship")[0]
     table_lines = [line for line in md.splitlines() if line.startswith("|")]
     assert max(map(len, table_lines)) <= 100, max(table_lines, key=len)
+
+
+def test_html_of_a_report_without_logit_scales_has_no_scale_table():
+    """A run recorded before teachers had their logit scale recorded: the page leaves that table out, as report.md."""
+    page = html_page(many_rows_report(), {})
+    assert 'id="summary"' in page and 'id="scales"' not in page
