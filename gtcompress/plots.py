@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,11 +33,12 @@ MARKERS = "os^DvPX*"
 
 
 def _legend_outside(fig: Any, ax: Any) -> None:
-    """`ax`'s legend right of it, in as many columns as the axes' height needs, the figure widened by its width:
-    the plot keeps its size however many series the rows bring."""
-    one_column = ax.legend(**LEGEND).get_window_extent().height
-    legend = ax.legend(**LEGEND, ncols=math.ceil(one_column / ax.get_window_extent().height))
-    fig.set_figwidth(fig.get_figwidth() + legend.get_window_extent().width / fig.dpi)
+    """`ax`'s legend right of it, the figure widened by its width and heightened by what it needs beyond the axes':
+    the plot keeps its size and a page its width however many series the rows bring."""
+    legend = ax.legend(**LEGEND)
+    box, axes = legend.get_window_extent(), ax.get_window_extent()
+    fig.set_figwidth(fig.get_figwidth() + box.width / fig.dpi)
+    fig.set_figheight(fig.get_figheight() + max(0, box.height - axes.height) / fig.dpi)
 
 
 def _colours(plt: Any, n: int) -> list[Any]:
