@@ -122,8 +122,8 @@ def _workflow(run: Path) -> None:
 MANY_STAGES = {
     "standard_teacher": "Standard Teacher",
     "generous_teacher": "Generous Teacher",
-    "student_mobilenetv3_large_100": "student <- GT (mobilenetv3_large_100)",
-    "student_from_born_again_efficientnet_b0": "student <- born-again (efficientnet_b0)",
+    "student_mobilenetv4_hybrid_medium": "student <- GT (mobilenetv4_hybrid_medium)",
+    "student_from_born_again_mobilenetv4_hybrid_medium": "student <- born-again (mobilenetv4_hybrid_medium)",
 }
 MANY_PRECISIONS, MANY_BACKENDS, MANY_THREADS, MANY_BATCHES = (
     ("fp32", "fp16", "int8"),
@@ -195,11 +195,11 @@ def many_rows_report() -> Report:
         header=ReportHeader(
             run="many-rows",
             command="gtcompress distill --recipe recipes/imagenet.yaml --teacher resnet50 --student "
-            "mobilenetv3_large_100,efficientnet_b0 --compare --out runs/imagenet-many-students-many-precisions",
+            "mobilenetv4_hybrid_medium,efficientnet_b0 --compare --out runs/imagenet-many-students-many-precisions",
             data="imagenet",
             method="kd from the Generous Teacher (beta 0.5, k 2.0, init standard)",
             teacher="resnet50",
-            student="mobilenetv3_large_100, efficientnet_b0",
+            student="mobilenetv4_hybrid_medium, efficientnet_b0",
             machine="Intel(R) Xeon(R) Platinum 8480+ (avx512_vnni, amx_int8), 16 cores",
             trained_on="cuda x8",
             generated="2025-01-01 00:00:00 +0000",
