@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -349,14 +350,21 @@ def markdown(report: Report, plot_files: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
+def _breakable(text: str) -> str:
+    """Escaped, with a line-break chance after each / and _: a file or stage name wraps where it reads (a number
+    has neither), so a table of long names fits the page."""
+    return re.sub(r"([/_])", r"\1<wbr>", html.escape(text))
+
+
 def html_page(report: Report, plots: dict[str, bytes]) -> str:
     e = html.escape
     h = report.header
 
     def table(cols: list[str], cells: list[list[str]], id_: str) -> str:
+        """In a box that scrolls sideways rather than the page, should it still be too wide after wrapping."""
         head = "".join(f"<th>{e(c)}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in cells)
-        return f'<table id="{id_}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        body = "".join("<tr>" + "".join(f"<td>{_breakable(c)}</td>" for c in row) + "</tr>" for row in cells)
+        return f'<div class="table"><table id="{id_}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
     meta = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _header_lines(report))
     figures = "".join(
@@ -365,8 +373,11 @@ def html_page(report: Report, plots: dict[str, bytes]) -> str:
         for k, png in plots.items()
     )
     notes = "".join(f"<li>{e(n)}</li>" for n in report.notes)
-    scales = f"<h2>The teachers' logit scale</h2><p>{e(SCALE_NOTE)}</p>{table(*scale_rows(report), 'scales')}"
-    scales = scales if report.scales else ""
+    scales = (
+        f"<h2>The teachers' logit scale</h2><p>{e(SCALE_NOTE)}</p>{table(*scale_rows(report), 'scales')}"
+        if report.scales
+        else ""
+    )
     bench = f"<h2>Every measurement</h2>{table(*bench_rows(report), 'bench')}" if report.bench else ""
     if report.pareto.points:
         ship = recommendation_line(report.pareto, report.recommendation)
@@ -380,12 +391,12 @@ def html_page(report: Report, plots: dict[str, bytes]) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
 dl {{ display: grid; grid-template-columns: max-content auto; gap: .2em 1em; }} dt {{ font-weight: 600; }}
-dd {{ margin: 0; font-family: ui-monospace, monospace; }}
+dd {{ margin: 0; font-family: ui-monospace, monospace; }} dd, p, li {{ overflow-wrap: anywhere; }}
+div.table {{ overflow-x: auto; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
-figure {{ display: inline-block; margin: 1em; }} img.plot {{ max-width: 560px; }}
-img#plot-training_curves {{ max-width: 1100px; }}
+figure {{ margin: 1em 0; }} img.plot {{ max-width: 100%; }}
 </style></head><body>
 <h1>gtcompress report: {e(h.teacher or "?")} → {e(h.student or "?")}</h1>
 <dl>{meta}</dl>

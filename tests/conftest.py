@@ -16,6 +16,7 @@ from typer.testing import CliRunner  # noqa: E402
 from gtcompress.cli import app  # noqa: E402
 from gtcompress.config import RunConfig  # noqa: E402
 from gtcompress.evaluate import predict_artefact  # noqa: E402
+from gtcompress.records import BenchResult, ModelFile, Pareto, Point, Recommendation, Report, ReportHeader, ReportRow  # noqa: E402
 from gtcompress.stages import run_stages  # noqa: E402
 
 TEACHER, STUDENT = "test_resnet", "mobilenetv3_small_050"
@@ -114,6 +115,114 @@ def _workflow(run: Path) -> None:
         ",".join(map(str, BENCH_THREADS)),
     )
     assert result.exit_code == 0, result.output
+
+
+# A report of many rows, as a run of several students and long architecture names gives: 4 models x 3 precisions,
+# each timed on 2 backends at 3 thread counts and 3 batch sizes.
+MANY_STAGES = {
+    "standard_teacher": "Standard Teacher",
+    "generous_teacher": "Generous Teacher",
+    "student_mobilenetv4_hybrid_medium": "student <- GT (mobilenetv4_hybrid_medium)",
+    "student_from_born_again_mobilenetv4_hybrid_medium": "student <- born-again (mobilenetv4_hybrid_medium)",
+}
+MANY_PRECISIONS, MANY_BACKENDS, MANY_THREADS, MANY_BATCHES = (
+    ("fp32", "fp16", "int8"),
+    ("onnxruntime", "openvino"),
+    (1, 2, 4),
+    (1, 8, 32),
+)
+
+
+def _many_p50(model: int, precision: int, backend: int, threads: int, batch: int) -> float:
+    """Distinct for every artefact and setting; 2 threads fastest, so the fastest setting is not the first timed."""
+    return (1 + model) * (1 - 0.2 * precision) * (1 + 0.1 * backend) * batch**0.8 * (1 + abs(threads - 2) / 10)
+
+
+def _many_result(stage: str, precision: str, backend: str, threads: int, batch: int, p50: float) -> BenchResult:
+    return BenchResult(
+        stage=stage,
+        arch=stage,
+        backend=backend,
+        device="cpu",
+        precision=precision,
+        batch_size=batch,
+        threads=threads,
+        artefact=f"export/{stage}.{precision}.onnx",
+        bytes=10**7,
+        **{f"{k}_ms": p50 for k in ("min", "mean", "p50", "p90", "p95", "p99", "max")},
+        std_ms=0.01,
+        throughput=batch * 1000 / p50,
+        iters=3,
+        samples_ms=[p50 * 0.9, p50, p50 * 1.2],
+    )
+
+
+def many_rows_report() -> Report:
+    bench = [
+        _many_result(stage, precision, backend, t, b, _many_p50(m, q, k, t, b))
+        for m, stage in enumerate(MANY_STAGES)
+        for q, precision in enumerate(MANY_PRECISIONS)
+        for k, backend in enumerate(MANY_BACKENDS)
+        for t in MANY_THREADS
+        for b in MANY_BATCHES
+    ]
+    rows = [
+        ReportRow(
+            name=title + ("" if precision == "fp32" else f" {precision}"),
+            stage=stage,
+            role="student" if stage.startswith("student") else "teacher",
+            arch=stage,
+            precision=precision,
+            file=f"export/{stage}.{precision}.onnx",
+            bytes=10**7,
+            top1=90.0 - m - q,
+            **dict.fromkeys(("delta_vs_st_student", "delta_vs_continued_student", "delta_vs_born_again_student"), 0.5),
+            params=10**7,
+            macs=10**9,
+            p50_ms={backend: _many_p50(m, q, k, 2, 1) for k, backend in enumerate(MANY_BACKENDS)},
+            setting=dict.fromkeys(MANY_BACKENDS, "2 threads"),
+            speedup=1.5,
+            size_ratio=2.0,
+        )
+        for m, (stage, title) in enumerate(MANY_STAGES.items())
+        for q, precision in enumerate(MANY_PRECISIONS)
+    ]
+    points = [
+        Point(**r.model_dump(include=set(ModelFile.model_fields)), role=r.role, p50_ms=r.p50_ms["onnxruntime"])
+        for r in rows
+    ]
+    return Report(
+        header=ReportHeader(
+            run="many-rows",
+            command="gtcompress distill --recipe recipes/imagenet.yaml --teacher resnet50 --student "
+            "mobilenetv4_hybrid_medium,efficientnet_b0 --compare --out runs/imagenet-many-students-many-precisions",
+            data="imagenet",
+            method="kd from the Generous Teacher (beta 0.5, k 2.0, init standard)",
+            teacher="resnet50",
+            student="mobilenetv4_hybrid_medium, efficientnet_b0",
+            machine="Intel(R) Xeon(R) Platinum 8480+ (avx512_vnni, amx_int8), 16 cores",
+            trained_on="cuda x8",
+            generated="2025-01-01 00:00:00 +0000",
+        ),
+        batch_size=1,
+        primary_backend="onnxruntime",
+        backends=list(MANY_BACKENDS),
+        teacher="standard_teacher",
+        titles=MANY_STAGES,
+        rows=rows,
+        bench=bench,
+        pareto=Pareto(backend="onnxruntime", batch_size=1, budget_ms=3.0, points=points, front=[points[0].name]),
+        recommendation=Recommendation(reason="the most accurate within the budget", pick=points[0]),
+    )
+
+
+def many_rows_history() -> list[dict]:
+    """Three epochs of each of the many-row report's stages."""
+    return [
+        {"stage": stage, "epoch": e, "top1": 50.0 + 10 * e - m, "train_loss": 2.0 / (e + 1 + m)}
+        for m, stage in enumerate(MANY_STAGES)
+        for e in range(3)
+    ]
 
 
 def assert_one_line_error(result, *fragments):

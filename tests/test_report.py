@@ -11,11 +11,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BENCH_BATCHES, BENCH_THREADS, COMPARE_STAGES, copy_run, invoke
+from conftest import BENCH_BATCHES, BENCH_THREADS, COMPARE_STAGES, copy_run, invoke, many_rows_history, many_rows_report
 from PIL import Image
 
 from gtcompress.errors import UserError
-from gtcompress.report import PLOTS, table_rows
+from gtcompress.plots import make_plots
+from gtcompress.report import PLOTS, html_page, table_rows
 from gtcompress.rundir import RunDir
 from gtcompress.stages import TITLES
 from gtcompress.tables import markdown_table
@@ -184,16 +185,17 @@ window.addEventListener('load', () => {
 </script></body>"""
 
 
-def test_a_headless_browser_renders_the_table_and_every_plot(workflow_run, report, tmp_path):
-    browser = chromium()
+def rendered(html_text: str, probe: str, tmp_path: Path) -> str:
+    """The DOM headless chromium leaves of `html_text` in a 1280-px window, `probe` run at load."""
     page = tmp_path / "report.html"
-    page.write_text((workflow_run / "report.html").read_text().replace("</body>", PROBE))
+    page.write_text(html_text.replace("</body>", probe))
     done = subprocess.run(
         [
-            browser,
+            chromium(),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            "--window-size=1280,900",
             "--virtual-time-budget=5000",
             "--dump-dom",
             page.as_uri(),
@@ -203,11 +205,41 @@ def test_a_headless_browser_renders_the_table_and_every_plot(workflow_run, repor
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    rendered = re.search(r'data-rendered="(\d+)"', done.stdout)
-    rows = re.search(r'data-rows="(\d+)"', done.stdout)
-    assert rendered and rows, done.stdout[:2000]
-    assert int(rendered.group(1)) == len(PLOTS)
+    return done.stdout
+
+
+def test_a_headless_browser_renders_the_table_and_every_plot(workflow_run, report, tmp_path):
+    dom = rendered((workflow_run / "report.html").read_text(), PROBE, tmp_path)
+    rendered_plots = re.search(r'data-rendered="(\d+)"', dom)
+    rows = re.search(r'data-rows="(\d+)"', dom)
+    assert rendered_plots and rows, dom[:2000]
+    assert int(rendered_plots.group(1)) == len(PLOTS)
     assert int(rows.group(1)) == len(report["rows"])
+
+
+# What overflows a 1280-px window: the page itself, a table wider than its box (columns out of sight), a plot
+# shrunk below 3/4 of its size (its legend's text unreadable); each as "what width in room", or "none".
+LAYOUT = """<script>
+window.addEventListener('load', () => {
+  const page = document.documentElement, out = [];
+  if (page.scrollWidth > page.clientWidth) out.push(`page ${page.scrollWidth} in ${page.clientWidth}`);
+  for (const t of document.querySelectorAll('table')) {
+    const room = t.parentElement.clientWidth;
+    if (t.offsetWidth > room) out.push(`${t.id} ${t.offsetWidth} in ${room}`);
+  }
+  for (const i of document.querySelectorAll('img.plot'))
+    if (!i.complete || i.width < 0.75 * i.naturalWidth) out.push(`${i.id} ${i.width} of ${i.naturalWidth}`);
+  document.body.setAttribute('data-overflow', out.join('; ') || 'none');
+});
+</script></body>"""
+
+
+def test_a_report_of_many_rows_fits_a_1280_px_window(tmp_path):
+    report = many_rows_report()
+    dom = rendered(html_page(report, make_plots(report, many_rows_history())), LAYOUT, tmp_path)
+    overflow = re.search(r'data-overflow="([^"]*)"', dom)
+    assert overflow, dom[:2000]
+    assert overflow.group(1) == "none"
 
 
 def test_report_json_reads_back_typed_without_the_samples_and_a_broken_one_is_one_line(workflow_run, tmp_path):
@@ -248,3 +280,9 @@ def test_the_tables_fit_100_columns_in_the_terminal_and_in_report_md(workflow_ru
     md = (workflow_run / "report.md").read_text().split("## What to ship")[0]
     table_lines = [line for line in md.splitlines() if line.startswith("|")]
     assert max(map(len, table_lines)) <= 100, max(table_lines, key=len)
+
+
+def test_html_of_a_report_without_logit_scales_has_no_scale_table():
+    """A run recorded before teachers had their logit scale recorded: the page leaves that table out, as report.md."""
+    page = html_page(many_rows_report(), {})
+    assert 'id="summary"' in page and 'id="scales"' not in page
