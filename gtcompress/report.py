@@ -221,14 +221,12 @@ def _notes(bench: BenchFile | None, run: RunDir) -> list[str]:
 
 
 def _rejected_notes(run: RunDir) -> list[str]:
-    """Why files were not kept on a backend, then each rejected graph's diagnosis: its worst layers."""
+    """Why files were not kept on a backend, then each rejected graph's diagnosis: its worst layers (not an
+    engine's: its graph's diagnosis shares its stem, not its file name)."""
     rejected = run.rejected()
     diagnoses = {r.path: run.diagnosis(r.path) for r in rejected}
-    return [f"not kept on {r.backend}: {r.reason}" for r in rejected] + [
-        f"{path}: {d.summary()}"
-        for path, d in diagnoses.items()
-        if d is not None and d.file == Path(path).name  # not an engine, whose graph's diagnosis shares its stem
-    ]
+    notes = [f"{p}: {d.summary()}" for p, d in diagnoses.items() if d is not None and d.file == Path(p).name]
+    return [f"not kept on {r.backend}: {r.reason}" for r in rejected] + notes
 
 
 # -- formatting --------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from gtcompress.config import DataConfig
 from gtcompress.data import create_loader, load_splits
 from gtcompress.distributed import DistEnv
 from gtcompress.evaluate import evaluate_artefact
-from gtcompress.stream import Stream, uneven_reads
+from gtcompress.stream import Stream, uneven_reads, warn_uneven
 
 datasets = pytest.importorskip("datasets", reason="the [hf] extra (datasets) is part of the README's test install")
 
@@ -127,6 +127,7 @@ def test_uneven_validation_shards_are_warned_of_once(tmp_path, caplog):
         val = Stream(load_splits(DataConfig(name="wds/digits", root=root)).val, lambda x: x)
         return create_loader(val, 8, training=False, workers=0, dist=DistEnv(world_size=world))
 
+    warn_uneven.cache_clear()  # a run starts here: an earlier test in this process may have warned of these shards
     loader(2)
     assert "reads 10 images again and leaves 10 out" in caplog.text
     caplog.clear()
@@ -150,10 +151,14 @@ def test_distill_and_export_run_end_to_end_on_shards(wds_digits, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "metrics.json").read_text())["student"]["epochs"] == 1
-    export = invoke("export", out, "--export-precision", "int8", "--tolerance", INT8_TOLERANCE)
+    int8 = ("export", out, "--export-precision", "int8", "--tolerance", INT8_TOLERANCE)
+    # accuracy-aware int8 holds out training images after the calibration ones: the stream's 240 has none after 256
+    assert_one_line_error(invoke(*int8), "none beyond the 256 calibration images", "--calibration-images")
+    export = invoke(*int8, "--calibration-images", 120)
     assert export.exit_code == 0, export.output
     records = json.loads((out / "metrics.json").read_text())["export"]
     assert {r["test_images"] for r in records} == {60}, "verified on the shards' own validation split"
+    assert {r["heldout_images"] for r in records if r["precision"] == "int8"} == {120}
     for r in records:  # each recorded accuracy is what `gtcompress eval` measures on the same shards and backend
         assert r["top1"] == pytest.approx(evaluate_artefact(out / r["path"], backend=r["backend"])["top1"]), r["path"]
 

@@ -31,7 +31,7 @@ from ..rundir import RunDir, write_sidecar
 from ..settings import ExportConfig
 from .diagnose import diagnose
 from .graph import calibration_indices
-from .precisions import PRECISIONS, Conversion
+from .precisions import INT8_METHODS, PRECISIONS, Conversion
 from .sidecar import sidecar
 from .source import Source, resolve_source
 from .triton import write_triton_repository
@@ -207,8 +207,7 @@ class Exporter:
             options = BuildOptions(self.cfg.max_batch, self.cfg.workspace_gib, self.cfg.opt_batches, tmp.parent)
             source = self._source_graph(planned) or self.model
             return planned.builder.build(source, tmp, planned.precision, options)
-        skip, n = self.cfg.calibration_images, self.cfg.int8_heldout_images
-        heldout = calibration_set(self.data.train, n, skip=skip) if len(images) else []
+        heldout = self._heldout(images)
         conversion = Conversion(
             model=self.model,
             img_size=self.spec.img_size,
@@ -226,6 +225,21 @@ class Exporter:
             heldout_images=len(heldout),
         )
         return PRECISIONS[planned.precision].convert(conversion)
+
+    def _heldout(self, images: Dataset) -> Dataset:
+        """The labelled training images after the calibration ones, where the int8 method measures on them; one
+        line where the training split has none left."""
+        if not len(images) or not INT8_METHODS[self.cfg.int8_method].heldout:
+            return []
+        skip = self.cfg.calibration_images
+        heldout = calibration_set(self.data.train, self.cfg.int8_heldout_images, skip=skip)
+        if not len(heldout):
+            raise UserError(
+                f"{self.cfg.int8_method} int8 measures on training images the calibration did not see, but the "
+                f"training split has none beyond the {skip} calibration images",
+                "pass fewer --calibration-images, or --int8-method ptq",
+            )
+        return heldout
 
     def _diagnose(self, planned: Planned, tmp: Path, images: Dataset) -> Int8Diagnosis | None:
         """A diagnosed precision's ONNX graph against the fp32 graph on the first DIAGNOSED_IMAGES calibration
