@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -128,8 +129,12 @@ def test_uneven_validation_shards_are_warned_of_once(tmp_path, caplog):
         return create_loader(val, 8, training=False, workers=0, dist=DistEnv(world_size=world))
 
     warn_uneven.cache_clear()  # a run starts here: an earlier test in this process may have warned of these shards
+    # at the logger's own level: a library an earlier test imported may have raised the root logger's
+    caplog.set_level(logging.WARNING, logger="gtcompress.stream")
     loader(2)
-    assert "reads 10 images again and leaves 10 out" in caplog.text
+    stream_log = logging.getLogger("gtcompress.stream")
+    state = (stream_log.disabled, stream_log.getEffectiveLevel(), stream_log.propagate, logging.getLogger().level)
+    assert "reads 10 images again and leaves 10 out" in caplog.text, state
     caplog.clear()
     loader(2)
     assert caplog.text == "", "said once per run, not once per stage"
