@@ -37,8 +37,8 @@ from gtcompress.timing import time_backend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "int8.json"
 VARIANTS = (  # (method, format): the default first
-    ("accuracy-aware", "portable"),
     ("ptq", "portable"),
+    ("accuracy-aware", "portable"),
     ("ptq", "vnni"),
 )
 STAGES = ("student", "generous_teacher")

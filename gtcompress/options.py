@@ -356,7 +356,8 @@ def export_values(options: dict[str, Any], backends: list[str] | None) -> dict[s
             "calibration_images": o["calibration_images"],
             "calibration_method": o["calibration_method"],
             "int8_format": o["int8_format"],
-            "int8_method": o["int8_method"],
+            # a drop budget is accuracy-aware int8's: giving one chooses it
+            "int8_method": o["int8_method"] or ("accuracy-aware" if o["int8_max_drop"] is not None else None),
             "int8_max_drop": o["int8_max_drop"],
             "int8_heldout_images": o["int8_heldout_images"],
             "opset": o["opset"],

@@ -68,10 +68,13 @@ class ExportConfig(Frozen):
         "portable", description=f"int8 graph for onnxruntime: {'; '.join(f.help for f in INT8_FORMATS.values())}."
     )
     int8_method: str = Field(
-        "accuracy-aware", description=f"How int8 graphs are made: {'; '.join(m.help for m in INT8_METHODS.values())}."
+        "ptq", description=f"How int8 graphs are made: {'; '.join(m.help for m in INT8_METHODS.values())}."
     )
     int8_max_drop: float = Field(
-        0.5, ge=0, description="Top-1 points accuracy-aware int8 may lose on held-out training images."
+        0.5,
+        ge=0,
+        description="Top-1 points accuracy-aware int8 may lose on held-out training images (giving it "
+        "chooses --int8-method accuracy-aware).",
     )
     int8_heldout_images: PositiveInt = Field(
         1000, description="Training images, apart from the calibration ones, that accuracy-aware int8 measures on."
