@@ -136,7 +136,7 @@ INT8_METHODS = {
             _accuracy_aware,
             heldout=True,
             help="accuracy-aware (NNCF): layers that cost more than --int8-max-drop top-1 points on held-out "
-            "training images stay in float (its graphs ran ~6x slower than fp32 on onnxruntime CPU here)",
+            "training images stay in float (its graphs ran ~5x slower than fp32 on onnxruntime CPU here)",
         ),
     )
 }
