@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from ..errors import UserError, first_line
-from .diagnose import QUANTIZED_OPS
+from .diagnose import QUANTIZED_OPS, quantized_layers
 from .precisions import Int8Format
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -193,13 +193,13 @@ def quantize_accuracy_aware(
 
 
 def float_layers(path: Path) -> list[str]:
-    """The Conv/MatMul/Gemm nodes of a Q/DQ graph that compute in float (not fed two dequantized tensors)."""
+    """The Conv/MatMul/Gemm nodes of a Q/DQ graph that compute in float: all but diagnose.quantized_layers."""
     graph = onnx.load(str(path)).graph
-    producers = {out: node for node in graph.node for out in node.output}
+    quantized = {node.output[0] for node in quantized_layers(graph)}
     return [
         node.name or node.output[0]
         for node in graph.node
-        if node.op_type in QUANTIZED_OPS and not all(_is_dequantize(producers.get(name)) for name in node.input[:2])
+        if node.op_type in QUANTIZED_OPS and node.output[0] not in quantized
     ]
 
 
