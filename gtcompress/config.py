@@ -305,7 +305,8 @@ class RunConfig(Strict):
     seed: int = Field(0, description="random seed of every stage (data order, initial weights, augmentation)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (CUDA where available) | cpu | cuda")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="training autocast dtype: fp32 | bf16 | fp16 (CUDA)"
+        "fp32",
+        description="training autocast dtype: fp32 | bf16 (CUDA, or a CPU with avx512_bf16/amx_bf16) | fp16 (CUDA)",
     )
     dist_bn: Literal["reduce", "broadcast"] = Field(
         "reduce",

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from timm.utils import distribute_bn
 from torch import nn
 
+from .environment import BF16_FEATURES, cpu_features
 from .errors import UserError, first_line
 
 SETUP_TIMEOUT = timedelta(minutes=5)
@@ -38,13 +39,21 @@ class DistEnv:
 
 
 def resolve_device(requested: str, precision: str, local_rank: int = 0) -> torch.device:
-    """`auto` -> CUDA when present; clear errors for CUDA or fp16 that cannot be had."""
+    """`auto` -> CUDA when present; clear errors for CUDA, fp16 or bf16 that cannot be had. bf16 on a CPU needs
+    its bf16 instructions: without them torch's CPU autocast converts around every op and buys nothing that fp32
+    lacks but rounding."""
     has_cuda = torch.cuda.is_available()
     if requested == "cuda" and not has_cuda:
         raise UserError("--device cuda was requested but CUDA is not available", "use --device cpu or auto")
     device = torch.device(f"cuda:{local_rank}" if has_cuda and requested != "cpu" else "cpu")
     if precision == "fp16" and device.type != "cuda":
-        raise UserError("fp16 training needs a CUDA device", "use --precision bf16 or fp32 on CPU")
+        raise UserError("fp16 training needs a CUDA device", "use --precision fp32 on CPU")
+    if precision == "bf16" and device.type == "cpu" and not set(BF16_FEATURES) & set(cpu_features()):
+        raise UserError(
+            f"bf16 training on a CPU needs its bf16 instructions ({' or '.join(BF16_FEATURES)}), which this one "
+            "lacks: it would round to bf16 at fp32's cost",
+            "use --precision fp32 here, or bf16 on a CUDA device",
+        )
     return device
 
 

@@ -28,7 +28,11 @@ def cpu_name() -> str:
 
 
 # The CPU extensions that decide how fast fp16, bf16 and int8 kernels run (int8 is 2-4x faster with VNNI or AMX).
-CPU_FEATURES = ("avx2", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8")
+CPU_FEATURES = (
+    "avx2", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16"
+)  # fmt: skip
+# The ones that give a CPU bf16 arithmetic of its own: without them oneDNN converts bf16 to fp32 around each op.
+BF16_FEATURES = ("avx512_bf16", "amx_bf16")
 
 
 def cpu_features() -> list[str]:

@@ -148,13 +148,22 @@ def test_run_dry_run_says_every_step_writes_nothing_and_exits_0(tmp_path):
     assert "next:" not in result.stdout and not (tmp_path / "r").exists()
 
 
-def test_runs_precision_is_training_autocast_as_distills(tmp_path):
-    """`--precision` means the training autocast in run as in distill (bf16 trains in bf16 on CPU too: torch's CPU
-    autocast has bf16 kernels); the export precisions are `--export-precision`."""
+def test_runs_precision_is_training_autocast_as_distills(tmp_path, monkeypatch):
+    """`--precision` means the training autocast in run as in distill: bf16 trains in bf16 on a CPU with bf16
+    instructions and is refused, with the reason, on one without (whatever this host has); the export precisions
+    are `--export-precision`."""
+    import gtcompress.distributed as distributed
+
     for command in ("run", "distill"):
+        monkeypatch.setattr(distributed, "cpu_features", lambda: ["avx2", "avx512f", "avx512_bf16"])
         result = invoke(command, "--precision", "bf16", "--dry-run", "--out", tmp_path / command)
         assert result.exit_code == 0, result.output
         assert "global batch 64, bf16 on cpu" in result.stdout and "fp32 on" not in result.stdout
+        monkeypatch.setattr(distributed, "cpu_features", lambda: ["avx2", "f16c", "avx512f", "avx512_vnni"])
+        result = invoke(command, "--precision", "bf16", "--dry-run", "--out", tmp_path / command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "bf16 training on a CPU needs its bf16 instructions (avx512_bf16 or amx_bf16)" in result.output
+        assert "use --precision fp32 here, or bf16 on a CUDA device" in result.output
 
 
 def test_debug_is_taken_after_the_command_too(tmp_path):

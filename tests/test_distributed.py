@@ -207,6 +207,19 @@ def test_device_requests_that_cannot_be_met():
         resolve_device("cpu", "fp16")
 
 
+@pytest.mark.parametrize("features", [["avx2", "f16c"], ["avx2", "avx512f", "avx512_vnni"], ["amx_bf16"]])
+def test_bf16_on_a_cpu_needs_its_bf16_instructions(monkeypatch, features):
+    import gtcompress.distributed as distributed
+
+    monkeypatch.setattr(distributed, "cpu_features", lambda: features)
+    if "amx_bf16" in features:
+        assert resolve_device("cpu", "bf16").type == "cpu"
+    else:
+        with pytest.raises(UserError, match="bf16 training on a CPU needs its bf16 instructions"):
+            resolve_device("cpu", "bf16")
+    assert resolve_device("cpu", "fp32").type == "cpu"
+
+
 @pytest.mark.slow
 def test_a_failed_rank_ends_the_job_in_bounded_time_with_one_line_and_the_run_resumes(tmp_path):
     out, fault = tmp_path / "run", {"FAULT_RANK": "1", "FAULT_STAGE": "generous_teacher"}
