@@ -56,7 +56,8 @@ def ties(a: Point, b: Point) -> bool:
 
 
 def _pick(fits: list[Point], why: str) -> Recommendation:
-    """The most accurate; among those, the fastest, unless another's p50 ties with it: then the smallest file."""
+    """The most accurate; among those, the fastest, unless another's p50 ties with it: then the smallest file. A
+    smaller file as accurate that lost on speed is named, with both p50s, so the pick can be checked."""
     best = max(_top1(p) for p in fits)
     fastest = min((p for p in fits if _top1(p) == best), key=lambda p: (p.p50_ms, p.bytes or 0))
     tied = [p for p in fits if _top1(p) == best and ties(p, fastest)]
@@ -65,6 +66,13 @@ def _pick(fits: list[Point], why: str) -> Recommendation:
         why += (
             f"; its p50 ties with {fastest.name}'s {fastest.p50_ms:.3f} ms within their bootstrap intervals, "
             "so the smaller file"
+        )
+    smaller = [p for p in fits if _top1(p) == best and (p.bytes or 0) < (pick.bytes or 0) and p not in tied]
+    if smaller:
+        s = min(smaller, key=lambda p: p.bytes or 0)
+        why += (
+            f"; {s.name} is as accurate and smaller ({(s.bytes or 0) / 1e6:.2f} MB) but slower: p50 "
+            f"{s.p50_ms:.3f} ms, outside the pick's bootstrap interval"
         )
     return Recommendation(reason=why, pick=pick)
 

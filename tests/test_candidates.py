@@ -53,7 +53,10 @@ def test_latencies_that_tie_within_their_noise_go_to_the_smaller_file():
     pick = recommend([fp32, fp16, int8])
     assert pick.pick.name == "int8" and "ties with fp32's 0.180 ms within their bootstrap intervals" in pick.reason
     apart = int8.model_copy(update={"p50_ms": 0.250, "p50_interval": (0.240, 0.260)})
-    assert recommend([fp32, apart]).pick.name == "fp32", "a p50 outside the other's noise is slower"
+    faster = recommend([fp32, apart])
+    assert faster.pick.name == "fp32", "a p50 outside the other's noise is slower"
+    assert "int8 is as accurate and smaller (1.81 MB) but slower: p50 0.250 ms" in faster.reason, faster.reason
+    assert "smaller" not in recommend([fp32, fp16.model_copy(update={"top1": 96.0})]).reason, "less accurate: not named"
     unknown = fp32.model_copy(update={"p50_interval": None})
     assert recommend([unknown, int8]).pick.name == "fp32", "without samples nothing is called a tie"
 
