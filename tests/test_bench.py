@@ -152,6 +152,7 @@ def test_the_gpu_check_summarises_the_runs_bench_rows_and_reads_its_ratios_from_
                        "all": next(r["p50_ms"] for r in mine if r["threads"] == threads)}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_export_benchmark_exports_every_precision_and_times_each_beside_pytorch(workflow_run, tmp_path):
     import argparse
 

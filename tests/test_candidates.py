@@ -133,6 +133,7 @@ def test_without_a_budget_the_pick_is_the_best_student_that_buys_speed(tmp_path)
     assert within.pick.stage == "generous_teacher", "a budget the teacher meets: the most accurate that fits"
 
 
+@pytest.mark.slow
 def test_candidates_prints_every_students_latency_on_the_target():
     result = invoke(
         "candidates", "--teacher", TEACHER, "--student", ",".join(STUDENTS), "--latency-budget", 1000,
@@ -154,6 +155,7 @@ def test_a_candidate_slower_than_the_teacher_is_flagged_before_any_training():
     assert ratio and float(ratio.group(1)) < 1, flat
 
 
+@pytest.mark.slow
 def test_an_impossible_budget_trains_nothing_and_says_why(tmp_path):
     out = tmp_path / "run"
     result = invoke(

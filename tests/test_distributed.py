@@ -83,6 +83,7 @@ def test_two_process_resume_of_a_finished_run_redoes_nothing(ddp_run):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == before
 
 
+@pytest.mark.slow
 def test_a_batch_the_world_size_does_not_divide_fails_on_every_rank(tmp_path):
     result = torchrun(
         "distill",
@@ -104,6 +105,7 @@ def test_a_batch_the_world_size_does_not_divide_fails_on_every_rank(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_a_user_error_on_one_rank_is_printed_once_by_that_rank(tmp_path):
     fault = {"FAULT_RANK": "1", "FAULT_KIND": "user"}
     options = ("distill", *PAIR, "--epochs", 1, "--out", tmp_path / "run", "--set", "data.train_fraction=0.3")
@@ -162,6 +164,7 @@ def _rank_main(rank, port, root, results):
         results[rank] = e.message
 
 
+@pytest.mark.slow
 def test_data_missing_on_one_rank_stops_every_rank_with_that_rank_named(tmp_path):
     results = mp.Manager().dict()
     mp.start_processes(_rank_main, args=(free_port(), tmp_path, results), nprocs=2, start_method="spawn", join=True)
@@ -190,6 +193,7 @@ def _data_and_teacher():
     return data, create_model(TEACHER, 3).eval()
 
 
+@pytest.mark.slow
 def test_sharded_teacher_logits_equal_single_process_ones(tmp_path):
     mp.start_processes(_logits_main, args=(free_port(), tmp_path), nprocs=2, start_method="spawn", join=True)
     data, teacher = _data_and_teacher()

@@ -9,6 +9,7 @@ from conftest import PAIR, assert_recorded_accuracy_is_the_saved_models, write_w
 from test_distributed import torchrun
 
 
+@pytest.mark.slow
 def test_two_processes_stream_disjoint_shares_of_webdataset_shards(tmp_path):
     pytest.importorskip("webdataset", reason="the [wds] extra is part of the README's test install")
     root = write_wds_digits(tmp_path / "shards", per_split=(("train", 240, 4), ("validation", 60, 2)))
@@ -25,6 +26,7 @@ def test_two_processes_stream_disjoint_shares_of_webdataset_shards(tmp_path):
         assert_recorded_accuracy_is_the_saved_models(m, out / f"{stage}.pt")  # 2 equal shards: every image once
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shards, workers, per_rank",
     [((125, 115), 2, "0 loader worker(s) per rank"), ((80, 80, 80), 2, "0 loader worker(s) per rank")],
@@ -47,6 +49,7 @@ def test_uneven_stream_layouts_train_every_rank_for_the_same_steps(tmp_path, sha
         assert round(m["images_per_second"] * m["train_seconds"]) == 240, stage
 
 
+@pytest.mark.slow
 def test_a_stream_with_fewer_shards_than_ranks_is_refused_before_anything_is_written(tmp_path):
     pytest.importorskip("webdataset", reason="the [wds] extra is part of the README's test install")
     root = write_wds_digits(tmp_path / "shards", per_split=(("train", 120, 1), ("validation", 60, 2)))

@@ -316,6 +316,7 @@ def test_trt_without_cuda_is_one_clear_error(monkeypatch):
         require_tensorrt()
 
 
+@pytest.mark.slow
 def test_failed_verification_keeps_nothing_under_its_name(pipeline_run, tmp_path):
     """An int8 graph outside its tolerance (here: logits within 1e-6 of PyTorch's) is an error, not a warning."""
     run = copy_run(pipeline_run, tmp_path / "run")

@@ -158,6 +158,7 @@ def own_predictions(fp32: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(x, session.run(None, {"input": x})[0].argmax(1)) for x in images]
 
 
+@pytest.mark.slow
 def test_accuracy_aware_int8_returns_layers_to_float_until_the_drop_is_within_budget(graphs, tmp_path):
     fp32, portable = graphs["portable"].with_name("model.onnx"), INT8_FORMATS["portable"]
     heldout = own_predictions(fp32)

@@ -96,6 +96,7 @@ def test_every_student_arm_starts_from_the_same_weights(tmp_path):
     assert result.output.count("skipped (the Generous Teacher is trained from scratch") == 1
 
 
+@pytest.mark.slow
 def test_continued_teacher_is_the_generous_teacher_without_its_term(tmp_path):
     # With beta = 0 the GT's path is CE alone from the ST: the control must then be the GT, bit for bit.
     out = tmp_path / "run"
@@ -341,6 +342,7 @@ def test_compiled_training_saves_plain_checkpoints(tmp_path):
         load_model(out / f"{stage}.pt")
 
 
+@pytest.mark.slow
 def test_paper_recipe_at_tiny_scale_trains_small_stem_models_that_export_and_verify(tmp_path):
     out = tmp_path / "run"
     tiny = ("data.synthetic.num_classes=10", "data.synthetic.train_per_class=6", "data.synthetic.val_per_class=3")

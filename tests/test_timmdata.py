@@ -49,6 +49,7 @@ def test_a_local_hf_dataset_gives_its_splits_classes_and_labels(hf_digits):
     assert image.mode == "RGB" and image.size == (8, 8) and label == splits.train_targets[0]
 
 
+@pytest.mark.slow
 def test_distill_and_export_run_end_to_end_on_a_local_hf_dataset(hf_digits, tmp_path):
     out = tmp_path / "run"
     result = distill("--dataset", f"hfds/{hf_digits}", "--img-size", 32, "--epochs", 1, "--out", out)
