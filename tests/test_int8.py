@@ -16,7 +16,7 @@ from conftest import INT8_TOLERANCE, assert_one_line_error, copy_run, invoke
 from onnx import numpy_helper
 
 from gtcompress.environment import cpu_features
-from gtcompress.export.exporter import calibration_set
+from gtcompress.export.exporter import calibration_set, is_up_to_date
 from gtcompress.export.graph import export_onnx, float_layers, quantize_accuracy_aware, quantize_int8, saturating_nodes
 from gtcompress.export.precisions import INT8_FORMATS, TENSORRT_INT8
 from gtcompress.models import ModelSpec, create_model, save_checkpoint
@@ -206,3 +206,8 @@ def test_a_drop_budget_makes_an_accuracy_aware_int8_export_end_to_end(pipeline_r
     assert within or int8["float_layers"] == quantizable(run / fp32["path"])
     assert 0 < int8["heldout_images"] and int8["saturation_safe"] is True
     assert int8["reference_top1"] == fp32["reference_top1"]  # judged against the same float model
+    # the workflow redoes a file made with other settings, and only then
+    made = ExportConfig(run=run, precisions=("int8",), int8_method="accuracy-aware", int8_max_drop=0.5)
+    assert is_up_to_date(made)
+    for other in ({"int8_method": "ptq"}, {"int8_max_drop": 1.0}, {"int8_format": "vnni"}):
+        assert not is_up_to_date(made.model_copy(update=other)), other

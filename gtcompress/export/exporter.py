@@ -318,20 +318,24 @@ class Exporter:
 
 
 def is_up_to_date(cfg: ExportConfig) -> bool:
-    """Whether every planned artefact has its verdict on each of its backends for the current checkpoint: verified
-    (and the file newer than the checkpoint), or rejected there (a rejection by the first backend counts only with
-    keep_going: trying it again would fail again)."""
+    """Whether every planned artefact has its verdict on each of its backends for the current checkpoint and
+    settings: verified (the file newer than the checkpoint, its record made as `cfg` asks: see
+    ExportPrecision.made_with), or rejected there (a rejection by the first backend counts only with keep_going:
+    trying it again would fail again)."""
     source = resolve_source(cfg)
     run = RunDir(source.base)
     trained = source.checkpoint.stat().st_mtime
-    kept = {(r.path, r.backend) for r in run.exports()}
+    kept = {(r.path, r.backend): r for r in run.exports()}
     rejected = {(r.path, r.backend) for r in run.rejected() if r.checkpoint_mtime >= trained}
     for planned in plan(cfg, source.name):
         file = source.base / planned.path
         fresh = file.is_file() and file.stat().st_mtime >= trained
+        wanted = PRECISIONS[planned.precision].made_with(cfg, planned.target)
         for i, spec in enumerate(planned.verifiers):
             key = (str(planned.path), spec.name)
-            if not ((key in kept and fresh) or (key in rejected and (i > 0 or cfg.keep_going))):
+            record = kept.get(key)
+            made = record is not None and all(getattr(record, k) == v for k, v in wanted.items())
+            if not ((made and fresh) or (key in rejected and (i > 0 or cfg.keep_going))):
                 return False
     return True
 

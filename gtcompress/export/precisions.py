@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # the registry is read by `gtcompress --help`, which must not
     import numpy as np
     from torch import nn
 
+    from ..settings import ExportConfig
+
 
 @dataclass(frozen=True)
 class Int8Format:
@@ -125,23 +127,37 @@ class Int8Method:
     quantize: Callable[[Conversion, Int8Format], dict[str, Any]]
     heldout: bool = False
     help: str = ""
+    settings: tuple[str, ...] = ()  # the export settings (ExportConfig fields) its record repeats: they shape its graph
 
 
 INT8_METHODS = {
     m.name: m
     for m in (
-        Int8Method("ptq", _ptq, help="ptq (onnxruntime): every Conv/MatMul/Gemm in int8, whatever it costs"),
+        Int8Method(
+            "ptq",
+            _ptq,
+            help="ptq (onnxruntime): every Conv/MatMul/Gemm in int8, whatever it costs",
+            settings=("calibration_method",),
+        ),
         Int8Method(
             "accuracy-aware",
             _accuracy_aware,
             heldout=True,
             help="accuracy-aware (NNCF): layers that cost more than --int8-max-drop top-1 points on held-out "
             "training images stay in float (its graphs ran ~5x slower than fp32 on onnxruntime CPU here)",
+            settings=("int8_max_drop",),
         ),
     )
 }
 # TensorRT's graph is quantized plainly: NNCF's accuracy control measures on onnxruntime, not on the engine.
 TENSORRT_METHOD = "ptq"
+
+
+def _int8_choice(int8_format: str, int8_method: str, target: str) -> tuple[Int8Format, Int8Method]:
+    """The format and method an int8 graph for `target` is made with: TensorRT's graph has its own."""
+    if target == "tensorrt":
+        return TENSORRT_INT8, INT8_METHODS[TENSORRT_METHOD]
+    return INT8_FORMATS[int8_format], INT8_METHODS[int8_method]
 
 
 def _int8(c: Conversion) -> dict[str, Any]:
@@ -150,9 +166,7 @@ def _int8(c: Conversion) -> dict[str, Any]:
     from ..environment import cpu_features
     from .graph import graph_opset, saturating_nodes
 
-    tensorrt = c.target == "tensorrt"
-    fmt = TENSORRT_INT8 if tensorrt else INT8_FORMATS[c.int8_format]
-    method = INT8_METHODS[TENSORRT_METHOD if tensorrt else c.int8_method]
+    fmt, method = _int8_choice(c.int8_format, c.int8_method, c.target)
     extra = method.quantize(c, fmt)
     return {
         "opset": graph_opset(c.dst),
@@ -165,6 +179,11 @@ def _int8(c: Conversion) -> dict[str, Any]:
     }
 
 
+def _int8_made_with(cfg: ExportConfig, target: str) -> dict[str, Any]:
+    fmt, method = _int8_choice(cfg.int8_format, cfg.int8_method, target)
+    return {"int8_format": fmt.name, "int8_method": method.name, **{k: getattr(cfg, k) for k in method.settings}}
+
+
 @dataclass(frozen=True)
 class ExportPrecision:
     name: str
@@ -174,6 +193,9 @@ class ExportPrecision:
     graph_per_target: bool = False  # a graph of its own for TensorRT
     calibrated: bool = False  # its conversion reads training images
     diagnosed: bool = False  # a Q/DQ graph: layer by layer against fp32 and its kernels against simulation (diagnose)
+    # the record fields that say how the user's settings made its graph for a target: a file recorded otherwise is
+    # stale (an int8 file of another format or method is made again)
+    made_with: Callable[[ExportConfig, str], dict[str, Any]] = lambda cfg, target: {}
 
     def onnx_file(self, stage: str, target: str = "onnxruntime") -> str:
         """`student.onnx` (fp32), `student.fp16.onnx`, `student.int8.onnx`, `student.int8.tensorrt.onnx`."""
@@ -201,6 +223,7 @@ PRECISIONS: dict[str, ExportPrecision] = {
             graph_per_target=True,
             calibrated=True,
             diagnosed=True,
+            made_with=_int8_made_with,
         ),
     )
 }
