@@ -14,8 +14,6 @@ if TYPE_CHECKING:  # the registry is read by `gtcompress --help`, which must not
     import numpy as np
     from torch import nn
 
-    from ..settings import ExportConfig
-
 
 @dataclass(frozen=True)
 class Int8Format:
@@ -179,7 +177,8 @@ def _int8(c: Conversion) -> dict[str, Any]:
     }
 
 
-def _int8_made_with(cfg: ExportConfig, target: str) -> dict[str, Any]:
+def _int8_made_with(cfg: Any, target: str) -> dict[str, Any]:
+    """`cfg`: an ExportConfig (settings.py, a floor above)."""
     fmt, method = _int8_choice(cfg.int8_format, cfg.int8_method, target)
     return {"int8_format": fmt.name, "int8_method": method.name, **{k: getattr(cfg, k) for k in method.settings}}
 
@@ -195,7 +194,7 @@ class ExportPrecision:
     diagnosed: bool = False  # a Q/DQ graph: layer by layer against fp32 and its kernels against simulation (diagnose)
     # the record fields that say how the user's settings made its graph for a target: a file recorded otherwise is
     # stale (an int8 file of another format or method is made again)
-    made_with: Callable[[ExportConfig, str], dict[str, Any]] = lambda cfg, target: {}
+    made_with: Callable[[Any, str], dict[str, Any]] = lambda cfg, target: {}  # (ExportConfig, target)
 
     def onnx_file(self, stage: str, target: str = "onnxruntime") -> str:
         """`student.onnx` (fp32), `student.fp16.onnx`, `student.int8.onnx`, `student.int8.tensorrt.onnx`."""
