@@ -123,7 +123,9 @@ class Bench:
         for name in self.cfg.stages or ():
             if name not in known:
                 raise UserError(f"unknown stage '{name}'", f"this run's stages: {', '.join(known)}")
-        return list(self.cfg.stages or (*distilled_students(self.records), *deployable_teachers(self.records)[:1]))
+        return list(
+            self.cfg.stages or (*distilled_students(self.records, qat=True), *deployable_teachers(self.records)[:1])
+        )
 
     def targets(self) -> list[Target]:
         backends, out = self.backends(), []

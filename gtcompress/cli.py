@@ -27,12 +27,13 @@ from .options import (
     export_values,
     only_given,
     precision_alias,
+    run_option,
     split,
     stage_alias,
     takes,
     user_errors,
 )
-from .rundir import RunDir
+from .rundir import RunDir, resolve_run
 from .settings import BenchConfig, ExportConfig, PublishConfig
 from .terminal import console, is_main_process, say
 from .typed import field_help, validate
@@ -146,10 +147,21 @@ def export(
     data_root: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "data_root"))] = None,
     out: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "out"))] = None,
     triton: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "triton"))] = None,
+    qat: Annotated[Optional[int], run_option("qat", panel=EXPORT, metavar="EPOCHS")] = None,
     options: dict[str, Any] | None = None,
 ) -> None:
     """Export a run's model to ONNX (fp32/fp16/int8) and TensorRT, each verified against PyTorch on the test set."""
     from .export.exporter import artefact_table, run_export
+
+    if qat is not None:  # the run's students gain QAT copies first (pipeline.add_qat); the copy is exported
+        if qat < 1 or checkpoint is not None:
+            raise UserError(
+                "export --qat fine-tunes a run's student for N >= 1 epochs", "pass a run: export RUN --qat N"
+            )
+        from .pipeline import add_qat
+
+        found = resolve_run(run)
+        run, stage, model = found.path, add_qat(found, qat, stage_alias(stage, model) or "student", console), None
 
     values = {
         "run": run,

@@ -226,6 +226,19 @@ METHODS: dict[str, type[MethodConfig]] = {"kd": KDConfig, "dkd": DKDConfig, "lsk
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 
 
+class QATConfig(Strict):
+    """Quantization-aware distillation: after the student, a copy of it fine-tuned with fake-quantized weights and
+    activations (NNCF), on the student's objective from the student's teacher, at a small learning rate."""
+
+    epochs: int = Field(0, ge=0, description="epochs of quantization-aware distillation after the student (0: none)")
+    lr_factor: float = Field(
+        0.01, gt=0, le=1, description="its peak learning rate as a fraction of the student's (cosine, no warm-up)"
+    )
+    calibration_images: int = Field(
+        256, ge=1, description="training images that set the fake quantizers' initial ranges"
+    )
+
+
 class _StudentBase(Strict):
     """The student(s): distilled from the Generous Teacher with `method` (the other blocks wait unused)."""
 
@@ -237,6 +250,14 @@ class _StudentBase(Strict):
     )
     method: Method = Field("kd", description=f"distillation method: {' | '.join(METHODS)}")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, warmup_epochs=2, clip_grad=5.0))
+    qat: QATConfig = Field(default_factory=QATConfig, description=QATConfig.__doc__.splitlines()[0])
+
+    @property
+    def qat_train(self) -> TrainConfig:
+        """The quantization-aware epochs' schedule: the student's, shorter, slower, without warm-up."""
+        return self.train.model_copy(
+            update={"epochs": self.qat.epochs, "lr": self.train.lr * self.qat.lr_factor, "warmup_epochs": 0}
+        )
 
     @property
     def method_config(self) -> MethodConfig:

@@ -15,17 +15,19 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import Dataset
 
-from .config import MatchScale, RunConfig
+from .config import MatchScale, RunConfig, dump_config
 from .data import build_transform, create_loader, loader_workers, transformed
 from .distributed import AgreedError, agree, barrier, init_distributed, raised_here, shutdown
 from .errors import UserError
+from .files import write_text
 from .logit_scale import measure_scale, resolve_scale, student_temperature, with_scale
 from .models import ModelSpec, count_macs, count_params, default_normalization, load_model, save_checkpoint
 from .records import LogitScale, StageRecord
 from .resolve import Run, load_resumed, resolve, resumed
 from .rundir import RunDir
-from .stages import Models, Stage, stages
-from .train import Context, Job, dataset_logits, fit, make_optimizer, seed_everything
+from .stages import Models, Stage, qat_copy, stages
+from .train import Context, Job, dataset_logits, fit, make_optimizer, score, seed_everything
+from .typed import with_values
 
 
 def run_distill(
@@ -56,6 +58,26 @@ def run_distill(
         raise e if isinstance(e, AgreedError) else raised_here(e, env)
     finally:
         shutdown(env)
+
+
+def add_qat(run: RunDir, epochs: int, stage: str, console: Console | None = None) -> str:
+    """`export RUN --qat EPOCHS`: the finished run gains its students' quantization-aware copies (its saved
+    configuration records the epochs, as if distill had been given --qat), trained by resuming it. Returns the
+    name of `stage`'s copy. A run whose QAT began with other epochs is refused: they would not be the ones
+    recorded."""
+    saved = run.saved_config()
+    if saved.student.qat.epochs != epochs:
+        copies = [s.name for s in stages(saved) if s.qat]
+        begun = [name for name in copies if name in run.stage_records() or run.progress(name).exists()]
+        if begun:
+            raise UserError(
+                f"{run.path} already trains {begun[0]} with {saved.student.qat.epochs} QAT epochs",
+                f"pass --qat {saved.student.qat.epochs}, or distill a new run with --qat {epochs}",
+            )
+        write_text(run.config, dump_config(with_values(saved, {"student.qat.epochs": epochs})))
+    copy = qat_copy(run.saved_config(), stage)
+    run_distill(out=run.path, resume=True, console=console)
+    return copy
 
 
 @dataclass
@@ -149,27 +171,33 @@ def _train(
         models[stage.teacher] if stage.teacher else None,
         stage.seed_offset,
         stage.teacher,
+        stage.prepare(cfg),
     )
     metrics = fit(job, setup.ctx, setup.run.splits.num_classes, on_epoch)
+    model = job.model
+    if stage.finish is not None:  # the saved model is another: its own accuracy is recorded
+        model = stage.finish(cfg, setup.run.splits.num_classes, job.model)
+        trained = metrics["top1"]
+        metrics = {**metrics, **score(model, job, setup.ctx, setup.run.splits.num_classes), "trained_top1": trained}
     arch = stage.arch(cfg)
     record = StageRecord(
         arch=arch,
         **stage.identity(),
         **metrics,
-        params=count_params(job.model),
-        macs=count_macs(job.model, setup.img_size),
+        params=count_params(model),
+        macs=count_macs(model, setup.img_size),
         num_classes=setup.run.splits.num_classes,
         test_images=len(setup.run.splits.val) if not setup.run.splits.streaming else None,
         **stage.record(cfg),
         **scale,
-        logit_scale=_logit_scale(stage, job.model, setup) if stage.role != "student" else None,
+        logit_scale=_logit_scale(stage, model, setup) if stage.role != "student" else None,
     )
     if env.is_main:
-        save_checkpoint(run.checkpoint(stage.name), job.model, setup.spec(arch), stage.name, record.as_json())
+        save_checkpoint(run.checkpoint(stage.name), model, setup.spec(arch), stage.name, record.as_json())
         run.write_stage(stage.name, record)
         run.progress(stage.name).unlink(missing_ok=True)
     barrier(env)
-    return job.model
+    return model
 
 
 def _scaled(stage: Stage, cfg: RunConfig, run: RunDir) -> tuple[RunConfig, dict[str, Any]]:

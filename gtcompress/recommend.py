@@ -131,7 +131,7 @@ def which_student(
             budget_set_on = check.target()
     roles = {
         **{t: "teacher" for t in deployable_teachers(records)},
-        **{s: "student" for s in distilled_students(records)},
+        **{s: "student" for s in distilled_students(records, qat=True)},
     }
     points = [
         Point(

@@ -48,6 +48,7 @@ class StageRecord(Record):
     role: str | None = None  # standard | generous | control | student
     teacher_stage: str | None = None
     student: str | None = None  # the student architecture (as named) a student stage trains
+    qat: bool | None = None  # a quantization-aware copy of a student (stages._qat_stage)
     top1: float
     top5: float | None = None  # where the data set has at least 5 classes
     val_loss: float | None = None
@@ -69,6 +70,8 @@ class StageRecord(Record):
     logit_scale: LogitScale | None = None  # a teacher's
     teacher_scale: float | None = None  # a student's: the factor on its teacher's logits, where not 1
     teacher_scale_match: str | None = None  # the stage whose scale that factor matched
+    qat_epochs: int | None = None  # a quantization-aware copy's fine-tuning epochs
+    trained_top1: float | None = None  # the trained model's, where the saved one differs (QAT: fake-quantized)
 
     def as_json(self) -> dict[str, Any]:
         """As metrics.json (and the checkpoint) hold it: the fields that apply."""

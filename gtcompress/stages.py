@@ -8,11 +8,13 @@ identity into metrics.json; report, bench, publish and the CLI read those fields
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from timm.models import parse_model_name
 from torch import nn
 
@@ -20,6 +22,7 @@ from .config import RunConfig, TrainConfig
 from .errors import UserError
 from .models import base_arch, create_model, load_weights, model_source
 from .objectives import Objective, ce_objective, generous_objective, student_objective
+from .qat import fake_quantize, float_weights
 from .records import StageRecord
 from .rundir import RunDir, damaged
 
@@ -42,10 +45,21 @@ class Stage:
     skip: Callable[[RunConfig], str | None] = lambda cfg: None  # why the stage does not run, or None
     record: Callable[[RunConfig], dict[str, Any]] = field(default=lambda cfg: {})  # extra metrics.json keys
     student: str | None = None  # a student stage's architecture, as configured
+    # the model's change before its first training step (from training batches), and the model its checkpoint
+    # keeps after its last (None: the trained one): quantization-aware training adds fake quantizers, then drops them
+    prepare: Callable[[RunConfig], Callable[[nn.Module, Iterable[torch.Tensor]], nn.Module] | None] = lambda cfg: None
+    finish: Callable[[RunConfig, int, nn.Module], nn.Module] | None = None
+    qat: bool = False  # a quantization-aware copy of a student: not one of the student's controls
 
     def identity(self) -> dict[str, Any]:
         """What metrics.json records of who the stage is: read by everything downstream instead of its name."""
-        return {"title": self.title, "role": self.role, "teacher_stage": self.teacher, "student": self.student}
+        return {
+            "title": self.title,
+            "role": self.role,
+            "teacher_stage": self.teacher,
+            "student": self.student,
+            "qat": self.qat or None,
+        }
 
 
 def _standard(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
@@ -162,7 +176,42 @@ def _student_stages(arch: str, suffix: str) -> list[Stage]:
         stage("student_from_continued", "continued_teacher", _no_continued, kd, _student_record(arch)),
         stage("student_from_born_again", "born_again_teacher", _no_born_again, kd, _student_record(arch)),
         stage("student_ce", None, _no_compare, ce, lambda cfg: {"method": "ce", **_initial(arch)}),
+        _qat_stage(arch, suffix),
     ]
+
+
+def _qat_stage(arch: str, suffix: str) -> Stage:
+    """The student after its training, fine-tuned with fake quantizers on its own objective from its own teacher
+    (qat.py): its checkpoint keeps the fine-tuned float weights, which the int8 export quantizes."""
+    student = "student" + suffix
+
+    def build(cfg: RunConfig, num_classes: int, models: Models) -> nn.Module:
+        model = create_model(arch, num_classes, small_stem=cfg.small_stem)
+        model.load_state_dict(models[student].state_dict())
+        return model
+
+    def finish(cfg: RunConfig, num_classes: int, model: nn.Module) -> nn.Module:
+        plain = create_model(arch, num_classes, small_stem=cfg.small_stem)
+        plain.load_state_dict(float_weights(model))
+        return plain
+
+    return Stage(
+        "student_qat" + suffix,
+        TITLES["student_qat"] + (f" ({arch})" if suffix else ""),
+        "student",
+        2,
+        lambda cfg: base_arch(arch),
+        build,
+        lambda cfg: student_objective(cfg.student),
+        lambda cfg: cfg.student.qat_train,
+        "generous_teacher",
+        skip=lambda cfg: None if cfg.student.qat.epochs else "without --qat",
+        record=lambda cfg: {"method": cfg.student.method, "qat_epochs": cfg.student.qat.epochs, **_initial(arch)},
+        student=arch,
+        prepare=lambda cfg: partial(fake_quantize, images=cfg.student.qat.calibration_images),
+        finish=finish,
+        qat=True,
+    )
 
 
 # Titles of the stages of a one-student run; with several students each student stage's name gains
@@ -177,6 +226,7 @@ TITLES: dict[str, str] = {
     "student_from_continued": "student <- continued",
     "student_from_born_again": "student <- born-again",
     "student_ce": "student (CE only)",
+    "student_qat": "student <- GT QAT",
 }
 
 
@@ -297,9 +347,23 @@ def stage_records(run: RunDir) -> dict[str, StageRecord]:
     }
 
 
-def distilled_students(records: dict[str, StageRecord]) -> list[str]:
-    """The run's students distilled from the GT (one per student architecture), in training order."""
-    return [k for k, r in records.items() if r.role == "student" and r.teacher_stage == "generous_teacher"]
+def distilled_students(records: dict[str, StageRecord], qat: bool = False) -> list[str]:
+    """The run's students distilled from the GT (one per student architecture), in training order; with `qat`,
+    their quantization-aware copies after them: what is exported, timed and weighed for shipping."""
+    return [
+        k
+        for k, r in records.items()
+        if r.role == "student" and r.teacher_stage == "generous_teacher" and (qat or not r.qat)
+    ]
+
+
+def qat_copy(cfg: RunConfig, stage: str) -> str:
+    """The quantization-aware copy of the student that `stage` trains (itself, if it is one)."""
+    by_name = {s.name: s for s in stages(cfg)}
+    if stage not in by_name or by_name[stage].student is None:
+        students = [s.name for s in by_name.values() if s.student is not None and not s.qat]
+        raise UserError(f"--qat fine-tunes a student; {stage!r} is none", f"pass --stage {' | '.join(students)}")
+    return next(s.name for s in by_name.values() if s.qat and s.student == by_name[stage].student)
 
 
 def controls_of(records: dict[str, StageRecord], stage: str) -> dict[str, str]:
@@ -307,7 +371,11 @@ def controls_of(records: dict[str, StageRecord], stage: str) -> dict[str, str]:
     me = records[stage]
     if me.role != "student":
         return {}
-    same = [k for k, r in records.items() if r.role == "student" and r.student == me.student and k != stage]
+    same = [
+        k
+        for k, r in records.items()
+        if r.role == "student" and r.student == me.student and k != stage and r.qat == me.qat
+    ]
     return {records[k].teacher_stage: k for k in same if records[k].teacher_stage}
 
 

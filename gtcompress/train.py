@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -81,6 +81,8 @@ class Job:
     teacher: nn.Module | None = None
     seed_offset: int = 0
     teacher_name: str | None = None  # the teacher's stage: its cached logits serve every job it teaches
+    # what the model becomes before its first step, from training batches on its device (fake quantizers: qat.py)
+    prepare: Callable[[nn.Module, Iterable[torch.Tensor]], nn.Module] | None = None
 
 
 def seed_everything(*keys: int) -> None:
@@ -229,6 +231,8 @@ def build(job: Job, ctx: Context) -> Kit:
         pin_memory=ctx.device.type == "cuda",
     )
     model = _place(job.model, ctx)
+    if job.prepare is not None:
+        model = job.prepare(model, (ctx.to_device(x) for x, *_ in loader))
     optimizer = make_optimizer(model, cfg)
     scheduler, _ = create_scheduler_v2(
         optimizer,
@@ -251,6 +255,11 @@ def build(job: Job, ctx: Context) -> Kit:
         NativeScaler(ctx.device.type) if ctx.precision == "fp16" else None,
         ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None,
     )
+
+
+def score(model: nn.Module, job: Job, ctx: Context, num_classes: int) -> dict[str, float]:
+    """`model`'s test metrics, evaluated as `job`'s epochs are."""
+    return evaluate(_place(model, ctx), _val_loader(job, ctx), ctx, num_classes)
 
 
 def _val_loader(job: Job, ctx: Context) -> DataLoader:
@@ -278,8 +287,7 @@ def fit(job: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, 
     `on_epoch` gets each epoch's history record (rank 0 only) after its checkpoint is safely written.
     """
     if job.train.epochs == 0:
-        model = _place(job.model, ctx)
-        return {**evaluate(model, _val_loader(job, ctx), ctx, num_classes), "epochs": 0, "train_seconds": 0.0}
+        return {**score(job.model, job, ctx, num_classes), "epochs": 0, "train_seconds": 0.0}
     kit = agree(ctx.dist, lambda: _check_batch(job, ctx) or build(job, ctx))
     state, progress = TrainState(), ctx.run.progress(job.name)
     if progress.exists():
@@ -298,8 +306,7 @@ def fit(job: Job, ctx: Context, num_classes: int, on_epoch: Callable[[dict[str, 
                 on_epoch(record)
                 _say_epoch(job, record, ctx)
             barrier(ctx.dist)
-    if kit.ema is not None:
-        job.model = kit.ema.module
+    job.model = kit.ema.module if kit.ema is not None else kit.model
     return {
         **state.metrics,
         "epochs": job.train.epochs,

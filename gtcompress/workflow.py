@@ -77,7 +77,7 @@ def run_workflow(workflow: Workflow, say: Callable[[str], None], console: Consol
         d = workflow.distill
         run = run_distill(d.cfg, out=d.out, resume=d.resume, console=console, given=d.given).path
     rundir = resolve_run(run)
-    for cfg in _exports(workflow, rundir.path, distilled_students(stage_records(rundir))):
+    for cfg in _exports(workflow, rundir.path, distilled_students(stage_records(rundir), qat=True)):
         if is_up_to_date(cfg):
             say(f"{cfg.stage}: exports are up to date")
         else:

@@ -81,15 +81,23 @@ def test_each_stage_carries_its_identity_as_fields():
     cfg = RunConfig.model_validate({"compare": True, "student": {"arch": ["lcnet_050", "resnet18"]}})
     by = {s.name: s.identity() for s in stages(cfg)}
     assert by["standard_teacher"] == {"title": "Standard Teacher", "role": "standard", "teacher_stage": None,
-                                      "student": None}  # fmt: skip
+                                      "student": None, "qat": None}  # fmt: skip
     assert by["born_again_teacher"]["role"] == "control" and by["generous_teacher"]["role"] == "generous"
     assert by["student_from_standard_lcnet_050"] == {
         "title": "student <- ST (lcnet_050)",
         "role": "student",
         "teacher_stage": "standard_teacher",
         "student": "lcnet_050",
+        "qat": None,
     }
     assert by["student_ce_resnet18"]["teacher_stage"] is None and by["student_ce_resnet18"]["student"] == "resnet18"
+    assert by["student_qat_lcnet_050"] == {
+        "title": "student <- GT QAT (lcnet_050)",
+        "role": "student",
+        "teacher_stage": "generous_teacher",
+        "student": "lcnet_050",
+        "qat": True,
+    }
 
 
 def _record(**identity):

@@ -120,7 +120,7 @@ LAYERS = (
     ("rundir",),
     ("distributed", "stream", "timmdata"),
     ("data",),
-    ("models",),
+    ("models", "qat"),
     ("objectives", "logit_scale"),
     ("stages",),
     ("train",),
