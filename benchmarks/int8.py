@@ -1,14 +1,16 @@
 """int8 benchmark: each int8 method and format side by side on one run's models, on this host's kernels.
 
-    python -m benchmarks.int8 [RUN] [--speed] [--threads 2]
+    python -m benchmarks.int8 [RUN] [--qat 2] [--speed] [--threads 2] [--out benchmarks/results/int8.json]
 
 RUN is a finished `gtcompress distill` run (default runs/latest; `make demo` makes one). For its student and
 its Generous Teacher the script exports the int8 graph of every method (plain PTQ, accuracy-aware PTQ) in the
 portable format, and plain PTQ in the VNNI-only format, each verified as `gtcompress export` verifies it (the
-tolerance opened so every result is recorded), into a copy of the run's export/. Each row: top-1 and agreement
-with PyTorch on onnxruntime (and OpenVINO where installed), size, the layers left in float, the static
-saturation verdict, and the host's cpu_features. With --speed, the onnxruntime p50 of fp32 and of each int8
-file at batch 32, one after another (time nothing else meanwhile). Results: benchmarks/results/int8.json.
+tolerance opened so every result is recorded), into a copy of the run. With --qat N (default 2; 0: none) the
+copy's student is also fine-tuned with fake quantizers for N epochs (`export --qat`) and its int8 file made by
+plain PTQ: the row "qat", whose drop is measured against the student's own fp32 top-1. Each row: top-1 and
+agreement with PyTorch on onnxruntime (and OpenVINO where installed), the drop from the fp32 model it replaces,
+size, the layers left in float, the static saturation verdict, and the host's cpu_features. With --speed, the
+onnxruntime p50 of fp32 and of each int8 file at batch 32, one after another (time nothing else meanwhile).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from gtcompress.export.exporter import run_export
 from gtcompress.export.source import resolve_source
 from gtcompress.files import write_json
 from gtcompress.models import load_model
-from gtcompress.rundir import resolve_run
+from gtcompress.pipeline import add_qat
+from gtcompress.rundir import RunDir, resolve_run
 from gtcompress.settings import ExportConfig, parse_tolerances
 from gtcompress.timing import time_backend
 
@@ -45,8 +48,9 @@ STAGES = ("student", "generous_teacher")
 SPEED_BATCH = 32
 
 
-def variant(run: Path, stage: str, method: str, fmt: str, console: Console) -> list[dict]:
-    """One int8 export of `stage` (fp32 too, its source): every verifier's record of the int8 file."""
+def variant(run: Path, stage: str, method: str, fmt: str, console: Console, label: str | None = None) -> list[dict]:
+    """One int8 export of `stage` (fp32 too, its source): every verifier's record of the int8 file, its method
+    named `label` where given."""
     cfg = ExportConfig(
         run=run, stage=stage, precisions=("int8",), int8_method=method, int8_format=fmt,
         tolerances=parse_tolerances(["int8.min_agreement=0"]),
@@ -54,7 +58,10 @@ def variant(run: Path, stage: str, method: str, fmt: str, console: Console) -> l
     records = [r for r in run_export(cfg, say=console.print) if r.precision == "int8" and r.target == "onnxruntime"]
     keep = ("backend", "path", "bytes", "top1", "reference_top1", "top1_agreement", "saturation_safe",
             "heldout_top1", "heldout_reference_top1", "float_layers", "export_seconds")  # fmt: skip
-    return [{"stage": stage, "method": method, "int8_format": fmt, **r.model_dump(include=set(keep))} for r in records]
+    return [
+        {"stage": stage, "method": label or method, "int8_format": fmt, **r.model_dump(include=set(keep))}
+        for r in records
+    ]
 
 
 def speed(run: Path, stage: str, files: dict[str, Path], threads: int, iters: int) -> dict[str, float]:
@@ -74,12 +81,16 @@ def measure(run: Path, args: argparse.Namespace, console: Console) -> tuple[list
     rows, latency = [], {}
     for stage in STAGES:
         files = {"fp32": run / "export" / f"{stage}.onnx"}
-        for method, fmt in VARIANTS:
-            records = variant(run, stage, method, fmt, console)
-            rows += records
-            kept = run / "export" / f"{stage}.{method}.{fmt}.int8.onnx"
+        made = [(stage, method, fmt, None) for method, fmt in VARIANTS]
+        if stage == "student" and args.qat:
+            made.append((add_qat(RunDir(run), args.qat, stage, console), "ptq", "portable", "qat"))
+        for source, method, fmt, label in made:
+            records = variant(run, source, method, fmt, console, label)
+            baseline = next(r["reference_top1"] for r in rows + records if r["stage"] == stage)
+            rows += [{**r, "drop": baseline - r["top1"]} for r in records]
+            kept = run / "export" / f"{stage}.{label or method}.{fmt}.int8.onnx"
             shutil.copy(run / records[0]["path"], kept)
-            files[f"{method} {fmt}"] = kept
+            files[f"{label or method} {fmt}"] = kept
         if args.speed:
             latency[stage] = speed(run, stage, files, args.threads, args.iters)
     return rows, latency
@@ -87,13 +98,25 @@ def measure(run: Path, args: argparse.Namespace, console: Console) -> tuple[list
 
 def table(rows: list[dict]) -> Table:
     t = Table(title=f"int8 on this host's kernels (cpu_features: {', '.join(cpu_features())})", title_justify="left")
-    for col in ("model", "method", "format", "backend", "MB", "top-1 %", "PyTorch %", "agree %", "float", "safe"):
+    for col in (
+        "model",
+        "method",
+        "format",
+        "backend",
+        "MB",
+        "top-1 %",
+        "drop",
+        "PyTorch %",
+        "agree %",
+        "float",
+        "safe",
+    ):
         t.add_column(col, justify="left" if col in ("model", "method", "format", "backend") else "right")
     for r in rows:
         t.add_row(
             r["stage"], r["method"], r["int8_format"], r["backend"], f"{r['bytes'] / 1e6:.2f}", f"{r['top1']:.2f}",
-            f"{r['reference_top1']:.2f}", f"{r['top1_agreement']:.2f}", str(len(r.get("float_layers") or [])),
-            str(r["saturation_safe"]),
+            f"{r['drop']:.2f}", f"{r['reference_top1']:.2f}", f"{r['top1_agreement']:.2f}",
+            str(len(r.get("float_layers") or [])), str(r["saturation_safe"]),
         )  # fmt: skip
     return t
 
@@ -105,20 +128,22 @@ def markdown(result: dict) -> str:
         "# int8 methods and formats side by side (`python -m benchmarks.int8`)",
         "",
         f"Run `{result['run']}`, {result['started']}, {m['cpu']} ({m['cores']} cores), cpu_features: "
-        f"{', '.join(m['cpu_features'])}; versions {result['versions']}. Top-1 on the run's test split; agreement: "
-        "top-1 the same as PyTorch fp32's; held-out: top-1 on training images the calibration did not see "
+        f"{', '.join(m['cpu_features'])}; versions {result['versions']}. Top-1 on the run's test split; drop: the "
+        "fp32 PyTorch top-1 of the model the file replaces (the student's, for its QAT copy) minus the file's; "
+        "PyTorch: the fp32 top-1 of the checkpoint it was made from; agreement: top-1 the same as that's; held-out: "
+        "top-1 on training images the calibration did not see "
         "(accuracy-aware only); float: Conv/MatMul/Gemm nodes left in float; safe: no node can saturate int16 on x86 "
         "without VNNI.",
         "",
-        "| model | method | format | backend | MB | top-1 % | PyTorch % | agree % | held-out fp32 → int8 % "
+        "| model | method | format | backend | MB | top-1 % | drop | PyTorch % | agree % | held-out fp32 → int8 % "
         "| float | safe |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in result["rows"]:
         held = f"{r['heldout_reference_top1']:.1f} → {r['heldout_top1']:.1f}" if r.get("heldout_top1") else ""
         lines.append(
             f"| {r['stage']} | {r['method']} | {r['int8_format']} | {r['backend']} | {r['bytes'] / 1e6:.2f} | "
-            f"{r['top1']:.2f} | {r['reference_top1']:.2f} | {r['top1_agreement']:.2f} | {held} | "
+            f"{r['top1']:.2f} | {r['drop']:.2f} | {r['reference_top1']:.2f} | {r['top1_agreement']:.2f} | {held} | "
             f"{len(r.get('float_layers') or [])} | {r['saturation_safe']} |"
         )
     for stage, ms in result["latency_ms_batch32"].items():
@@ -130,6 +155,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, nargs="?", help="run directory (default runs/latest)")
+    parser.add_argument("--qat", type=int, default=2, help="QAT epochs of the student's copy (0: no qat row)")
     parser.add_argument("--speed", action="store_true", help="also time fp32 and each int8 file (idle machine)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads for --speed")
     parser.add_argument("--iters", type=int, default=100, help="timed calls per file for --speed")

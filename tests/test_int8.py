@@ -190,6 +190,7 @@ def test_held_out_images_are_not_the_calibration_ones(train):
     assert len(calibration) == 20 and len(heldout) == 30 and not set(calibration) & set(heldout)
 
 
+@pytest.mark.slow
 def test_a_drop_budget_makes_an_accuracy_aware_int8_export_end_to_end(pipeline_run, tmp_path):
     assert ExportConfig().int8_method == "ptq"  # the default: the fastest graph on onnxruntime's CPU kernels
     run = copy_run(pipeline_run, tmp_path / "run")
