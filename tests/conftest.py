@@ -39,6 +39,25 @@ def distill(*args: str):
 NEAR_TIE = 1e-4
 
 
+def interrupted(monkeypatch, stage: str, *args: str):
+    """`invoke(*args)` stopped by Ctrl-C right after `stage`'s first epoch is recorded (its checkpoint written, so
+    a resume continues after it); the pipeline is whole again afterwards."""
+    import gtcompress.pipeline as pipeline
+
+    real = pipeline._append_history
+
+    def interrupt(run, record):
+        real(run, record)
+        if record["stage"] == stage:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_append_history", interrupt)
+    try:
+        return invoke(*args)
+    finally:
+        monkeypatch.setattr(pipeline, "_append_history", real)
+
+
 def assert_recorded_accuracy_is_the_saved_models(record: dict, checkpoint: Path) -> None:
     """A recorded top-1 (and top-5) is the saved checkpoint's under `gtcompress eval` (PyTorch, fp32) to the image,
     but for the images it finds itself whose k-th and (k+1)-th logits are near-tied."""

@@ -17,6 +17,7 @@ from conftest import (
     assert_recorded_accuracy_is_the_saved_models,
     copy_run,
     distill,
+    interrupted,
     invoke,
 )
 
@@ -132,25 +133,14 @@ def test_resume_of_a_complete_run_redoes_nothing(pipeline_run, tmp_path):
 
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
-    import gtcompress.pipeline as pipeline
-
-    real = pipeline._append_history
-
-    def interrupt_in_student(run, record):
-        real(run, record)
-        if record["stage"] == "student":
-            raise KeyboardInterrupt
-
     out = tmp_path / "run"
     args = ["distill", *PAIR, "--epochs", 2, "--out", out, "--set", "data.train_fraction=0.2"]
-    monkeypatch.setattr(pipeline, "_append_history", interrupt_in_student)
-    result = invoke(*args)
+    result = interrupted(monkeypatch, "student", *args)
     assert result.exit_code == 130
     assert "--resume" in result.output
     assert set(json.loads((out / "metrics.json").read_text())) == {"standard_teacher", "generous_teacher"}
     teacher_mtime = (out / "standard_teacher.pt").stat().st_mtime_ns
 
-    monkeypatch.setattr(pipeline, "_append_history", real)
     result = invoke("distill", "--resume", "--out", out)
     assert result.exit_code == 0, result.output
     assert "student: resuming after epoch 1/2" in result.output
@@ -161,20 +151,9 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 
 def test_rerunning_the_starting_command_with_resume_finishes_it_like_an_uninterrupted_run(tmp_path, monkeypatch):
-    import gtcompress.pipeline as pipeline
-
     args = ["distill", *PAIR, "--epochs", 2, "--set", "data.train_fraction=0.2"]
     assert invoke(*args, "--out", tmp_path / "whole").exit_code == 0
-    real = pipeline._append_history
-
-    def stop_in_the_generous_teacher(run, record):
-        real(run, record)
-        if record["stage"] == "generous_teacher":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(pipeline, "_append_history", stop_in_the_generous_teacher)
-    assert invoke(*args, "--out", tmp_path / "cut").exit_code == 130
-    monkeypatch.setattr(pipeline, "_append_history", real)
+    assert interrupted(monkeypatch, "generous_teacher", *args, "--out", tmp_path / "cut").exit_code == 130
     result = invoke(*args, "--out", tmp_path / "cut", "--resume")
     assert result.exit_code == 0, result.output
     assert "generous_teacher: resuming after epoch 1/2" in result.output

@@ -13,6 +13,7 @@ from conftest import (
     assert_one_line_error,
     assert_recorded_accuracy_is_the_saved_models,
     copy_run,
+    interrupted,
     invoke,
 )
 
@@ -49,20 +50,10 @@ def test_fake_quantizers_use_the_portable_grid_and_give_back_the_float_weights()
 
 @pytest.mark.slow
 def test_qat_copies_the_student_resumes_exports_in_int8_and_is_a_candidate_not_a_control(tmp_path, monkeypatch):
-    import gtcompress.pipeline as pipeline
-
-    real = pipeline._append_history
-
-    def interrupt_in_qat(run, record):
-        real(run, record)
-        if record["stage"] == "student_qat":
-            raise KeyboardInterrupt
-
     out = tmp_path / "run"
-    monkeypatch.setattr(pipeline, "_append_history", interrupt_in_qat)
-    first = invoke("distill", *PAIR, "--epochs", 1, "--qat", 2, "--out", out, "--set", "data.train_fraction=0.3")
+    args = ("distill", *PAIR, "--epochs", 1, "--qat", 2, "--out", out, "--set", "data.train_fraction=0.3")
+    first = interrupted(monkeypatch, "student_qat", *args)
     assert first.exit_code == 130, first.output
-    monkeypatch.setattr(pipeline, "_append_history", real)
     result = invoke("distill", "--resume", "--out", out)
     assert result.exit_code == 0, result.output
     assert "student_qat: resuming after epoch 1/2" in result.output
