@@ -217,7 +217,8 @@ PRECISIONS: dict[str, ExportPrecision] = {
         ExportPrecision(
             "int8",
             Tolerance(min_agreement=95.0),
-            "try more --calibration-images or --calibration-method entropy",
+            "try --int8-max-drop 0.5 (accuracy-aware: its costliest layers in float), more --calibration-images or "
+            "--calibration-method entropy, or fine-tune with export --qat 2",
             _int8,
             graph_per_target=True,
             calibrated=True,
