@@ -66,6 +66,7 @@ def add_qat(run: RunDir, epochs: int, stage: str, console: Console | None = None
     name of `stage`'s copy. A run whose QAT began with other epochs is refused: they would not be the ones
     recorded."""
     saved = run.saved_config()
+    copy = qat_copy(saved, stage)  # before anything is written: `stage` may be no student
     if saved.student.qat.epochs != epochs:
         copies = [s.name for s in stages(saved) if s.qat]
         begun = [name for name in copies if name in run.stage_records() or run.progress(name).exists()]
@@ -75,7 +76,6 @@ def add_qat(run: RunDir, epochs: int, stage: str, console: Console | None = None
                 f"pass --qat {saved.student.qat.epochs}, or distill a new run with --qat {epochs}",
             )
         write_text(run.config, dump_config(with_values(saved, {"student.qat.epochs": epochs})))
-    copy = qat_copy(run.saved_config(), stage)
     run_distill(out=run.path, resume=True, console=console)
     return copy
 

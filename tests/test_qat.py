@@ -101,5 +101,6 @@ def test_export_qat_fine_tunes_a_finished_runs_student_and_exports_the_copy(pipe
     assert [(r["stage"], r["epoch"]) for r in trained] == [("student_qat", 1), ("student_qat", 2)], "only the copy"
     again = invoke("export", run, "--qat", 3, *options)
     assert_one_line_error(again, "already trains student_qat with 2 QAT epochs", "pass --qat 2")
-    teacher = invoke("export", run, "--qat", 2, "--stage", "generous_teacher")
+    teacher = invoke("export", run, "--qat", 3, "--stage", "generous_teacher")
     assert_one_line_error(teacher, "--qat fine-tunes a student")
+    assert RunDir(run).saved_config().student.qat.epochs == 2, "a refused command writes nothing"
