@@ -337,6 +337,7 @@ def export_group(
     int8_method: Annotated[Optional[str], export_option("int8_method", metavar="accuracy-aware|ptq")] = None,
     int8_max_drop: Annotated[Optional[float], export_option("int8_max_drop", metavar="POINTS")] = None,
     int8_heldout_images: Annotated[Optional[int], export_option("int8_heldout_images")] = None,
+    int8_head: Annotated[Optional[str], export_option("int8_head")] = None,
     opset: Annotated[Optional[int], export_option("opset")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(help=TOLERANCE_HELP, rich_help_panel=EXPORT)] = None,
     trt: Annotated[bool, typer.Option("--trt", hidden=True, help="Deprecated: --backend tensorrt.")] = False,
@@ -362,6 +363,7 @@ def export_values(options: dict[str, Any], backends: list[str] | None) -> dict[s
             "int8_method": o["int8_method"] or ("accuracy-aware" if o["int8_max_drop"] is not None else None),
             "int8_max_drop": o["int8_max_drop"],
             "int8_heldout_images": o["int8_heldout_images"],
+            "int8_head": o["int8_head"],
             "opset": o["opset"],
             "tolerances": parse_tolerances(o["tolerance"] or []),
         }

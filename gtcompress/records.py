@@ -123,6 +123,7 @@ class ExportRecord(Record):
     heldout_top1: float | None = None
     heldout_reference_top1: float | None = None
     float_layers: list[str] | None = None
+    int8_head: str | None = None  # plain PTQ: its classifier in float or int8 (ExportConfig.int8_head)
 
 
 SIDECAR_FORMAT = "gtcompress-export/1"

@@ -79,6 +79,11 @@ class ExportConfig(Frozen):
     int8_heldout_images: PositiveInt = Field(
         1000, description="Training images, apart from the calibration ones, that accuracy-aware int8 measures on."
     )
+    int8_head: Literal["float", "int8"] = Field(
+        "float",
+        description="The classifier (the layer that writes the logits) in a plain-PTQ int8 graph: float | int8. "
+        "Float: logits as wide as a Generous Teacher's have no 8-bit grid that keeps their argmax.",
+    )
     opset: int | None = Field(None, description="ONNX opset (default: the exporter's).")
     dataset: str | None = Field(None, description="Data set to verify on (default: the run's).")
     data_root: Path | None = Field(None, description="Data directory (CIFAR, ImageFolder).")

@@ -17,7 +17,14 @@ from onnx import numpy_helper
 
 from gtcompress.environment import cpu_features
 from gtcompress.export.exporter import calibration_set, is_up_to_date
-from gtcompress.export.graph import export_onnx, float_layers, quantize_accuracy_aware, quantize_int8, saturating_nodes
+from gtcompress.export.graph import (
+    export_onnx,
+    float_layers,
+    head,
+    quantize_accuracy_aware,
+    quantize_int8,
+    saturating_nodes,
+)
 from gtcompress.export.precisions import INT8_FORMATS, TENSORRT_INT8
 from gtcompress.models import ModelSpec, create_model, save_checkpoint
 from gtcompress.settings import ExportConfig
@@ -137,6 +144,10 @@ def test_an_int8_export_records_its_format_its_saturation_verdict_and_the_cpu(ch
     assert (record["int8_format"], record["saturation_safe"]) == (fmt, safe)
     assert record["saturation_safe"] is (saturating_nodes(tmp_path / record["path"]) == [])
     assert record["cpu_features"] == cpu_features()
+    fp32 = tmp_path / record["path"].replace(".int8", "")
+    assert record["int8_head"] == "float" and record["float_layers"] == [head(fp32)], "the classifier alone in float"
+    quantized = export_int8(checkpoint, tmp_path / "int8-head", "--int8-head", "int8", "--int8-format", fmt)
+    assert quantized["int8_head"] == "int8" and quantized["float_layers"] == []
 
 
 def test_an_unknown_int8_format_is_one_line(tmp_path):

@@ -223,6 +223,7 @@ class Exporter:
             int8_max_drop=self.cfg.int8_max_drop,
             heldout=lambda: labelled_batches(heldout, 64, self.data.workers),
             heldout_images=len(heldout),
+            int8_head=self.cfg.int8_head,
         )
         return PRECISIONS[planned.precision].convert(conversion)
 

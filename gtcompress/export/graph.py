@@ -6,7 +6,7 @@ import contextlib
 import io
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +85,15 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
 
 def quantize_int8(
-    src: Path, dst: Path, calibration: Callable[[], Iterator[np.ndarray]], method: str, fmt: Int8Format
+    src: Path,
+    dst: Path,
+    calibration: Callable[[], Iterator[np.ndarray]],
+    method: str,
+    fmt: Int8Format,
+    in_float: Sequence[str] = (),
 ) -> None:
     """Static int8 Q/DQ quantization (onnxruntime's tools) in format `fmt`: per-channel int8 weights, activation
-    ranges from `calibration`."""
+    ranges from `calibration`; the nodes named `in_float` stay float."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -132,9 +137,15 @@ def quantize_int8(
                 activation_type=getattr(QuantType, fmt.activations),
                 weight_type=QuantType.QInt8,
                 calibrate_method=methods[method],
+                nodes_to_exclude=list(in_float),
                 extra_options=options,
             )
     onnx.checker.check_model(str(dst), full_check=True)
+
+
+def head(path: Path) -> str:
+    """The layer that writes the logits: the graph's last Conv, MatMul or Gemm (a timm classifier's Linear)."""
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in QUANTIZED_OPS][-1]
 
 
 def quantize_accuracy_aware(
