@@ -28,7 +28,6 @@ def fake_quantize(model: nn.Module, batches: Iterable[torch.Tensor], images: int
     """`model` with NNCF's fake quantizers on its weights and activations, their ranges set on the first `images`
     images of `batches` (on the model's device); they are trained with it."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     items, seen = [], 0
     for x in batches:
@@ -40,19 +39,16 @@ def fake_quantize(model: nn.Module, batches: Iterable[torch.Tensor], images: int
     model.eval()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
-            quantized = nncf.quantize(
-                model,
-                nncf.Dataset(items),
-                subset_size=seen,
-                advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),
-            )
-    except nncf.InstallationError as e:  # its CUDA kernels are compiled on first use, with nvcc
+            quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=seen)
+    except nncf.InstallationError as e:  # its CUDA kernels are compiled on first use (its bias correction), with nvcc
         raise UserError(
             f"NNCF cannot fake-quantize on this device ({str(e).splitlines()[0]})",
             "install the CUDA toolkit (nvcc) for NNCF's CUDA kernels, or train with --device cpu",
         ) from None
+    # NNCF's overflow fix (7-bit weights) is its ONNX backend's, not its torch one's: the grid is set here, the
+    # portable format's (export.precisions), on the ranges NNCF calibrated
     for module in _weight_quantizers(quantized):
-        module.num_bits = 7  # the portable int8 format's weights (export.precisions): none can saturate int16 sums
+        module.num_bits = 7
     return quantized.train()
 
 
