@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from collections.abc import Iterable
 
 import torch
@@ -27,6 +28,9 @@ from .errors import UserError
 def fake_quantize(model: nn.Module, batches: Iterable[torch.Tensor], images: int) -> nn.Module:
     """`model` with NNCF's fake quantizers on its weights and activations, their ranges set on the first `images`
     images of `batches` (on the model's device); they are trained with it."""
+    # NNCF compiles its quantization kernels on first use and gives up after 60 s by default, which a busy CPU
+    # exceeds (seen in a clean CI run): wait for the compiler, unless the user set a limit
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
     import nncf
 
     items, seen = [], 0
