@@ -1,7 +1,10 @@
 """The pure parts of benchmarks/scale.py: the runs of a cell, the scales they are given, the pre-registered rule.
 
-No experiment runs here: the compare run's records and the cells' values are fabricated.
+No experiment runs here: the compare run's records and the cells' values are fabricated; the last test holds the
+README to the committed result.
 """
+
+import json
 
 import pytest
 from test_paper_bench import _config, _option, _sets
@@ -108,3 +111,15 @@ def test_a_compare_run_is_checked_against_the_paper_grids_cell_of_its_seed():
     assert scale._paper_cell(cell, same)["same"] is True
     assert scale._paper_cell(cell, {**same, "gt": same["gt"] + 0.01})["same"] is False
     assert scale._paper_cell(scale.Cell(scale.PRIMARY, *PAIR, 99), same) is None, "no such seed in the paper grid"
+
+
+def test_readme_states_the_committed_scale_result():
+    """README "Does it work?" quotes benchmarks/results/scale.json: each pair's H1 and primary interval and the
+    plan's reading of it."""
+    result = json.loads((grid.REPO / "benchmarks/results/scale.json").read_text())
+    readme = (grid.REPO / "README.md").read_text()
+    assert len(result["summary"]) == 1 and result["summary"][0]["seeds"] == list(scale.TEACHER_SEEDS)
+    for s in result["summary"]:
+        quoted = [grid.fmt_gain(g).replace("-", "−") for g in (s["h1"], s["primary"])] + s["reading"]
+        rows = [line for line in readme.splitlines() if line.startswith(f"| {s['teacher']} → {s['student']} |")]
+        assert any(all(q in row for q in quoted) for row in rows), quoted
