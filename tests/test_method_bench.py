@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_paper_bench import assert_readme_row_quotes
 
 from benchmarks import grid, gt_sweep, method
 from gtcompress.config import load_config
@@ -291,11 +292,8 @@ def test_gt_epochs_may_differ_by_setting_but_not_within_one():
 def test_readme_states_the_committed_primary_result():
     """README "Does it work?" quotes benchmarks/results/method.json: each pair's interval and reading."""
     result = json.loads((grid.REPO / "benchmarks/results/method.json").read_text())
-    readme = (grid.REPO / "README.md").read_text()
     primary = [s for s in result["summary"] if s["setting"] == method.PRIMARY]
     assert len(primary) == len(method.PAIRS) and all(len(s["seeds"]) >= 10 for s in primary)
     for s in primary:
-        gain = grid.fmt_gain(s["gt_minus_continued"]).replace("-", "−")
         verdict = s["gt_minus_continued"]["verdict"].removesuffix(" at this precision")
-        rows = [line for line in readme.splitlines() if line.startswith(f"| {s['teacher']} → {s['student']} |")]
-        assert any(gain in row and verdict in row for row in rows), "the README's table of this grid (one of two)"
+        assert_readme_row_quotes(s, [s["gt_minus_continued"]], verdict)

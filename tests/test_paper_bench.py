@@ -147,14 +147,19 @@ def test_a_missing_run_of_an_unstored_cell_stops_the_report(tmp_path):
     assert not paper.store(args, {})(cell).exists()
 
 
+def assert_readme_row_quotes(pair: dict, gains: list[dict], *texts: str) -> None:
+    """Some README table row of the pair (a grid's rows start with "| teacher → student |") holds every gain as
+    grid.fmt_gain writes it, with the README's minus sign, and every text."""
+    readme = (grid.REPO / "README.md").read_text()
+    quoted = [grid.fmt_gain(g).replace("-", "−") for g in gains] + list(texts)
+    rows = [line for line in readme.splitlines() if line.startswith(f"| {pair['teacher']} → {pair['student']} |")]
+    assert any(all(q in row for q in quoted) for row in rows), quoted
+
+
 def test_readme_states_the_committed_paper_result():
     """README "Does it work?" quotes benchmarks/results/paper.json: each pair's H1, H2 and product-KD intervals."""
     result = json.loads((grid.REPO / "benchmarks/results/paper.json").read_text())
-    readme = (grid.REPO / "README.md").read_text()
     primary = [s for s in result["summary"] if s["setting"] == paper.PRIMARY]
     assert len(primary) == 2 and all(len(s["seeds"]) >= 10 for s in primary)
     for s in primary:
-        gains = [s["h1"], s["h2"], s["gains"]["product_kd_gt_minus_st"]]
-        quoted = [grid.fmt_gain(g).replace("-", "−") for g in gains]
-        rows = [line for line in readme.splitlines() if line.startswith(f"| {s['teacher']} → {s['student']} |")]
-        assert any(all(q in row for q in quoted) for row in rows), quoted
+        assert_readme_row_quotes(s, [s["h1"], s["h2"], s["gains"]["product_kd_gt_minus_st"]])

@@ -7,7 +7,7 @@ README to the committed result.
 import json
 
 import pytest
-from test_paper_bench import _config, _option, _sets
+from test_paper_bench import _config, _option, _sets, assert_readme_row_quotes
 
 from benchmarks import grid, scale
 from gtcompress.config import MatchScale
@@ -117,9 +117,6 @@ def test_readme_states_the_committed_scale_result():
     """README "Does it work?" quotes benchmarks/results/scale.json: each pair's H1 and primary interval and the
     plan's reading of it."""
     result = json.loads((grid.REPO / "benchmarks/results/scale.json").read_text())
-    readme = (grid.REPO / "README.md").read_text()
     assert len(result["summary"]) == 1 and result["summary"][0]["seeds"] == list(scale.TEACHER_SEEDS)
     for s in result["summary"]:
-        quoted = [grid.fmt_gain(g).replace("-", "−") for g in (s["h1"], s["primary"])] + s["reading"]
-        rows = [line for line in readme.splitlines() if line.startswith(f"| {s['teacher']} → {s['student']} |")]
-        assert any(all(q in row for q in quoted) for row in rows), quoted
+        assert_readme_row_quotes(s, [s["h1"], s["primary"]], *s["reading"])
