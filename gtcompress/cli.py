@@ -27,7 +27,6 @@ from .options import (
     export_values,
     only_given,
     precision_alias,
-    run_option,
     split,
     stage_alias,
     takes,
@@ -147,7 +146,15 @@ def export(
     data_root: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "data_root"))] = None,
     out: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "out"))] = None,
     triton: Annotated[Optional[Path], typer.Option(help=field_help(ExportConfig, "triton"))] = None,
-    qat: Annotated[Optional[int], run_option("qat", panel=EXPORT, metavar="EPOCHS")] = None,
+    qat: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Fine-tune the run's student for EPOCHS (>= 1) of quantization-aware distillation, then export "
+            "that copy (the run resumes with the stage added).",
+            rich_help_panel=EXPORT,
+            metavar="EPOCHS",
+        ),
+    ] = None,
     options: dict[str, Any] | None = None,
 ) -> None:
     """Export a run's model to ONNX (fp32/fp16/int8) and TensorRT, each verified against PyTorch on the test set."""

@@ -115,7 +115,7 @@ def test_run_takes_every_option_of_distill_export_and_bench_and_each_means_the_s
     commands = _commands().commands
     run, distill, export, bench = (commands[n] for n in ("run", "distill", "export", "bench"))
     for other, own in ((distill, set()), (export, {"--stage", "--model", "--checkpoint", "--dataset", "--data-root",
-                                                    "--out", "--triton", "--precision"}),
+                                                    "--out", "--triton", "--precision", "--qat"}),
                        (bench, {"--precision", "--stage", "--model"})):  # fmt: skip
         assert _options(other) - own <= _options(run), other.name
         helps = {p.name: p.help for p in run.params}
@@ -124,6 +124,19 @@ def test_run_takes_every_option_of_distill_export_and_bench_and_each_means_the_s
         assert [p.name for p in shared if helps[p.name] != p.help] == [], other.name
     training = next(p for p in run.params if "--precision" in p.opts)
     assert "training autocast" in training.help, "--precision is training's in run as in distill"
+
+
+def test_export_qat_shows_no_default_that_export_would_refuse():
+    """distill's --qat defaults to 0 (none); export's adds QAT to a finished run and refuses 0, so it shows none."""
+    from typer.testing import CliRunner
+
+    from gtcompress.cli import app
+
+    (qat,) = [p for p in _commands().commands["export"].params if p.name == "qat"]
+    assert "0: none" not in qat.help and "quantization-aware" in qat.help
+    shown = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "250"}).stdout  # one line per option
+    line = next(line for line in shown.splitlines() if "--qat" in line)
+    assert "[default" not in line, line
 
 
 def test_every_option_a_group_declares_takes_its_help_from_the_field_it_sets():
