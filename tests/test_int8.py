@@ -32,6 +32,14 @@ from gtcompress.settings import ExportConfig
 ARCH, CLASSES, SIZE = "mobilenetv3_small_050", 10, 32  # pointwise and depthwise convolutions, and a Linear head
 
 
+def saturating(path: Path) -> list[str]:
+    return saturating_nodes(onnx.load(str(path)).graph)
+
+
+def in_float(path: Path) -> list[str]:
+    return float_layers(onnx.load(str(path)).graph)
+
+
 def random_images():
     rng = np.random.default_rng(0)
     return (rng.standard_normal((8, 3, SIZE, SIZE), dtype=np.float32) for _ in range(2))
@@ -94,30 +102,30 @@ def test_the_default_int8_graph_cannot_saturate(graphs):
     # quantized, with int8 weights reaching the 7-bit limit: the check had real weights to read
     assert len(weights) > 20 and all(w.dtype == np.int8 for w in weights.values())
     assert largest_weight(graphs["portable"]) == 64
-    assert saturating_nodes(graphs["portable"]) == []
+    assert saturating(graphs["portable"]) == []
 
 
 def test_the_vnni_only_graph_can_saturate_in_every_non_depthwise_node(graphs):
     assert largest_weight(graphs["vnni"]) == 127
     exempt = depthwise(graphs["vnni"])
     assert exempt, "the model has depthwise convolutions, whose kernels widen before multiplying"
-    assert set(saturating_nodes(graphs["vnni"])) == set(quantized_weights(graphs["vnni"])) - exempt
+    assert set(saturating(graphs["vnni"])) == set(quantized_weights(graphs["vnni"])) - exempt
 
 
 def test_the_tensorrt_graphs_int8_activations_count_as_uint8_on_x86(graphs):
     assert largest_weight(graphs["tensorrt"]) == 127  # TensorRT's graph keeps 8-bit weights: GPUs do not saturate
     # onnxruntime shifts int8 activations to uint8 on x86, so 8-bit weights saturate there as with uint8 ones
-    assert set(saturating_nodes(graphs["tensorrt"])) == set(saturating_nodes(graphs["vnni"]))
+    assert set(saturating(graphs["tensorrt"])) == set(saturating(graphs["vnni"]))
 
 
 def test_the_check_reads_the_stored_weights(graphs, tmp_path):
     graph = graphs["vnni"]
-    assert saturating_nodes(with_weights(graph, tmp_path / "a.onnx", 64)) == []
+    assert saturating(with_weights(graph, tmp_path / "a.onnx", 64)) == []
     pointwise = sorted(set(quantized_weights(graph)) - depthwise(graph))[0]
-    assert saturating_nodes(with_weights(graph, tmp_path / "b.onnx", 64, pointwise, -65)) == [pointwise]
+    assert saturating(with_weights(graph, tmp_path / "b.onnx", 64, pointwise, -65)) == [pointwise]
     # a depthwise convolution's weights may use all 8 bits
     dw = sorted(depthwise(graph))[0]
-    assert saturating_nodes(with_weights(graph, tmp_path / "c.onnx", 64, dw, 127)) == []
+    assert saturating(with_weights(graph, tmp_path / "c.onnx", 64, dw, 127)) == []
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +150,7 @@ def export_int8(checkpoint: Path, out: Path, *options: str) -> dict:
 def test_an_int8_export_records_its_format_its_saturation_verdict_and_the_cpu(checkpoint, tmp_path, fmt, safe):
     record = export_int8(checkpoint, tmp_path, *(() if fmt == "portable" else ("--int8-format", fmt)))
     assert (record["int8_format"], record["saturation_safe"]) == (fmt, safe)
-    assert record["saturation_safe"] is (saturating_nodes(tmp_path / record["path"]) == [])
+    assert record["saturation_safe"] is (saturating(tmp_path / record["path"]) == [])
     assert record["cpu_features"] == cpu_features()
     fp32 = tmp_path / record["path"].replace(".int8", "")
     assert record["int8_head"] == "float" and record["float_layers"] == [head(fp32)], "the classifier alone in float"
@@ -179,11 +187,11 @@ def test_accuracy_aware_int8_returns_layers_to_float_until_the_drop_is_within_bu
         before, after = quantize_accuracy_aware(
             fp32, made[budget], random_images, lambda: iter(heldout), budget, portable
         )
-        assert before == 100.0 and (before - after <= budget or float_layers(made[budget]) == quantizable(fp32))
-        assert saturating_nodes(made[budget]) == []  # NNCF's overflow fix: the portable format's 7-bit weights
+        assert before == 100.0 and (before - after <= budget or in_float(made[budget]) == quantizable(fp32))
+        assert saturating(made[budget]) == []  # NNCF's overflow fix: the portable format's 7-bit weights
         if budget == 100.0:
             assert after < before, "the setting must cost accuracy for the control to have anything to do"
-    assert set(float_layers(made[100.0])) < set(float_layers(made[0.0]))
+    assert set(in_float(made[100.0])) < set(in_float(made[0.0]))
 
 
 def quantizable(graph: Path) -> list[str]:
@@ -213,7 +221,7 @@ def test_a_drop_budget_makes_an_accuracy_aware_int8_export_end_to_end(pipeline_r
         next(r for r in records if r["precision"] == p and r["backend"] == "onnxruntime") for p in ("fp32", "int8")
     )
     assert int8["int8_method"] == "accuracy-aware" and int8["int8_max_drop"] == 0.5
-    assert int8["float_layers"] == float_layers(run / int8["path"])
+    assert int8["float_layers"] == in_float(run / int8["path"])
     within = int8["heldout_reference_top1"] - int8["heldout_top1"] <= 0.5
     assert within or int8["float_layers"] == quantizable(run / fp32["path"])
     assert 0 < int8["heldout_images"] and int8["saturation_safe"] is True

@@ -68,7 +68,10 @@ def strip_debug_metadata(path: Path) -> None:
 
 
 def graph_opset(path: Path) -> int:
-    model = onnx.load(str(path), load_external_data=False)
+    return model_opset(onnx.load(str(path), load_external_data=False))
+
+
+def model_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
@@ -203,9 +206,8 @@ def quantize_accuracy_aware(
     return 100 * top1(onnx.load(str(src)), held)[0], 100 * top1(quantized, held)[0]
 
 
-def float_layers(path: Path) -> list[str]:
+def float_layers(graph: onnx.GraphProto) -> list[str]:
     """The Conv/MatMul/Gemm nodes of a Q/DQ graph that compute in float: all but diagnose.quantized_layers."""
-    graph = onnx.load(str(path)).graph
     quantized = {node.output[0] for node in quantized_layers(graph)}
     return [
         node.name or node.output[0]
@@ -218,7 +220,7 @@ def float_layers(path: Path) -> list[str]:
 INT16_MAX, UINT8_MAX = 32767, 255
 
 
-def saturating_nodes(path: Path) -> list[str]:
+def saturating_nodes(graph: onnx.GraphProto) -> list[str]:
     """The quantized Conv/MatMul/Gemm nodes of an int8 Q/DQ graph that can saturate on x86 CPUs without VNNI.
 
     Rule, from onnxruntime's MLAS kernels for AVX2 and AVX-512 without VNNI: its u8s8 GEMM and symmetric
@@ -231,7 +233,6 @@ def saturating_nodes(path: Path) -> list[str]:
     channel per group: their kernels widen to 32 bits), and nodes not fed two dequantized 8-bit tensors (float).
     An int8 weight that is not an initializer (a MatMul of two activations) may reach 128.
     """
-    graph = onnx.load(str(path)).graph
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name: t for t in graph.initializer}
     eight_bit = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)

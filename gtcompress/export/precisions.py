@@ -100,15 +100,15 @@ def _fp16(c: Conversion) -> dict[str, Any]:
 def _ptq(c: Conversion, fmt: Int8Format) -> dict[str, Any]:
     """onnxruntime's static quantization of every layer, the classifier too only with int8_head "int8": measured on
     the `make demo` GT (logits to ±1,300), keeping it in float alone took int8 from 87.5% to 99.7% agreement."""
-    from .graph import float_layers, head, quantize_int8
+    from .graph import head, quantize_int8
 
     in_float = [head(c.fp32)] if c.int8_head == "float" else []
     quantize_int8(c.fp32, c.dst, c.calibration, c.calibration_method, fmt, in_float)
-    return {"calibration_method": c.calibration_method, "int8_head": c.int8_head, "float_layers": float_layers(c.dst)}
+    return {"calibration_method": c.calibration_method, "int8_head": c.int8_head}
 
 
 def _accuracy_aware(c: Conversion, fmt: Int8Format) -> dict[str, Any]:
-    from .graph import float_layers, quantize_accuracy_aware
+    from .graph import quantize_accuracy_aware
 
     before, after = quantize_accuracy_aware(c.fp32, c.dst, c.calibration, c.heldout, c.int8_max_drop, fmt)
     return {
@@ -116,14 +116,14 @@ def _accuracy_aware(c: Conversion, fmt: Int8Format) -> dict[str, Any]:
         "heldout_images": c.heldout_images,
         "heldout_top1": after,
         "heldout_reference_top1": before,
-        "float_layers": float_layers(c.dst),
     }
 
 
 @dataclass(frozen=True)
 class Int8Method:
     """One way to make an int8 graph from the fp32 one: its quantizer (writes c.dst in format fmt, returns the
-    record's extra fields) and whether it needs labelled held-out training images."""
+    record's fields of its own; _int8 adds those of every int8 graph) and whether it needs labelled held-out
+    training images."""
 
     name: str
     quantize: Callable[[Conversion, Int8Format], dict[str, Any]]
@@ -163,21 +163,26 @@ def _int8_choice(int8_format: str, int8_method: str, target: str) -> tuple[Int8F
 
 
 def _int8(c: Conversion) -> dict[str, Any]:
-    """The int8 graph in its format by its method; the record says whether x86 CPUs without VNNI can saturate on
-    it (see graph.saturating_nodes) and which CPU features the host that verifies it has."""
+    """The int8 graph in its format by its method; the record names the layers left in float, says whether x86
+    CPUs without VNNI can saturate on it (see graph.saturating_nodes) and which CPU features the host that verifies
+    it has."""
+    import onnx
+
     from ..environment import cpu_features
-    from .graph import graph_opset, saturating_nodes
+    from .graph import float_layers, model_opset, saturating_nodes
 
     fmt, method = _int8_choice(c.int8_format, c.int8_method, c.target)
     extra = method.quantize(c, fmt)
+    made = onnx.load(str(c.dst))
     return {
-        "opset": graph_opset(c.dst),
+        "opset": model_opset(made),
         "calibration_images": c.calibration_images,
         "int8_method": method.name,
         "int8_format": fmt.name,
-        "saturation_safe": not saturating_nodes(c.dst),
+        "saturation_safe": not saturating_nodes(made.graph),
         "cpu_features": cpu_features(),
         **extra,
+        "float_layers": float_layers(made.graph),
     }
 
 
