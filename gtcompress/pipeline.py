@@ -68,8 +68,8 @@ def add_qat(run: RunDir, epochs: int, stage: str, console: Console | None = None
     saved = run.saved_config()
     copy = qat_copy(saved, stage)  # before anything is written: `stage` may be no student
     if saved.student.qat.epochs != epochs:
-        copies = [s.name for s in stages(saved) if s.qat]
-        begun = [name for name in copies if name in run.stage_records() or run.progress(name).exists()]
+        copies, records = [s.name for s in stages(saved) if s.qat], run.stage_records()
+        begun = [name for name in copies if name in records or run.progress(name).exists()]
         if begun:
             raise UserError(
                 f"{run.path} already trains {begun[0]} with {saved.student.qat.epochs} QAT epochs",
