@@ -182,10 +182,12 @@ def quantize_accuracy_aware(
         correct = [float(session.run(None, {INPUT_NAME: x})[0].argmax() == y) for x, y in items]
         return float(np.mean(correct)), correct
 
+    fp32 = onnx.load(str(src))
+    reference = top1(fp32, held)[0]  # before NNCF is handed the graph, so nothing it does to it is measured
     nncf.set_log_level(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
         quantized = nncf.quantize_with_accuracy_control(
-            onnx.load(str(src)),
+            fp32,
             nncf.Dataset(calibration_items, lambda x: {INPUT_NAME: x}),
             nncf.Dataset(held, lambda item: {INPUT_NAME: item[0]}),
             top1,
@@ -203,7 +205,7 @@ def quantize_accuracy_aware(
         )
     onnx.checker.check_model(quantized, full_check=True)
     onnx.save(quantized, str(dst))
-    return 100 * top1(onnx.load(str(src)), held)[0], 100 * top1(quantized, held)[0]
+    return 100 * reference, 100 * top1(quantized, held)[0]
 
 
 def float_layers(graph: onnx.GraphProto) -> list[str]:
