@@ -126,15 +126,12 @@ def test_run_takes_every_option_of_distill_export_and_bench_and_each_means_the_s
     assert "training autocast" in training.help, "--precision is training's in run as in distill"
 
 
-def test_export_qat_shows_no_default_that_export_would_refuse():
+def test_export_qat_shows_no_default_that_export_would_refuse(monkeypatch):
     """distill's --qat defaults to 0 (none); export's adds QAT to a finished run and refuses 0, so it shows none."""
-    from typer.testing import CliRunner
-
-    from gtcompress.cli import app
-
     (qat,) = [p for p in _commands().commands["export"].params if p.name == "qat"]
     assert "0: none" not in qat.help and "quantization-aware" in qat.help
-    shown = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "250"}).stdout  # one line per option
+    monkeypatch.setenv("COLUMNS", "250")  # one line per option
+    shown = invoke("export", "--help").stdout
     line = next(line for line in shown.splitlines() if "--qat" in line)
     assert "[default" not in line, line
 
